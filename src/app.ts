@@ -1,0 +1,202 @@
+import type { Redis } from "ioredis";
+import type { Config } from "./config/config.js";
+import { TokenService } from "./auth/token.service.js";
+import { EmbeddedBroker, SERVER_USERNAME } from "./broker/embedded.broker.js";
+import { DeviceRepository } from "./devices/device.repository.js";
+import { DeviceResolver } from "./devices/device.resolver.js";
+import { DeviceService } from "./devices/device.service.js";
+import { HttpServer } from "./http/http.server.js";
+import { buildGraphqlSchema } from "./http/schema.js";
+import { createLogger, type Logger } from "./logger.js";
+import { createMetrics, type Metrics } from "./metrics.js";
+import { IngestDispatcher } from "./mqtt/ingest.dispatcher.js";
+import { ServerMqttClient } from "./mqtt/server.client.js";
+import { OtaResolver } from "./ota/ota.resolver.js";
+import { OtaService } from "./ota/ota.service.js";
+import type { CommandPublisher, DeviceSessions } from "./ota/ports.js";
+import { ProgressFeed } from "./ota/progress.feed.js";
+import { Database } from "./storage/database.js";
+import { RedisPubSubAdapter } from "./storage/pubsub.js";
+import { RedisProgressStore, keys } from "./storage/progress.redis.js";
+import { connectAll, createRedis, quitAll } from "./storage/redis.js";
+
+interface Component {
+  name: string;
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** Where the started app can be reached (ports resolved when configured as 0). */
+export interface AppAddress {
+  http: number;
+  mqtt: number | null;
+  mqtts: number | null;
+}
+
+/**
+ * Wiring: creates every component, starts them in order and stops them in
+ * reverse. Nothing here does I/O before `start()`.
+ */
+export class App {
+  readonly log: Logger;
+  readonly metrics: Metrics;
+  readonly database: Database;
+  readonly tokens: TokenService;
+  readonly devices: DeviceService;
+  readonly ota: OtaService;
+  readonly #redis: Redis;
+  readonly #subscriber: Redis;
+  readonly #brokerRedis: Redis | undefined;
+  readonly #broker: EmbeddedBroker | undefined;
+  readonly #mqtt: ServerMqttClient;
+  readonly #ingest: IngestDispatcher;
+  readonly #http: HttpServer;
+  readonly #components: Component[];
+  #started: Component[] = [];
+
+  constructor(
+    readonly config: Config,
+    log?: Logger,
+  ) {
+    this.log = log ?? createLogger(config.logLevel);
+    this.metrics = createMetrics();
+    this.database = new Database(config.database);
+    const db = () => this.database.db;
+    this.#redis = createRedis(config.redisUrl, "main");
+    this.#subscriber = createRedis(config.redisUrl, "subscriber");
+    const progress = new RedisProgressStore(this.#redis);
+    const pubsub = new RedisPubSubAdapter(this.#redis, this.#subscriber);
+
+    // The broker and the devices need each other: commands and sessions are late-bound.
+    const commands: CommandPublisher = { publishCommand: (t, p) => this.#mqtt.publishCommand(t, p) };
+    const sessions: DeviceSessions = { disconnect: (p, d) => this.#broker?.disconnect(p, d) };
+    this.tokens = new TokenService(db, config.adminToken);
+    this.devices = new DeviceService(new DeviceRepository(db), commands, sessions, progress);
+    this.ota = new OtaService(this.devices, commands, progress);
+    const feed = new ProgressFeed((p) => pubsub.subscribe(keys.progressChannel(p)), async (p, d) => (await this.devices.find(p, d))?.tags ?? []);
+
+    this.#ingest = new IngestDispatcher(this.devices, progress, this.metrics, this.log, {
+      maxPayloadBytes: config.maxPayloadBytes,
+      dedupTtlSeconds: config.dedupTtlSeconds,
+    });
+    const onMessage = (topic: string, payload: Buffer) => this.#ingest.handle(topic, payload);
+    const broker = config.broker;
+    if (broker.kind === "embedded") {
+      this.#brokerRedis = createRedis(config.redisUrl, "broker");
+      this.#broker = new EmbeddedBroker(
+        { ...broker, dataDir: config.dataDir },
+        this.devices,
+        this.#brokerRedis,
+        this.metrics,
+        this.log,
+      );
+      const embedded = this.#broker;
+      this.#mqtt = new ServerMqttClient(
+        {
+          get url() {
+            return embedded.internalUrl;
+          },
+          username: SERVER_USERNAME,
+          password: embedded.serverPassword,
+          clientId: config.mqttClientId,
+        },
+        onMessage,
+        this.metrics,
+        this.log,
+      );
+    } else {
+      this.#mqtt = new ServerMqttClient(
+        {
+          url: broker.url,
+          username: broker.username,
+          password: broker.password,
+          clientId: config.mqttClientId,
+          shareGroup: broker.shareGroup,
+        },
+        onMessage,
+        this.metrics,
+        this.log,
+      );
+    }
+
+    const resolvers = [new DeviceResolver(this.devices), new OtaResolver(this.ota)];
+    this.#http = new HttpServer({
+      tokens: this.tokens,
+      devices: this.devices,
+      ota: this.ota,
+      progressFeed: feed,
+      metrics: this.metrics,
+      log: this.log,
+      readiness: {
+        redis: async () => void (await this.#redis.ping()),
+        database: () => this.database.ping(),
+        broker: async () => {
+          if (!this.#mqtt.connected) throw new Error("mqtt client not connected");
+        },
+      },
+    });
+
+    const redisClients = [this.#redis, this.#subscriber, ...(this.#brokerRedis ? [this.#brokerRedis] : [])];
+    this.#components = [
+      { name: "database", start: () => this.database.start(), stop: () => this.database.stop() },
+      { name: "redis", start: () => connectAll(redisClients), stop: () => quitAll(redisClients) },
+      { name: "tokens", start: () => this.#bootstrapToken(), stop: async () => undefined },
+      ...(this.#broker ? [{ name: "broker", start: () => this.#broker!.start(), stop: () => this.#broker!.stop() }] : []),
+      {
+        name: "mqtt",
+        start: () => this.#mqtt.start(),
+        // Stop taking messages first, then finish those already taken.
+        stop: async () => {
+          await this.#mqtt.stop();
+          await this.#ingest.drain();
+        },
+      },
+      {
+        name: "http",
+        start: async () => this.#http.start(await buildGraphqlSchema(pubsub, resolvers), config.httpPort, config.httpHost),
+        stop: () => this.#http.stop(),
+      },
+    ];
+  }
+
+  get address(): AppAddress {
+    return { http: this.#http.port, mqtt: this.#broker?.ports.mqtt ?? null, mqtts: this.#broker?.ports.mqtts ?? null };
+  }
+
+  async start(): Promise<void> {
+    for (const component of this.#components) {
+      try {
+        await component.start();
+      } catch (err) {
+        this.log.error({ err, component: component.name }, "start failed");
+        await this.stop();
+        throw err;
+      }
+      this.#started.push(component);
+    }
+    this.log.info({ address: this.address }, "iothub-ota started");
+  }
+
+  /** Idempotent: stops what was started, in reverse order. */
+  async stop(): Promise<void> {
+    const started = this.#started;
+    this.#started = [];
+    for (const component of started.reverse()) {
+      try {
+        await component.stop();
+      } catch (err) {
+        this.log.error({ err, component: component.name }, "stop failed");
+      }
+    }
+  }
+
+  /** With no token anywhere, makes one and prints it once, so a fresh install is usable. */
+  async #bootstrapToken(): Promise<void> {
+    if (this.config.adminToken !== undefined || (await this.tokens.count()) > 0) return;
+    const token = await this.tokens.create("bootstrap");
+    process.stderr.write(
+      `\n  No API token existed, so one was created. It is shown only this once:\n\n    ${token}\n\n` +
+        `  Use it as "Authorization: Bearer <token>". More: iothub-ota token create\n\n`,
+    );
+  }
+}

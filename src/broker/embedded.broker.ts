@@ -1,0 +1,199 @@
+import { randomBytes, timingSafeEqual } from "node:crypto";
+import { createServer, type AddressInfo, type Server } from "node:net";
+import { createServer as createTlsServer } from "node:tls";
+import { Aedes, type AuthenticateError, type Client } from "aedes";
+import persistence from "aedes-persistence-redis";
+import type { Redis } from "ioredis";
+import type { DeviceService } from "../devices/device.service.js";
+import type { Logger } from "../logger.js";
+import type { Metrics } from "../metrics.js";
+import type { DeviceSessions } from "../ota/ports.js";
+import {
+  canPublish,
+  canSubscribe,
+  clientIdMatches,
+  parseUsername,
+  type DeviceIdentity,
+} from "../protocol/acl.js";
+import { deviceCommandFilter } from "../protocol/topics.js";
+import { loadTls } from "./tls.js";
+
+/** The username of the server's own client; `$` cannot begin a device's product name. */
+export const SERVER_USERNAME = "$iothub-ota";
+
+export interface EmbeddedBrokerOptions {
+  host: string;
+  port: number | null;
+  tlsPort: number | null;
+  tlsCertFile: string | undefined;
+  tlsKeyFile: string | undefined;
+  /** Where a generated development certificate is kept. */
+  dataDir: string;
+}
+
+type Principal = { kind: "server" } | ({ kind: "device" } & DeviceIdentity);
+
+// MQTT 3.1.1 §3.2.2.3 CONNACK return codes.
+const BAD_CREDENTIALS = 4;
+const NOT_AUTHORIZED = 5;
+const IDENTIFIER_REJECTED = 2;
+
+function refuse(returnCode: number, message: string): AuthenticateError {
+  return Object.assign(new Error(message), { returnCode }) as AuthenticateError;
+}
+
+/**
+ * The embedded aedes broker: authenticates devices against the registry,
+ * enforces PROTOCOL.md's access control, auto-subscribes each device to its
+ * command topic, and keeps sessions in Redis so queued QoS 1 commands
+ * survive a restart.
+ */
+export class EmbeddedBroker implements DeviceSessions {
+  readonly serverPassword = randomBytes(24).toString("base64url");
+  #aedes: Aedes | undefined;
+  #persistence: { destroy(): Promise<void> } | undefined;
+  #servers: Server[] = [];
+  #internalPort = 0;
+  readonly #principals = new WeakMap<Client, Principal>();
+  readonly #online = new Map<string, Set<Client>>();
+
+  constructor(
+    private readonly options: EmbeddedBrokerOptions,
+    private readonly devices: DeviceService,
+    private readonly redis: Redis,
+    private readonly metrics: Metrics,
+    private readonly log: Logger,
+  ) {}
+
+  /** Where the server's own client connects: a loopback listener of its own. */
+  get internalUrl(): string {
+    return `mqtt://127.0.0.1:${this.#internalPort}`;
+  }
+
+  /** The bound ports, once started (useful when configured as 0). */
+  ports: { mqtt: number | null; mqtts: number | null } = { mqtt: null, mqtts: null };
+
+  async start(): Promise<void> {
+    const store = persistence({ conn: this.redis, maxSessionDelivery: 10_000 });
+    this.#persistence = store;
+    const aedes = await Aedes.createBroker({
+      persistence: store,
+      authenticate: (client, username, password, done) => {
+        this.#authenticate(client, username, password).then(
+          (principal) => {
+            this.#principals.set(client, principal);
+            done(null, true);
+          },
+          (err: AuthenticateError) => done(err, false),
+        );
+      },
+      authorizePublish: (client, packet, done) => {
+        const p = client && this.#principals.get(client);
+        if (!client || p?.kind === "server") return done(null);
+        if (p?.kind === "device" && canPublish(p, packet.topic)) return done(null);
+        this.log.warn({ clientId: client.id, topic: packet.topic }, "refused publish");
+        done(new Error("publish not allowed"));
+      },
+      authorizeSubscribe: (client, sub, done) => {
+        const p = this.#principals.get(client);
+        if (p?.kind === "server" || (p?.kind === "device" && canSubscribe(p, sub.topic))) return done(null, sub);
+        this.log.warn({ clientId: client.id, topic: sub.topic }, "refused subscription");
+        done(null, null); // SUBACK 0x80 for this filter (MQTT 3.1.1 §3.9.3)
+      },
+    });
+    this.#aedes = aedes;
+    aedes.on("client", (client) => this.#onConnect(client));
+    aedes.on("clientDisconnect", (client) => this.#onDisconnect(client));
+    aedes.on("clientError", (client, err) => this.log.debug({ clientId: client.id, err: err.message }, "client error"));
+
+    const internal = await listen(createServer(aedes.handle), "127.0.0.1", 0);
+    this.#internalPort = (internal.address() as AddressInfo).port;
+    this.#servers.push(internal);
+    const { host, port, tlsPort, tlsCertFile, tlsKeyFile, dataDir } = this.options;
+    if (port !== null) {
+      const server = await listen(createServer(aedes.handle), host, port);
+      this.#servers.push(server);
+      this.ports.mqtt = (server.address() as AddressInfo).port;
+    }
+    if (tlsPort !== null) {
+      const tls = await loadTls(tlsCertFile, tlsKeyFile, dataDir);
+      const server = await listen(createTlsServer({ cert: tls.cert, key: tls.key }, aedes.handle), host, tlsPort);
+      this.#servers.push(server);
+      this.ports.mqtts = (server.address() as AddressInfo).port;
+    }
+    this.log.info({ ...this.ports }, "embedded broker listening");
+  }
+
+  disconnect(productName: string, deviceName: string): void {
+    for (const client of this.#online.get(`${productName}/${deviceName}`) ?? []) client.close();
+  }
+
+  async stop(): Promise<void> {
+    const aedes = this.#aedes;
+    this.#aedes = undefined;
+    for (const server of this.#servers) server.close();
+    this.#servers = [];
+    if (aedes) await new Promise<void>((resolve) => aedes.close(() => resolve()));
+    const store = this.#persistence;
+    this.#persistence = undefined;
+    await store?.destroy().catch(() => undefined);
+  }
+
+  async #authenticate(client: Client, username: string | undefined, password: Buffer | undefined): Promise<Principal> {
+    if (username === SERVER_USERNAME) {
+      const expected = Buffer.from(this.serverPassword);
+      if (password && password.length === expected.length && timingSafeEqual(password, expected)) return { kind: "server" };
+      throw refuse(BAD_CREDENTIALS, "bad server credentials");
+    }
+    const id = parseUsername(username);
+    if (!id.ok || !password) throw refuse(BAD_CREDENTIALS, "bad username or password");
+    if (!clientIdMatches(client.id, id.value)) throw refuse(IDENTIFIER_REJECTED, "client id must be <product>/<device>[/<suffix>]");
+    const result = await this.devices.authenticate(id.value.productName, id.value.deviceName, password.toString("utf8"));
+    switch (result) {
+      case "ok":
+        return { kind: "device", ...id.value };
+      case "suspended":
+        throw refuse(NOT_AUTHORIZED, "device suspended");
+      case "bad_credentials":
+        this.log.info({ clientId: client.id }, "refused connection: bad credentials");
+        throw refuse(BAD_CREDENTIALS, "bad username or password");
+      default: {
+        const never: never = result;
+        return never;
+      }
+    }
+  }
+
+  #onConnect(client: Client): void {
+    const p = this.#principals.get(client);
+    if (p?.kind !== "device") return;
+    const key = `${p.productName}/${p.deviceName}`;
+    const set = this.#online.get(key) ?? new Set<Client>();
+    set.add(client);
+    this.#online.set(key, set);
+    this.metrics.connectedDevices.inc();
+    // EMQX-style auto-subscription: devices never subscribe to their own command topic (PROTOCOL.md).
+    client.subscribe({ topic: deviceCommandFilter(p.productName, p.deviceName), qos: 1 }, (err) => {
+      if (err) this.log.error({ clientId: client.id, err: err.message }, "auto-subscription failed");
+    });
+  }
+
+  #onDisconnect(client: Client): void {
+    const p = this.#principals.get(client);
+    if (p?.kind !== "device") return;
+    const key = `${p.productName}/${p.deviceName}`;
+    const set = this.#online.get(key);
+    if (set?.delete(client)) this.metrics.connectedDevices.dec();
+    if (set && set.size === 0) this.#online.delete(key);
+  }
+}
+
+function listen(server: Server, host: string, port: number): Promise<Server> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      resolve(server);
+    });
+  });
+}

@@ -1,0 +1,76 @@
+import { Arg, Authorized, Int, Mutation, Query, Resolver } from "type-graphql";
+import { DeviceService } from "./device.service.js";
+import { DeviceConnection, DeviceType, RegisterDeviceInput, RegisteredDevice } from "./device.types.js";
+
+@Resolver(() => DeviceType)
+export class DeviceResolver {
+  constructor(private readonly service: DeviceService) {}
+
+  @Authorized("devices:read")
+  @Query(() => DeviceType, { nullable: true })
+  device(
+    @Arg("productName", () => String) productName: string,
+    @Arg("deviceName", () => String) deviceName: string,
+  ): Promise<DeviceType | null> {
+    return this.service.find(productName, deviceName);
+  }
+
+  @Authorized("devices:read")
+  @Query(() => DeviceConnection, { description: "Devices of a product, optionally with a tag, by device name." })
+  async devices(
+    @Arg("productName", () => String) productName: string,
+    @Arg("tag", () => String, { nullable: true }) tag: string | null,
+    @Arg("first", () => Int, { nullable: true, description: "Page size, 1..1000 (default 50)." }) first: number | null,
+    @Arg("after", () => String, { nullable: true }) after: string | null,
+  ): Promise<DeviceConnection> {
+    const page = await this.service.list(productName, tag, first, after);
+    return {
+      edges: page.edges.map((e) => ({ cursor: e.cursor, node: e.device })),
+      nodes: page.edges.map((e) => e.device),
+      pageInfo: { hasNextPage: page.hasNextPage, endCursor: page.endCursor },
+    };
+  }
+
+  @Authorized("devices:write")
+  @Mutation(() => RegisteredDevice)
+  registerDevice(@Arg("input", () => RegisterDeviceInput) input: RegisterDeviceInput): Promise<RegisteredDevice> {
+    return this.service.register(input);
+  }
+
+  @Authorized("devices:write")
+  @Mutation(() => DeviceType, { description: "Replaces the tags, bumps tagsVersion and sends `$set_tags` to the device." })
+  setDeviceTags(
+    @Arg("productName", () => String) productName: string,
+    @Arg("deviceName", () => String) deviceName: string,
+    @Arg("tags", () => [String]) tags: string[],
+  ): Promise<DeviceType> {
+    return this.service.setTags(productName, deviceName, tags);
+  }
+
+  @Authorized("devices:write")
+  @Mutation(() => DeviceType, { description: "Disconnects the device and refuses its connections until resumed." })
+  suspendDevice(
+    @Arg("productName", () => String) productName: string,
+    @Arg("deviceName", () => String) deviceName: string,
+  ): Promise<DeviceType> {
+    return this.service.setSuspended(productName, deviceName, true);
+  }
+
+  @Authorized("devices:write")
+  @Mutation(() => DeviceType)
+  resumeDevice(
+    @Arg("productName", () => String) productName: string,
+    @Arg("deviceName", () => String) deviceName: string,
+  ): Promise<DeviceType> {
+    return this.service.setSuspended(productName, deviceName, false);
+  }
+
+  @Authorized("devices:write")
+  @Mutation(() => Boolean, { description: "Removes the device and its progress; false when there was none." })
+  deleteDevice(
+    @Arg("productName", () => String) productName: string,
+    @Arg("deviceName", () => String) deviceName: string,
+  ): Promise<boolean> {
+    return this.service.delete(productName, deviceName);
+  }
+}

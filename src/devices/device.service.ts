@@ -1,0 +1,150 @@
+import { AppError, ErrorCode, badInput } from "../errors.js";
+import { checkName, checkTags } from "../protocol/names.js";
+import { newObjectId } from "../protocol/object-id.js";
+import { buildCommandTopic } from "../protocol/topics.js";
+import type { CommandPublisher, DeviceSessions, ProgressStore } from "../ota/ports.js";
+import { statusOrder, toDevice, type Device, type DeviceRow } from "./device.model.js";
+import type { DeviceRepository } from "./device.repository.js";
+import { hashSecret, newSecret, verifySecret } from "./secret.js";
+
+export type AuthResult = "ok" | "bad_credentials" | "suspended";
+
+export interface DevicePage {
+  edges: { cursor: string; device: Device }[];
+  endCursor: string | null;
+  hasNextPage: boolean;
+}
+
+export const MAX_PAGE = 1000;
+
+/** Throws BAD_USER_INPUT naming the field unless `value` is a valid name. */
+export function requireName(field: "productName" | "deviceName" | "tag", value: unknown): string {
+  const r = checkName(field, value);
+  if (!r.ok) throw badInput(field, r.message.replace(`${field} `, ""));
+  return r.value;
+}
+
+const encodeCursor = (deviceName: string) => Buffer.from(deviceName, "utf8").toString("base64url");
+function decodeCursor(cursor: string): string {
+  const name = Buffer.from(cursor, "base64url").toString("utf8");
+  if (!checkName("deviceName", name).ok) throw badInput("after", "not a cursor from this API");
+  return name;
+}
+
+/** The device registry: its rules, and the commands that keep devices in step with it. */
+export class DeviceService {
+  constructor(
+    private readonly repo: DeviceRepository,
+    private readonly commands: CommandPublisher,
+    private readonly sessions: DeviceSessions,
+    private readonly progress: ProgressStore,
+  ) {}
+
+  async register(input: { productName: string; deviceName?: string | null; tags?: string[] | null }) {
+    const productName = requireName("productName", input.productName);
+    const deviceName = input.deviceName == null ? newObjectId() : requireName("deviceName", input.deviceName);
+    const tags = this.#tags(input.tags ?? []);
+    const secret = newSecret();
+    const row = await this.repo.insert({ productName, deviceName, secretHash: await hashSecret(secret), tags });
+    if (!row) throw new AppError(ErrorCode.DEVICE_EXISTS, `device ${productName}/${deviceName} already exists`);
+    return { device: toDevice(row), secret };
+  }
+
+  async find(productName: string, deviceName: string): Promise<Device | null> {
+    const row = await this.repo.find(requireName("productName", productName), requireName("deviceName", deviceName));
+    return row && toDevice(row);
+  }
+
+  async get(productName: string, deviceName: string): Promise<Device> {
+    const device = await this.find(productName, deviceName);
+    if (!device) throw notFound(productName, deviceName);
+    return device;
+  }
+
+  async list(productName: string, tag?: string | null, first?: number | null, after?: string | null): Promise<DevicePage> {
+    requireName("productName", productName);
+    if (tag != null) requireName("tag", tag);
+    const limit = first ?? 50;
+    if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE) throw badInput("first", `must be 1..${MAX_PAGE}`);
+    const page = await this.repo.list(productName, tag ?? undefined, limit, after == null ? undefined : decodeCursor(after));
+    const edges = page.rows.map((row) => ({ cursor: encodeCursor(row.deviceName), device: toDevice(row) }));
+    return { edges, endCursor: edges.at(-1)?.cursor ?? null, hasNextPage: page.hasNextPage };
+  }
+
+  /** Replaces the tags, bumps tagsVersion and pushes `$set_tags` (PROTOCOL.md, `$set_tags`). */
+  async setTags(productName: string, deviceName: string, tags: string[]): Promise<Device> {
+    requireName("productName", productName);
+    requireName("deviceName", deviceName);
+    const row = await this.repo.setTags(productName, deviceName, this.#tags(tags));
+    if (!row) throw notFound(productName, deviceName);
+    await this.sendTags(row);
+    return toDevice(row);
+  }
+
+  /** Sends the device its tags, as after a change or in answer to its `$tags` request. */
+  async sendTags(row: Pick<DeviceRow, "productName" | "deviceName" | "tags" | "tagsVersion">): Promise<void> {
+    const topic = buildCommandTopic({
+      target: { productName: row.productName, deviceName: row.deviceName },
+      command: "$set_tags",
+      encoding: "plain",
+      requestId: newObjectId(),
+    });
+    await this.commands.publishCommand(topic, JSON.stringify({ tags: row.tags, tags_version: row.tagsVersion }));
+  }
+
+  /** Answers a device's `get/.../$tags` request when the server holds newer tags. */
+  async answerTagsRequest(productName: string, deviceName: string, deviceTagsVersion: number): Promise<boolean> {
+    const row = await this.repo.find(productName, deviceName);
+    if (!row || row.tagsVersion <= deviceTagsVersion) return false;
+    await this.sendTags(row);
+    return true;
+  }
+
+  async setSuspended(productName: string, deviceName: string, suspended: boolean): Promise<Device> {
+    const row = await this.repo.setSuspended(
+      requireName("productName", productName),
+      requireName("deviceName", deviceName),
+      suspended,
+    );
+    if (!row) throw notFound(productName, deviceName);
+    if (suspended) this.sessions.disconnect(productName, deviceName);
+    return toDevice(row);
+  }
+
+  async delete(productName: string, deviceName: string): Promise<boolean> {
+    const deleted = await this.repo.delete(requireName("productName", productName), requireName("deviceName", deviceName));
+    if (deleted) {
+      this.sessions.disconnect(productName, deviceName);
+      await this.progress.delete(productName, deviceName);
+    }
+    return deleted;
+  }
+
+  /** Checks a device's MQTT credentials (PROTOCOL.md, "Identity and connection"). */
+  async authenticate(productName: string, deviceName: string, secret: string): Promise<AuthResult> {
+    const row = await this.repo.find(productName, deviceName);
+    if (!row || !(await verifySecret(secret, row.secretHash))) return "bad_credentials";
+    return row.suspended ? "suspended" : "ok";
+  }
+
+  /** Stores an `update_status` report unless a newer one is stored; returns whether it was applied. */
+  applyStatus(productName: string, deviceName: string, status: Record<string, unknown>, messageId: string, receivedAt: number) {
+    return this.repo.applyStatus(productName, deviceName, status, statusOrder(messageId, receivedAt), new Date(receivedAt));
+  }
+
+  /** Throws unless the device exists and may receive commands. */
+  async requireActive(productName: string, deviceName: string): Promise<void> {
+    const row = await this.repo.find(productName, deviceName);
+    if (!row) throw notFound(productName, deviceName);
+    if (row.suspended) throw new AppError(ErrorCode.DEVICE_SUSPENDED, `device ${productName}/${deviceName} is suspended`);
+  }
+
+  #tags(tags: readonly unknown[]): string[] {
+    const r = checkTags(tags);
+    if (!r.ok) throw badInput("tags", r.message.replace(/^tags?:? ?/, ""));
+    return r.value;
+  }
+}
+
+const notFound = (productName: string, deviceName: string) =>
+  new AppError(ErrorCode.DEVICE_NOT_FOUND, `device ${productName}/${deviceName} not found`);

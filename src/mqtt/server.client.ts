@@ -1,0 +1,73 @@
+import { randomBytes } from "node:crypto";
+import mqtt, { type MqttClient } from "mqtt";
+import type { Logger } from "../logger.js";
+import type { Metrics } from "../metrics.js";
+import type { CommandPublisher } from "../ota/ports.js";
+import { INGEST_FILTERS, sharedFilter } from "../protocol/topics.js";
+
+export interface ServerClientOptions {
+  url: string;
+  username?: string;
+  password?: string;
+  /** A fixed id keeps a persistent session (clean: false) across restarts; none means a fresh one. */
+  clientId?: string;
+  /** Subscribe as `$share/<group>/...` so several instances split the ingest (external broker only). */
+  shareGroup?: string;
+}
+
+/**
+ * The server's own MQTT client: subscribes to what devices report and
+ * publishes commands to them.
+ */
+export class ServerMqttClient implements CommandPublisher {
+  #client: MqttClient | undefined;
+
+  constructor(
+    private readonly options: ServerClientOptions,
+    private readonly onMessage: (topic: string, payload: Buffer) => void,
+    private readonly metrics: Metrics,
+    private readonly log: Logger,
+  ) {}
+
+  get connected(): boolean {
+    return this.#client?.connected ?? false;
+  }
+
+  async start(): Promise<void> {
+    const { url, username, password, clientId, shareGroup } = this.options;
+    const client = await mqtt.connectAsync(url, {
+      clientId: clientId ?? `iothub-ota-${randomBytes(6).toString("hex")}`,
+      clean: clientId === undefined,
+      username,
+      password,
+      reconnectPeriod: 1000,
+      connectTimeout: 10_000,
+      rejectUnauthorized: false,
+    });
+    this.#client = client;
+    client.on("message", (topic, payload) => this.onMessage(topic, payload));
+    client.on("error", (err) => this.log.warn({ err: err.message }, "mqtt client error"));
+    client.on("offline", () => this.log.warn("mqtt client offline"));
+    const filters = INGEST_FILTERS.map((f) => (shareGroup ? sharedFilter(shareGroup, f) : f));
+    const granted = await client.subscribeAsync(filters, { qos: 1 });
+    const refused = granted.filter((g) => g.qos === 128);
+    if (refused.length > 0) throw new Error(`broker refused subscriptions: ${refused.map((g) => g.topic).join(", ")}`);
+    this.log.info({ url: redact(url), filters }, "mqtt client subscribed");
+  }
+
+  async publishCommand(topic: string, payload: string): Promise<void> {
+    if (!this.#client) throw new Error("mqtt client not started");
+    await this.#client.publishAsync(topic, payload, { qos: 1 });
+    this.metrics.commands.inc({ command: topic.split("/").at(topic.startsWith("tags/") ? 4 : 3) ?? "unknown" });
+  }
+
+  async stop(): Promise<void> {
+    const client = this.#client;
+    this.#client = undefined;
+    if (client) await client.endAsync();
+  }
+}
+
+function redact(url: string): string {
+  return url.replace(/\/\/[^@/]*@/, "//***@");
+}

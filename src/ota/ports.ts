@@ -1,0 +1,31 @@
+import type { ProgressRecord } from "./progress.model.js";
+
+/** Sends a command to devices: the MQTT client in production, whatever the broker. */
+export interface CommandPublisher {
+  /** Resolves once the broker has acknowledged the QoS 1 publish. */
+  publishCommand(topic: string, payload: string): Promise<void>;
+}
+
+/** Live connections of devices, where the broker is ours to control. */
+export interface DeviceSessions {
+  /** Closes every connection of the device; a no-op where the broker is external. */
+  disconnect(productName: string, deviceName: string): void;
+}
+
+/** The latest progress per device (Redis), and the event stream of changes. */
+export interface ProgressStore {
+  /** De-duplicates by messageId, stores and publishes, atomically; false for a duplicate. */
+  ingest(record: ProgressRecord, dedupTtlSeconds: number): Promise<boolean>;
+  get(productName: string, deviceName: string): Promise<ProgressRecord | null>;
+  getMany(productName: string, deviceNames: readonly string[]): Promise<(ProgressRecord | null)[]>;
+  /** Replaces `expected` with `next` only if it is still the stored record; publishes on success. */
+  compareAndSet(expected: ProgressRecord, next: ProgressRecord): Promise<boolean>;
+  delete(productName: string, deviceName: string): Promise<void>;
+}
+
+/** Claims a messageId once (PROTOCOL.md: "processes a given messageId once"). */
+export interface MessageDeduplicator {
+  /** True the first time a device's messageId is seen within the TTL. */
+  claim(productName: string, deviceName: string, messageId: string, ttlSeconds: number): Promise<boolean>;
+  release(productName: string, deviceName: string, messageId: string): Promise<void>;
+}

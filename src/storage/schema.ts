@@ -1,0 +1,32 @@
+import { sql } from "drizzle-orm";
+import { boolean, index, integer, jsonb, pgTable, primaryKey, text, timestamp, uuid } from "drizzle-orm/pg-core";
+
+export const devices = pgTable(
+  "devices",
+  {
+    productName: text("product_name").notNull(),
+    deviceName: text("device_name").notNull(),
+    secretHash: text("secret_hash").notNull(),
+    tags: text("tags").array().notNull().default(sql`'{}'::text[]`),
+    tagsVersion: integer("tags_version").notNull().default(1),
+    status: jsonb("status").$type<Record<string, unknown>>(),
+    /** Orders `update_status` reports so an older one never overwrites a newer one. */
+    statusOrder: text("status_order"),
+    statusAt: timestamp("status_at", { withTimezone: true }),
+    suspended: boolean("suspended").notNull().default(false),
+    createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.productName, t.deviceName] }),
+    index("devices_tags_idx").using("gin", t.tags),
+  ],
+);
+
+export const apiTokens = pgTable("api_tokens", {
+  id: uuid("id").primaryKey().defaultRandom(),
+  name: text("name").notNull(),
+  /** SHA-256 of the token: tokens are 256 random bits, so a fast hash is enough. */
+  tokenHash: text("token_hash").notNull().unique(),
+  scopes: text("scopes").array().notNull(),
+  createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+});
