@@ -1,5 +1,5 @@
 import "reflect-metadata";
-import type { GraphQLSchema } from "graphql";
+import { lexicographicSortSchema, printSchema, type GraphQLSchema } from "graphql";
 import { buildSchema, type AuthChecker, type PubSub } from "type-graphql";
 import { hasScopes } from "../auth/principal.js";
 import { DeviceResolver } from "../devices/device.resolver.js";
@@ -22,4 +22,18 @@ export function buildGraphqlSchema(pubSub: PubSub, resolvers: object[] = []): Pr
     authMode: "error",
     validate: false,
   });
+}
+
+const notForExecution: PubSub = {
+  publish() {
+    throw new Error("schema built for printing only");
+  },
+  subscribe() {
+    throw new Error("schema built for printing only");
+  },
+};
+
+/** The SDL committed as `schema.graphql`; a test fails when it is stale. */
+export async function printSchemaFile(): Promise<string> {
+  return `${printSchema(lexicographicSortSchema(await buildGraphqlSchema(notForExecution)))}\n`;
 }

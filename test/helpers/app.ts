@@ -1,0 +1,123 @@
+import { randomBytes } from "node:crypto";
+import type { TypedDocumentNode } from "@graphql-typed-document-node/core";
+import { print, type ExecutionResult } from "graphql";
+import { createClient, type Client } from "graphql-ws";
+import WebSocket from "ws";
+import { App } from "../../src/app.js";
+import { loadConfig, type BrokerConfig, type Config } from "../../src/config/config.js";
+import { createLogger } from "../../src/logger.js";
+import { DEFAULT_DATABASE, freshDatabase, REDIS_URL, type DatabaseKind } from "./services.js";
+import { onTeardown } from "./teardown.js";
+import { Inbox } from "./wait.js";
+
+export interface TestApp {
+  app: App;
+  config: Config;
+  httpUrl: string;
+  wsUrl: string;
+  /** Where devices connect: the embedded broker's port, or the external broker. */
+  mqttUrl: string;
+  token: string;
+  stop(): Promise<void>;
+}
+
+export interface TestAppOptions {
+  database?: DatabaseKind | Config["database"];
+  /** An external broker URL; the embedded broker (on a free port) when omitted. */
+  externalBroker?: string;
+  mqttClientId?: string;
+  tls?: boolean;
+  env?: Record<string, string>;
+}
+
+/** Starts the whole server on free ports against the real services; stopped after the file's tests. */
+export async function startApp(options: TestAppOptions = {}): Promise<TestApp> {
+  const token = `test-admin-${randomBytes(16).toString("hex")}`;
+  const base = loadConfig({ REDIS_URL, ADMIN_TOKEN: token, LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? "silent", ...options.env });
+  const database =
+    typeof options.database === "object" ? options.database : await freshDatabase(options.database ?? DEFAULT_DATABASE);
+  const broker: BrokerConfig = options.externalBroker
+    ? { kind: "external", url: options.externalBroker, username: undefined, password: undefined, shareGroup: "iothub-ota-test" }
+    : {
+        kind: "embedded",
+        host: "127.0.0.1",
+        port: 0,
+        tlsPort: options.tls ? 0 : null,
+        tlsCertFile: undefined,
+        tlsKeyFile: undefined,
+      };
+  const config: Config = {
+    ...base,
+    httpPort: 0,
+    httpHost: "127.0.0.1",
+    broker,
+    database,
+    dataDir: `/tmp/iothub-ota-test-${randomBytes(4).toString("hex")}`,
+    mqttClientId: options.mqttClientId,
+  };
+  const app = new App(config, createLogger(config.logLevel));
+  await app.start();
+  const stop = () => app.stop();
+  onTeardown(stop);
+  const { http, mqtt } = app.address;
+  return {
+    app,
+    config,
+    httpUrl: `http://127.0.0.1:${http}`,
+    wsUrl: `ws://127.0.0.1:${http}/graphql`,
+    mqttUrl: options.externalBroker ?? `mqtt://127.0.0.1:${mqtt}`,
+    token,
+    stop,
+  };
+}
+
+export type GqlResult<T> = ExecutionResult<T> & { status: number };
+
+/** GraphQL over HTTP with a typed document, as a dashboard would call it. */
+export async function gql<T, V>(
+  t: Pick<TestApp, "httpUrl" | "token">,
+  doc: TypedDocumentNode<T, V>,
+  variables: V,
+  authorization: string | null = `Bearer ${t.token}`,
+): Promise<GqlResult<T>> {
+  const res = await fetch(`${t.httpUrl}/graphql`, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...(authorization ? { authorization } : {}) },
+    body: JSON.stringify({ query: print(doc), variables }),
+  });
+  return { ...((await res.json()) as ExecutionResult<T>), status: res.status };
+}
+
+/** Like {@link gql}, but fails the test on any GraphQL error. */
+export async function gqlOk<T, V>(t: Pick<TestApp, "httpUrl" | "token">, doc: TypedDocumentNode<T, V>, variables: V): Promise<T> {
+  const r = await gql(t, doc, variables);
+  if (r.errors?.length || !r.data) throw new Error(`GraphQL errors: ${JSON.stringify(r.errors)}`);
+  return r.data;
+}
+
+export function wsClient(t: Pick<TestApp, "wsUrl" | "token">, authorization: string | null = `Bearer ${t.token}`): Client {
+  const client = createClient({
+    url: t.wsUrl,
+    webSocketImpl: WebSocket,
+    connectionParams: authorization ? { authorization } : {},
+    retryAttempts: 0,
+    lazy: false,
+    onNonLazyError: () => undefined,
+  });
+  onTeardown(() => client.dispose());
+  return client;
+}
+
+/** A graphql-ws subscription whose results land in an inbox; resolves once the server has taken it. */
+export async function subscribe<T, V>(client: Client, doc: TypedDocumentNode<T, V>, variables: V) {
+  const results = new Inbox<ExecutionResult<T>>();
+  const errors = new Inbox<unknown>();
+  const stop = client.subscribe<T>(
+    { query: print(doc), variables: variables as Record<string, unknown> },
+    { next: (r) => results.push(r as ExecutionResult<T>), error: (e) => errors.push(e), complete: () => undefined },
+  );
+  onTeardown(stop);
+  // graphql-ws sends the subscribe message right away; give the server a moment to attach to Redis.
+  await new Promise((r) => setTimeout(r, 300));
+  return { results, errors, stop };
+}

@@ -1,0 +1,85 @@
+import { ObjectId } from "bson";
+import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
+import { onTeardown } from "./teardown.js";
+import { Inbox } from "./wait.js";
+
+export interface Received {
+  topic: string;
+  payload: Buffer;
+  json: Record<string, unknown>;
+}
+
+/**
+ * A device that follows PROTOCOL.md and nothing else: username
+ * `<product>/<device>`, its secret as password, a persistent session, QoS 1,
+ * and no subscription to its own command topic (the broker makes it).
+ */
+export class TestDevice {
+  readonly inbox = new Inbox<Received>();
+
+  private constructor(
+    readonly client: MqttClient,
+    readonly productName: string,
+    readonly deviceName: string,
+  ) {
+    client.on("message", (topic, payload) => {
+      let json: Record<string, unknown> = {};
+      try {
+        json = JSON.parse(payload.toString()) as Record<string, unknown>;
+      } catch {
+        // not JSON: keep the raw payload only
+      }
+      this.inbox.push({ topic, payload, json });
+    });
+  }
+
+  static async connect(
+    url: string,
+    productName: string,
+    deviceName: string,
+    secret: string,
+    options: IClientOptions = {},
+  ): Promise<TestDevice> {
+    const client = await mqtt.connectAsync(url, {
+      clientId: `${productName}/${deviceName}`,
+      username: `${productName}/${deviceName}`,
+      password: secret,
+      clean: false,
+      reconnectPeriod: 0,
+      connectTimeout: 5000,
+      ...options,
+    });
+    onTeardown(() => client.endAsync(true));
+    return new TestDevice(client, productName, deviceName);
+  }
+
+  async publish(topic: string, payload: unknown): Promise<void> {
+    const body = typeof payload === "string" || Buffer.isBuffer(payload) ? payload : JSON.stringify(payload);
+    await this.client.publishAsync(topic, body, { qos: 1 });
+  }
+
+  /** `update_ota_status/<product>/<device>/<messageId>`; returns the messageId. */
+  async reportProgress(payload: unknown, messageId = new ObjectId().toHexString()): Promise<string> {
+    await this.publish(`update_ota_status/${this.productName}/${this.deviceName}/${messageId}`, payload);
+    return messageId;
+  }
+
+  async reportStatus(payload: unknown, messageId = new ObjectId().toHexString()): Promise<string> {
+    await this.publish(`update_status/${this.productName}/${this.deviceName}/${messageId}`, payload);
+    return messageId;
+  }
+
+  /** The `$tags` data request devices send on every connect. */
+  async requestTags(held: { tags: string[]; tags_version: number }): Promise<void> {
+    await this.publish(`get/${this.productName}/${this.deviceName}/$tags/${new ObjectId().toHexString()}`, held);
+  }
+
+  /** The next command of the given name, from the device or tag form of the topic. */
+  nextCommand(command: string, ms?: number): Promise<Received> {
+    return this.inbox.next((m) => m.topic.split("/").includes(command), ms);
+  }
+
+  end(): Promise<void> {
+    return this.client.endAsync(true);
+  }
+}

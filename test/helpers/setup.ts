@@ -1,0 +1,5 @@
+import "reflect-metadata";
+import { afterAll } from "vitest";
+import { runTeardown } from "./teardown.js";
+
+afterAll(runTeardown);
