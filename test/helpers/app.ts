@@ -6,7 +6,7 @@ import WebSocket from "ws";
 import { App } from "../../src/app.js";
 import { loadConfig, type BrokerConfig, type Config } from "../../src/config/config.js";
 import { createLogger } from "../../src/logger.js";
-import { DEFAULT_DATABASE, freshDatabase, REDIS_URL, type DatabaseKind } from "./services.js";
+import { DEFAULT_DATABASE, freshDatabase, REDIS_URL, uniq, type DatabaseKind } from "./services.js";
 import { onTeardown } from "./teardown.js";
 import { Inbox } from "./wait.js";
 
@@ -25,6 +25,8 @@ export interface TestAppOptions {
   database?: DatabaseKind | Config["database"];
   /** An external broker URL; the embedded broker (on a free port) when omitted. */
   externalBroker?: string;
+  /** Instances in one share group split the ingest; by default each app has a group of its own. */
+  shareGroup?: string;
   mqttClientId?: string;
   tls?: boolean;
   env?: Record<string, string>;
@@ -37,7 +39,7 @@ export async function startApp(options: TestAppOptions = {}): Promise<TestApp> {
   const database =
     typeof options.database === "object" ? options.database : await freshDatabase(options.database ?? DEFAULT_DATABASE);
   const broker: BrokerConfig = options.externalBroker
-    ? { kind: "external", url: options.externalBroker, username: undefined, password: undefined, shareGroup: "iothub-ota-test" }
+    ? { kind: "external", url: options.externalBroker, username: undefined, password: undefined, shareGroup: options.shareGroup ?? uniq("grp") }
     : {
         kind: "embedded",
         host: "127.0.0.1",

@@ -1,0 +1,109 @@
+import { beforeAll, describe, expect, it } from "vitest";
+import { DeviceDocument, OtaProgressDocument, RegisterDeviceDocument } from "../generated/graphql.js";
+import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
+import { TestDevice } from "../helpers/device.js";
+import { metric } from "../helpers/metrics.js";
+import { MOSQUITTO_URL, uniq } from "../helpers/services.js";
+import { eventually, sleep } from "../helpers/wait.js";
+
+describe.each([
+  ["the embedded broker", undefined],
+  ["an external Mosquitto", MOSQUITTO_URL],
+])("ingest through %s", (_name, externalBroker) => {
+  let t: TestApp;
+  let productName: string;
+
+  beforeAll(async () => {
+    t = await startApp({ externalBroker, env: { MAX_PAYLOAD_BYTES: "1024" } });
+    productName = uniq("ing");
+  });
+
+  async function device(): Promise<TestDevice> {
+    const { registerDevice } = await gqlOk(t, RegisterDeviceDocument, { input: { productName } });
+    return TestDevice.connect(t.mqttUrl, productName, registerDevice.device.deviceName, registerDevice.secret);
+  }
+
+  const progressOf = async (dev: TestDevice) =>
+    (await gqlOk(t, OtaProgressDocument, { productName, deviceName: dev.deviceName })).otaProgress;
+
+  it("applies one device's reports in arrival order", async () => {
+    const dev = await device();
+    const sends = [];
+    for (let progress = 0; progress <= 100; progress++) {
+      sends.push(dev.reportProgress({ version: "3", type: "firmware", progress }));
+    }
+    await Promise.all(sends);
+    await eventually(async () => expect((await progressOf(dev))?.progress).toBe(100));
+    await sleep(200);
+    expect((await progressOf(dev))?.progress).toBe(100);
+  });
+
+  it("processes a messageId once: a repeat is dropped and counted", async () => {
+    const dev = await device();
+    const before = await metric(t, "iothub_ota_ingest_messages_total", { kind: "ota_status", result: "duplicate" });
+    const id = await dev.reportProgress({ version: "3", type: "firmware", progress: 30 });
+    await eventually(async () => expect((await progressOf(dev))?.progress).toBe(30));
+    await dev.reportProgress({ version: "3", type: "firmware", progress: 99 }, id);
+    await eventually(async () =>
+      expect(await metric(t, "iothub_ota_ingest_messages_total", { kind: "ota_status", result: "duplicate" })).toBe(before + 1),
+    );
+    expect((await progressOf(dev))?.progress).toBe(30);
+  });
+
+  it("never lets an older update_status overwrite a newer one", async () => {
+    const dev = await device();
+    const deviceName = dev.deviceName;
+    const stale = await metric(t, "iothub_ota_ingest_messages_total", { kind: "status", result: "stale" });
+    const seconds = Math.floor(Date.now() / 1000);
+    const newer = `${(seconds + 10).toString(16)}0000000000000001`;
+    const older = `${(seconds - 10).toString(16)}0000000000000001`;
+    await dev.reportStatus({ firmware_ver: "2.0" }, newer);
+    await eventually(async () =>
+      expect((await gqlOk(t, DeviceDocument, { productName, deviceName })).device?.firmwareVersion).toBe("2.0"),
+    );
+    await dev.reportStatus({ firmware_ver: "1.0" }, older);
+    await eventually(async () =>
+      expect(await metric(t, "iothub_ota_ingest_messages_total", { kind: "status", result: "stale" })).toBe(stale + 1),
+    );
+    expect((await gqlOk(t, DeviceDocument, { productName, deviceName })).device?.firmwareVersion).toBe("2.0");
+  });
+
+  it.each([
+    ["not_json", "{not json"],
+    ["not_object", "[1,2,3]"],
+    ["bad_progress", JSON.stringify({ progress: 101 })],
+    ["bad_progress", JSON.stringify({ progress: "50" })],
+    ["too_large", JSON.stringify({ progress: 1, desc: "x".repeat(2000) })],
+  ])("drops a %s report, counts it, and goes on", async (reason, payload) => {
+    const dev = await device();
+    const before = await metric(t, "iothub_ota_ingest_malformed_total", { reason });
+    await dev.reportProgress(payload);
+    await eventually(async () => expect(await metric(t, "iothub_ota_ingest_malformed_total", { reason })).toBe(before + 1));
+    expect(await progressOf(dev)).toBeNull();
+    await dev.reportProgress({ version: "3", type: "firmware", progress: 7 });
+    await eventually(async () => expect((await progressOf(dev))?.progress).toBe(7));
+  });
+
+  it("drops a malformed update_status and $tags request", async () => {
+    const dev = await device();
+    const before = await metric(t, "iothub_ota_ingest_malformed_total", { reason: "bad_field" });
+    await dev.reportStatus({ firmware_ver: 12 });
+    await dev.publish(`get/${productName}/${dev.deviceName}/$tags/65a000000000000000000077`, { tags_version: "x" });
+    await eventually(async () =>
+      expect(await metric(t, "iothub_ota_ingest_malformed_total", { reason: "bad_field" })).toBe(before + 2),
+    );
+  });
+});
+
+describe("ingest of topics no device may use", () => {
+  it("counts an unknown topic as malformed (external broker, where anyone may publish)", async () => {
+    const t = await startApp({ externalBroker: MOSQUITTO_URL });
+    const productName = uniq("ing");
+    const before = await metric(t, "iothub_ota_ingest_malformed_total", { reason: "unknown_topic" });
+    const dev = await TestDevice.connect(MOSQUITTO_URL, productName, "anyone", "");
+    await dev.publish(`update_ota_status/${productName}/bad name/65a000000000000000000001`, { progress: 1 });
+    await eventually(async () =>
+      expect(await metric(t, "iothub_ota_ingest_malformed_total", { reason: "unknown_topic" })).toBe(before + 1),
+    );
+  });
+});
