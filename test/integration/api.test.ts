@@ -43,7 +43,7 @@ describe("the API", () => {
     });
 
     it("refuses REST calls without a valid token", async () => {
-      for (const headers of [{}, { authorization: "Bearer wrong" }]) {
+      for (const headers of [{}, { authorization: "Bearer wrong" }] as Record<string, string>[]) {
         const res = await fetch(`${t.httpUrl}/ota/${productName}/${deviceName}`, { headers });
         expect(res.status).toBe(401);
       }

@@ -69,7 +69,7 @@ describe("the embedded broker", () => {
     const other = uniq("other");
     const { registerDevice } = await gqlOk(t, RegisterDeviceDocument, { input: { productName, deviceName: other } });
     const dev = await TestDevice.connect(t.mqttUrl, productName, deviceName, secret, { clientId: `${productName}/${deviceName}/pub` });
-    const closed = new Promise((r) => dev.client.once("close", r));
+    const closed = new Promise<void>((r) => dev.client.once("close", () => r()));
     dev.client.publish(`update_ota_status/${productName}/${other}/65a0000000000000000000aa`, JSON.stringify({ progress: 5 }), { qos: 1 });
     await closed; // MQTT 3.1.1: an unauthorised publish ends the connection
     await sleep(200);
@@ -81,7 +81,7 @@ describe("the embedded broker", () => {
     const name = uniq("susp");
     const { registerDevice } = await gqlOk(t, RegisterDeviceDocument, { input: { productName, deviceName: name } });
     const dev = await TestDevice.connect(t.mqttUrl, productName, name, registerDevice.secret);
-    const closed = new Promise((r) => dev.client.once("close", r));
+    const closed = new Promise<void>((r) => dev.client.once("close", () => r()));
     await gqlOk(t, SuspendDeviceDocument, { productName, deviceName: name });
     await closed;
     const id = `${productName}/${name}`;
@@ -94,7 +94,7 @@ describe("the embedded broker", () => {
     await eventually(async () => {
       expect((await gqlOk(t, OtaProgressDocument, { productName, deviceName: name })).otaProgress).not.toBeNull();
     });
-    const gone = new Promise((r) => again.client.once("close", r));
+    const gone = new Promise<void>((r) => again.client.once("close", () => r()));
     expect((await gqlOk(t, DeleteDeviceDocument, { productName, deviceName: name })).deleteDevice).toBe(true);
     await gone;
     expect((await gqlOk(t, OtaProgressDocument, { productName, deviceName: name })).otaProgress).toBeNull();

@@ -1,0 +1,55 @@
+# Sourced by start.sh and test.sh: make sure the local services are there,
+# starting them if they are installed and installing them (Debian/Ubuntu) if not.
+set -euo pipefail
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  for _ in $(seq 1 60); do port_open "$1" && return 0; sleep 0.5; done
+  echo "service on port $1 did not come up" >&2
+  return 1
+}
+
+apt_updated=""
+apt_install() {
+  if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_deps() {
+  if [ ! -x node_modules/.bin/tsx ]; then npm ci --no-audit --no-fund; fi
+}
+
+ensure_redis() {
+  port_open 6379 && return 0
+  command -v redis-server >/dev/null || apt_install redis-server
+  as_root mkdir -p /var/lib/redis /var/log/redis
+  port_open 6379 || as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
+    --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  wait_port 6379
+}
+
+ensure_postgres() {
+  if ! port_open 5432; then
+    command -v pg_ctlcluster >/dev/null || apt_install postgresql
+    as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n 1)" main start || true
+    wait_port 5432
+  fi
+  # Connect over the Unix socket as a superuser role named after this OS user (peer or trust auth).
+  local me; me=$(id -un)
+  if ! psql -h /var/run/postgresql -d postgres -U "$me" -Atc 'select 1' >/dev/null 2>&1; then
+    as_root su postgres -c "psql -qc \"create role \\\"$me\\\" superuser login\"" >/dev/null
+  fi
+  export DATABASE_URL="${DATABASE_URL:-postgresql://$me@localhost/postgres?host=/var/run/postgresql}"
+}
+
+ensure_mosquitto() {
+  port_open 1883 && return 0
+  command -v mosquitto >/dev/null || apt_install mosquitto
+  as_root mkdir -p /run/mosquitto
+  as_root chown mosquitto /run/mosquitto 2>/dev/null || true
+  port_open 1883 || as_root mosquitto -d -c /etc/mosquitto/mosquitto.conf
+  wait_port 1883
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# `npm start`: install dependencies and Redis if needed, then run the server
+# with its embedded broker and database. Settings: see README.md.
+cd "$(dirname "$0")/.."
+. scripts/services.sh
+ensure_deps
+case "${REDIS_URL:-redis://127.0.0.1:6379}" in
+  redis://127.0.0.1:6379*|redis://localhost:6379*) ensure_redis ;;
+esac
+exec node bin/iothub-ota.js serve

@@ -1,0 +1,67 @@
+import { spawn, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { createServer, type AddressInfo } from "node:net";
+import { describe, expect, it } from "vitest";
+import { REDIS_URL } from "../helpers/services.js";
+import { onTeardown } from "../helpers/teardown.js";
+import { eventually } from "../helpers/wait.js";
+
+const BIN = new URL("../../bin/iothub-ota.js", import.meta.url).pathname;
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((r) => server.close(r));
+  return port;
+}
+
+describe("the command line", () => {
+  it("refuses a bad setting, naming the variable", () => {
+    const r = spawnSync(process.execPath, [BIN, "serve"], { env: { ...process.env, MQTT_PORT: "99999" }, encoding: "utf8" });
+    expect(r.status).toBe(2);
+    expect(r.stderr).toContain("MQTT_PORT");
+  });
+
+  it("creates a token, serves with it, and stops cleanly on SIGTERM", async () => {
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      DATA_DIR: `/tmp/iothub-ota-cli-${randomBytes(4).toString("hex")}`,
+      REDIS_URL,
+      PORT: String(await freePort()),
+      MQTT_PORT: String(await freePort()),
+      MQTTS_PORT: "0",
+      HOST: "127.0.0.1",
+      MQTT_HOST: "127.0.0.1",
+      LOG_LEVEL: "info",
+    };
+    delete env.DATABASE_URL;
+    delete env.ADMIN_TOKEN;
+    const created = spawnSync(process.execPath, [BIN, "token", "create", "--name", "ci"], { env, encoding: "utf8" });
+    expect(created.status).toBe(0);
+    const token = created.stdout.trim();
+    expect(token).toMatch(/^iot_[A-Za-z0-9_-]{43}$/);
+
+    const server = spawn(process.execPath, [BIN, "serve"], { env, stdio: ["ignore", "pipe", "pipe"] });
+    let logs = "";
+    server.stdout.on("data", (d) => (logs += d));
+    server.stderr.on("data", (d) => (logs += d));
+    const exited = new Promise<number | null>((r) => server.on("exit", (code) => r(code)));
+    onTeardown(() => server.kill("SIGKILL"));
+    const base = `http://127.0.0.1:${env.PORT}`;
+    await eventually(async () => expect((await fetch(`${base}/readyz`)).status).toBe(200), 20_000);
+    // A token already existed, so none was printed at start.
+    expect(logs).not.toContain("shown only this once");
+
+    const query = JSON.stringify({ query: "{ devices(productName: \"p\") { pageInfo { hasNextPage } } }" });
+    const headers = { "content-type": "application/json" };
+    const ok = await fetch(`${base}/graphql`, { method: "POST", headers: { ...headers, authorization: `Bearer ${token}` }, body: query });
+    expect(ok.status).toBe(200);
+    const refused = await fetch(`${base}/graphql`, { method: "POST", headers: { ...headers, authorization: "Bearer iot_nope" }, body: query });
+    expect(refused.status).toBe(401);
+
+    server.kill("SIGTERM");
+    expect(await exited).toBe(0);
+    expect(logs).toContain("shutting down");
+  });
+});
