@@ -14,6 +14,7 @@ import { ServerMqttClient } from "./mqtt/server.client.js";
 import { OtaResolver } from "./ota/ota.resolver.js";
 import { OtaService } from "./ota/ota.service.js";
 import type { CommandPublisher, DeviceSessions } from "./ota/ports.js";
+import { commandOfTopic } from "./protocol/topics.js";
 import { ProgressFeed } from "./ota/progress.feed.js";
 import { Database } from "./storage/database.js";
 import { RedisPubSubAdapter } from "./storage/pubsub.js";
@@ -68,7 +69,13 @@ export class App {
     const pubsub = new RedisPubSubAdapter(this.#redis, this.#subscriber);
 
     // The broker and the devices need each other: commands and sessions are late-bound.
-    const commands: CommandPublisher = { publishCommand: (t, p) => this.#mqtt.publishCommand(t, p) };
+    // With the embedded broker, commands go in process (see EmbeddedBroker.publishCommand).
+    const commands: CommandPublisher = {
+      publishCommand: async (topic, payload) => {
+        await (this.#broker ?? this.#mqtt).publishCommand(topic, payload);
+        this.metrics.commands.inc({ command: commandOfTopic(topic) });
+      },
+    };
     const sessions: DeviceSessions = { disconnect: (p, d) => this.#broker?.disconnect(p, d) };
     this.tokens = new TokenService(db, config.adminToken);
     this.devices = new DeviceService(new DeviceRepository(db), commands, sessions, progress);
@@ -101,7 +108,6 @@ export class App {
           clientId: config.mqttClientId,
         },
         onMessage,
-        this.metrics,
         this.log,
       );
     } else {
@@ -114,7 +120,6 @@ export class App {
           shareGroup: broker.shareGroup,
         },
         onMessage,
-        this.metrics,
         this.log,
       );
     }

@@ -6,6 +6,8 @@ export enum ErrorCode {
   BAD_USER_INPUT = "BAD_USER_INPUT",
   UNAUTHENTICATED = "UNAUTHENTICATED",
   FORBIDDEN = "FORBIDDEN",
+  /** The MQTT broker is unreachable: the command was not sent. Safe to retry. */
+  BROKER_UNAVAILABLE = "BROKER_UNAVAILABLE",
   INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR",
 }
 

@@ -1,13 +1,15 @@
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import { createServer, type AddressInfo, type Server } from "node:net";
+import { listen } from "../listen.js";
 import { createServer as createTlsServer } from "node:tls";
 import { Aedes, type AuthenticateError, type Client } from "aedes";
 import persistence from "aedes-persistence-redis";
 import type { Redis } from "ioredis";
 import type { DeviceService } from "../devices/device.service.js";
+import { AppError, ErrorCode } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
-import type { DeviceSessions } from "../ota/ports.js";
+import type { CommandPublisher, DeviceSessions } from "../ota/ports.js";
 import {
   canPublish,
   canSubscribe,
@@ -48,10 +50,10 @@ function refuse(returnCode: number, message: string): AuthenticateError {
  * command topic, and keeps sessions in Redis so queued QoS 1 commands
  * survive a restart.
  */
-export class EmbeddedBroker implements DeviceSessions {
+export class EmbeddedBroker implements DeviceSessions, CommandPublisher {
   readonly serverPassword = randomBytes(24).toString("base64url");
   #aedes: Aedes | undefined;
-  #persistence: { destroy(): Promise<void> } | undefined;
+  #persistence: ReturnType<typeof persistence> | undefined;
   #servers: Server[] = [];
   #internalPort = 0;
   readonly #principals = new WeakMap<Client, Principal>();
@@ -117,11 +119,28 @@ export class EmbeddedBroker implements DeviceSessions {
     }
     if (tlsPort !== null) {
       const tls = await loadTls(tlsCertFile, tlsKeyFile, dataDir);
-      const server = await listen(createTlsServer({ cert: tls.cert, key: tls.key }, aedes.handle), host, tlsPort);
+      const server = await listen(createTlsServer({ cert: tls.cert, key: tls.key }, aedes.handle), host, tlsPort, "MQTTS_PORT");
       this.#servers.push(server);
       this.ports.mqtts = (server.address() as AddressInfo).port;
     }
     this.log.info({ ...this.ports }, "embedded broker listening");
+  }
+
+  /**
+   * Publishes in process rather than through an MQTT client: aedes answers a
+   * client's QoS 1 PUBLISH with PUBACK before it has queued the message for
+   * offline sessions, whereas this resolves only once the message is queued
+   * in Redis for every offline device, so a command acknowledged to the API
+   * survives an immediate restart.
+   */
+  publishCommand(topic: string, payload: string): Promise<void> {
+    const aedes = this.#aedes;
+    if (!aedes) return Promise.reject(new AppError(ErrorCode.BROKER_UNAVAILABLE, "the broker is not running"));
+    return new Promise((resolve, reject) =>
+      aedes.publish({ cmd: "publish", topic, payload: Buffer.from(payload), qos: 1, retain: false, dup: false }, (err) =>
+        err ? reject(err) : resolve(),
+      ),
+    );
   }
 
   disconnect(productName: string, deviceName: string): void {
@@ -151,6 +170,7 @@ export class EmbeddedBroker implements DeviceSessions {
     const result = await this.devices.authenticate(id.value.productName, id.value.deviceName, password.toString("utf8"));
     switch (result) {
       case "ok":
+        await this.#autoSubscribe(client, id.value);
         return { kind: "device", ...id.value };
       case "suspended":
         throw refuse(NOT_AUTHORIZED, "device suspended");
@@ -172,10 +192,23 @@ export class EmbeddedBroker implements DeviceSessions {
     set.add(client);
     this.#online.set(key, set);
     this.metrics.connectedDevices.inc();
-    // EMQX-style auto-subscription: devices never subscribe to their own command topic (PROTOCOL.md).
-    client.subscribe({ topic: deviceCommandFilter(p.productName, p.deviceName), qos: 1 }, (err) => {
-      if (err) this.log.error({ clientId: client.id, err: err.message }, "auto-subscription failed");
-    });
+    if (client.clean) {
+      client.subscribe({ topic: deviceCommandFilter(p.productName, p.deviceName), qos: 1 }, (err) => {
+        if (err) this.log.error({ clientId: client.id, err: err.message }, "auto-subscription failed");
+      });
+    }
+  }
+
+  /**
+   * EMQX-style auto-subscription: devices never subscribe to their own
+   * command topic (PROTOCOL.md). For a persistent session it is stored before
+   * the CONNACK, so aedes restores it with the session and commands queue
+   * for the device even if it drops straight after connecting; a clean
+   * session is subscribed once it is registered (#onConnect).
+   */
+  async #autoSubscribe(client: Client, id: DeviceIdentity): Promise<void> {
+    if (client.clean || !this.#persistence) return;
+    await this.#persistence.addSubscriptions(client, [{ topic: deviceCommandFilter(id.productName, id.deviceName), qos: 1 }]);
   }
 
   #onDisconnect(client: Client): void {
@@ -186,14 +219,4 @@ export class EmbeddedBroker implements DeviceSessions {
     if (set?.delete(client)) this.metrics.connectedDevices.dec();
     if (set && set.size === 0) this.#online.delete(key);
   }
-}
-
-function listen(server: Server, host: string, port: number): Promise<Server> {
-  return new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(port, host, () => {
-      server.off("error", reject);
-      resolve(server);
-    });
-  });
 }

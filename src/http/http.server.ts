@@ -8,6 +8,7 @@ import { GraphQLError, type GraphQLSchema } from "graphql";
 import { useServer } from "graphql-ws/use/ws";
 import { WebSocketServer } from "ws";
 import { bearerToken, type Principal } from "../auth/principal.js";
+import { listen } from "../listen.js";
 import type { TokenService } from "../auth/token.service.js";
 import type { DeviceService } from "../devices/device.service.js";
 import { ErrorCode } from "../errors.js";
@@ -125,10 +126,7 @@ export class HttpServer {
     };
     app.use(requireToken, restRoutes(this.deps.devices, this.deps.ota, log));
 
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
-      server.listen(port, host, () => resolve());
-    });
+    await listen(server, host, port, "PORT");
     this.#server = server;
     log.info({ port: this.port }, "http listening");
   }

@@ -35,7 +35,7 @@ export class IngestDispatcher {
     const receivedAt = this.now();
     const parsed = parseDeviceTopic(topic);
     if (!parsed.ok) {
-      this.#malformed("unknown_topic", topic, parsed.message);
+      this.#malformed("unknown", "unknown_topic", topic, parsed.message);
       return;
     }
     const message = parsed.value;
@@ -69,13 +69,13 @@ export class IngestDispatcher {
     switch (m.kind) {
       case "ota_status": {
         const report = parseOtaStatus(payload, max);
-        if (!report.ok) return this.#malformed(report.reason, topic, report.message);
+        if (!report.ok) return this.#malformed(m.kind, report.reason, topic, report.message);
         const record = recordFromReport(m, report.value, m.messageId, receivedAt);
         return (await this.progress.ingest(record, ttl)) ? "accepted" : "duplicate";
       }
       case "status": {
         const status = parseStatus(payload, max);
-        if (!status.ok) return this.#malformed(status.reason, topic, status.message);
+        if (!status.ok) return this.#malformed(m.kind, status.reason, topic, status.message);
         return this.#once(m, ttl, async () => {
           const applied = await this.devices.applyStatus(m.productName, m.deviceName, status.value, m.messageId, receivedAt);
           if (!applied) return "stale";
@@ -87,7 +87,7 @@ export class IngestDispatcher {
         // The SDK also asks for `$shadow` and `$ntp`: outside this server's scope (PROTOCOL.md).
         if (m.resource !== "$tags") return "ignored";
         const request = parseTagsRequest(payload, max);
-        if (!request.ok) return this.#malformed(request.reason, topic, request.message);
+        if (!request.ok) return this.#malformed(m.kind, request.reason, topic, request.message);
         return this.#once(m, ttl, async () => {
           await this.devices.answerTagsRequest(m.productName, m.deviceName, request.value.tagsVersion);
           return "accepted";
@@ -122,9 +122,9 @@ export class IngestDispatcher {
     }
   }
 
-  #malformed(reason: string, topic: string, message: string): null {
+  #malformed(kind: string, reason: string, topic: string, message: string): null {
     this.metrics.malformed.inc({ reason });
-    this.metrics.ingest.inc({ kind: "unknown", result: "malformed" });
+    this.metrics.ingest.inc({ kind, result: "malformed" });
     this.log.warn({ topic, reason }, `dropped malformed message: ${message}`);
     return null;
   }

@@ -1,9 +1,11 @@
 import { randomBytes } from "node:crypto";
 import mqtt, { type MqttClient } from "mqtt";
 import type { Logger } from "../logger.js";
-import type { Metrics } from "../metrics.js";
 import type { CommandPublisher } from "../ota/ports.js";
 import { INGEST_FILTERS, sharedFilter } from "../protocol/topics.js";
+import { AppError, ErrorCode } from "../errors.js";
+
+const ACK_TIMEOUT_MS = 10_000;
 
 export interface ServerClientOptions {
   url: string;
@@ -25,7 +27,6 @@ export class ServerMqttClient implements CommandPublisher {
   constructor(
     private readonly options: ServerClientOptions,
     private readonly onMessage: (topic: string, payload: Buffer) => void,
-    private readonly metrics: Metrics,
     private readonly log: Logger,
   ) {}
 
@@ -56,9 +57,21 @@ export class ServerMqttClient implements CommandPublisher {
   }
 
   async publishCommand(topic: string, payload: string): Promise<void> {
-    if (!this.#client) throw new Error("mqtt client not started");
-    await this.#client.publishAsync(topic, payload, { qos: 1 });
-    this.metrics.commands.inc({ command: topic.split("/").at(topic.startsWith("tags/") ? 4 : 3) ?? "unknown" });
+    const client = this.#client;
+    // Fail fast rather than queue: a caller told "unavailable" may retry without a double send.
+    if (!client?.connected) throw new AppError(ErrorCode.BROKER_UNAVAILABLE, "the MQTT broker is not reachable; nothing was sent");
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new AppError(ErrorCode.BROKER_UNAVAILABLE, `the MQTT broker did not acknowledge within ${ACK_TIMEOUT_MS} ms`)),
+        ACK_TIMEOUT_MS,
+      );
+    });
+    try {
+      await Promise.race([client.publishAsync(topic, payload, { qos: 1 }), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   async stop(): Promise<void> {

@@ -29,6 +29,11 @@ export function buildCommandTopic(c: CommandTopic): string {
   return c.expiresAt === undefined ? `${head}/${tail}` : `${head}/${tail}/${c.expiresAt}`;
 }
 
+/** The `<command>` level of a command topic built by {@link buildCommandTopic}. */
+export function commandOfTopic(topic: string): string {
+  return topic.split("/")[topic.startsWith("tags/") ? 4 : 3] ?? "unknown";
+}
+
 /** What a device publishes (PROTOCOL.md, "Device to server"). */
 export type DeviceMessageTopic =
   | { kind: "ota_status"; productName: string; deviceName: string; messageId: string }

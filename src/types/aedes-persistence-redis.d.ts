@@ -7,6 +7,7 @@ declare module "aedes-persistence-redis" {
   }
   interface RedisPersistence {
     destroy(): Promise<void>;
+    addSubscriptions(client: { id: string }, subs: { topic: string; qos: 0 | 1 | 2 }[]): Promise<unknown>;
   }
   export default function persistence(options?: Options): RedisPersistence;
 }

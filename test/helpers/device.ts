@@ -40,7 +40,7 @@ export class TestDevice {
     secret: string,
     options: IClientOptions = {},
   ): Promise<TestDevice> {
-    const client = await mqtt.connectAsync(url, {
+    const client = mqtt.connect(url, {
       clientId: `${productName}/${deviceName}`,
       username: `${productName}/${deviceName}`,
       password: secret,
@@ -50,7 +50,14 @@ export class TestDevice {
       ...options,
     });
     onTeardown(() => client.endAsync(true));
-    return new TestDevice(client, productName, deviceName);
+    // Listen before the CONNACK: a resumed session's queued commands follow it at once.
+    const device = new TestDevice(client, productName, deviceName);
+    await new Promise<void>((resolve, reject) => {
+      client.once("connect", () => resolve());
+      client.once("error", reject);
+      client.once("close", () => reject(new Error("connection closed before CONNACK")));
+    });
+    return device;
   }
 
   async publish(topic: string, payload: unknown): Promise<void> {

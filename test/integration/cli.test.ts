@@ -1,20 +1,12 @@
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { createServer, type AddressInfo } from "node:net";
 import { describe, expect, it } from "vitest";
+import { freePort } from "../helpers/mosquitto.js";
 import { REDIS_URL } from "../helpers/services.js";
 import { onTeardown } from "../helpers/teardown.js";
 import { eventually } from "../helpers/wait.js";
 
 const BIN = new URL("../../bin/iothub-ota.js", import.meta.url).pathname;
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((r) => server.close(r));
-  return port;
-}
 
 describe("the command line", () => {
   it("refuses a bad setting, naming the variable", () => {
