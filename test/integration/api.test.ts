@@ -13,8 +13,8 @@ import { gql, gqlOk, startApp, type TestApp } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
 import { uniq } from "../helpers/services.js";
 import { eventually } from "../helpers/wait.js";
+import { firmware } from "../helpers/fixtures.js";
 
-const firmware = { url: "http://fw.local/a.bin", version: "1.2", size: 2048, md5: "ffffffffffffffffffffffffffffffff", type: "firmware" };
 
 describe("the API", () => {
   let t: TestApp;

@@ -12,14 +12,8 @@ import { gqlOk, startApp, subscribe, wsClient, type TestApp } from "../helpers/a
 import { TestDevice } from "../helpers/device.js";
 import { uniq } from "../helpers/services.js";
 import { eventually } from "../helpers/wait.js";
+import { firmware } from "../helpers/fixtures.js";
 
-const firmware = {
-  url: "https://firmware.example/acme-1.1.bin",
-  version: "1.1",
-  size: 1000,
-  md5: "0123456789abcdef0123456789abcdef",
-  type: "firmware",
-};
 
 describe("the whole OTA flow, with a device that speaks only PROTOCOL.md", () => {
   let t: TestApp;

@@ -7,8 +7,8 @@ import { TestDevice } from "../helpers/device.js";
 import { metric } from "../helpers/metrics.js";
 import { DATABASE_URL, DEFAULT_DATABASE, freshDatabase, MOSQUITTO_URL, uniq } from "../helpers/services.js";
 import { eventually } from "../helpers/wait.js";
+import { firmware } from "../helpers/fixtures.js";
 
-const firmware = { url: "https://fw.local/x.bin", version: "9.9", size: 10, md5: "0123456789abcdef0123456789abcdef", type: "firmware" };
 
 describe.skipIf(!DATABASE_URL)("two instances sharing Redis, PostgreSQL and one external broker", () => {
   it("split the ingest, process each report once, and feed every subscriber", async () => {

@@ -5,8 +5,8 @@ import { TestDevice } from "../helpers/device.js";
 import { OwnMosquitto } from "../helpers/mosquitto.js";
 import { uniq } from "../helpers/services.js";
 import { eventually } from "../helpers/wait.js";
+import { firmware } from "../helpers/fixtures.js";
 
-const firmware = { url: "https://fw.local/x.bin", version: "2", size: 10, md5: "0123456789abcdef0123456789abcdef", type: "firmware" };
 
 describe("when the external broker goes away", () => {
   it("reports not ready, refuses commands clearly, and recovers when the broker is back", async () => {
