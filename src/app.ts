@@ -189,6 +189,7 @@ export class App {
     for (const component of started.reverse()) {
       try {
         await component.stop();
+        this.log.debug({ component: component.name }, "stopped");
       } catch (err) {
         this.log.error({ err, component: component.name }, "stop failed");
       }

@@ -5,6 +5,9 @@ import { TokenService } from "./auth/token.service.js";
 import { ConfigError, loadConfig, type Config } from "./config/config.js";
 import { Database } from "./storage/database.js";
 
+/** Apollo's drain grace is 10 s; past this something is stuck and the orchestrator would kill us anyway. */
+const SHUTDOWN_DEADLINE_MS = 30_000;
+
 function configOrExit(): Config {
   try {
     return loadConfig();
@@ -22,9 +25,16 @@ async function serve(): Promise<void> {
   const app = new App(configOrExit());
   let stopping = false;
   const shutdown = (signal: string) => {
-    if (stopping) return;
+    if (stopping) {
+      app.log.warn({ signal }, "second signal: exiting without finishing the shutdown");
+      process.exit(1);
+    }
     stopping = true;
     app.log.info({ signal }, "shutting down");
+    setTimeout(() => {
+      app.log.error(`shutdown took longer than ${SHUTDOWN_DEADLINE_MS} ms: exiting`);
+      process.exit(1);
+    }, SHUTDOWN_DEADLINE_MS).unref();
     app.stop().then(
       () => process.exit(0),
       () => process.exit(1),

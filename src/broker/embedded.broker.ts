@@ -76,6 +76,15 @@ export class EmbeddedBroker implements DeviceSessions, CommandPublisher {
   ports: { mqtt: number | null; mqtts: number | null } = { mqtt: null, mqtts: null };
 
   async start(): Promise<void> {
+    try {
+      await this.#start();
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+  }
+
+  async #start(): Promise<void> {
     const store = persistence({ conn: this.redis, maxSessionDelivery: 10_000 });
     this.#persistence = store;
     const aedes = await Aedes.createBroker({

@@ -83,6 +83,8 @@ export class HttpServer {
     const apollo = new ApolloServer<Context>({
       schema,
       includeStacktraceInErrorResponses: false,
+      // main.ts owns the signals and stops components in order; Apollo's own handler would race it.
+      stopOnTerminationSignals: false,
       formatError: (formatted, error) => maskError(formatted, error, onInternal),
       plugins: [ApolloServerPluginDrainHttpServer({ httpServer: server })],
     });

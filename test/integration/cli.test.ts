@@ -26,6 +26,8 @@ describe("the command line", () => {
       HOST: "127.0.0.1",
       MQTT_HOST: "127.0.0.1",
       LOG_LEVEL: "info",
+      // As in production: libraries that act differently under test (Apollo's own signal handlers) must not hide a hang.
+      NODE_ENV: "production",
     };
     delete env.DATABASE_URL;
     delete env.ADMIN_TOKEN;
