@@ -10,7 +10,7 @@ import { buildGraphqlSchema } from "./http/schema.js";
 import { createLogger, type Logger } from "./logger.js";
 import { createMetrics, type Metrics } from "./metrics.js";
 import { IngestDispatcher } from "./mqtt/ingest.dispatcher.js";
-import { ServerMqttClient } from "./mqtt/server.client.js";
+import { ServerMqttClient, type ServerClientOptions } from "./mqtt/server.client.js";
 import { OtaResolver } from "./ota/ota.resolver.js";
 import { OtaService } from "./ota/ota.service.js";
 import type { CommandPublisher, DeviceSessions } from "./ota/ports.js";
@@ -86,7 +86,6 @@ export class App {
       maxPayloadBytes: config.maxPayloadBytes,
       dedupTtlSeconds: config.dedupTtlSeconds,
     });
-    const onMessage = (topic: string, payload: Buffer) => this.#ingest.handle(topic, payload);
     const broker = config.broker;
     if (broker.kind === "embedded") {
       this.#brokerRedis = createRedis(config.redisUrl, "broker");
@@ -97,32 +96,15 @@ export class App {
         this.metrics,
         this.log,
       );
-      const embedded = this.#broker;
-      this.#mqtt = new ServerMqttClient(
-        {
-          get url() {
-            return embedded.internalUrl;
-          },
-          username: SERVER_USERNAME,
-          password: embedded.serverPassword,
-          clientId: config.mqttClientId,
-        },
-        onMessage,
-        this.log,
-      );
-    } else {
-      this.#mqtt = new ServerMqttClient(
-        {
-          url: broker.url,
-          username: broker.username,
-          password: broker.password,
-          clientId: config.mqttClientId,
-          shareGroup: broker.shareGroup,
-        },
-        onMessage,
-        this.log,
-      );
     }
+    const embedded = this.#broker;
+    // Resolved at start: the embedded broker's internal port is known only then.
+    const clientId = config.mqttClientId;
+    const clientOptions = (): ServerClientOptions =>
+      broker.kind === "external"
+        ? { url: broker.url, username: broker.username, password: broker.password, shareGroup: broker.shareGroup, clientId }
+        : { url: embedded!.internalUrl, username: SERVER_USERNAME, password: embedded!.serverPassword, clientId };
+    this.#mqtt = new ServerMqttClient(clientOptions, (topic, payload) => this.#ingest.handle(topic, payload), this.log);
 
     const resolvers = [new DeviceResolver(this.devices), new OtaResolver(this.ota)];
     this.#http = new HttpServer({

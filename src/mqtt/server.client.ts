@@ -25,7 +25,7 @@ export class ServerMqttClient implements CommandPublisher {
   #client: MqttClient | undefined;
 
   constructor(
-    private readonly options: ServerClientOptions,
+    private readonly options: () => ServerClientOptions,
     private readonly onMessage: (topic: string, payload: Buffer) => void,
     private readonly log: Logger,
   ) {}
@@ -35,7 +35,7 @@ export class ServerMqttClient implements CommandPublisher {
   }
 
   async start(): Promise<void> {
-    const { url, username, password, clientId, shareGroup } = this.options;
+    const { url, username, password, clientId, shareGroup } = this.options();
     const client = await mqtt.connectAsync(url, {
       clientId: clientId ?? `iothub-ota-${randomBytes(6).toString("hex")}`,
       clean: clientId === undefined,
