@@ -29,15 +29,3 @@ export function toDevice(row: DeviceRow): Device {
     createdAt: row.createdAt,
   };
 }
-
-/**
- * Sort key of an `update_status` report, so the newest wins whatever the
- * arrival order (PROTOCOL.md). The SDK's messageIds are ObjectIds, which
- * begin with their creation second and end with a per-process counter, so
- * they sort in creation order; any other messageId sorts by receive time.
- */
-export function statusOrder(messageId: string, receivedAt: number): string {
-  if (/^[0-9a-fA-F]{24}$/.test(messageId)) return messageId.toLowerCase();
-  const seconds = Math.floor(receivedAt / 1000).toString(16).padStart(8, "0");
-  return `${seconds}${(receivedAt % 1000).toString(16).padStart(16, "0")}`;
-}

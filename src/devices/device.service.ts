@@ -1,9 +1,9 @@
 import { AppError, ErrorCode, badInput } from "../errors.js";
 import { checkName, checkTags } from "../protocol/names.js";
-import { newObjectId } from "../protocol/object-id.js";
+import { newObjectId, reportOrder } from "../protocol/object-id.js";
 import { buildCommandTopic } from "../protocol/topics.js";
 import type { CommandPublisher, DeviceSessions, ProgressStore } from "../ota/ports.js";
-import { statusOrder, toDevice, type Device, type DeviceRow } from "./device.model.js";
+import { toDevice, type Device, type DeviceRow } from "./device.model.js";
 import type { DeviceRepository } from "./device.repository.js";
 import { hashSecret, newSecret, verifySecret } from "./secret.js";
 
@@ -129,7 +129,7 @@ export class DeviceService {
 
   /** Stores an `update_status` report unless a newer one is stored; returns whether it was applied. */
   applyStatus(productName: string, deviceName: string, status: Record<string, unknown>, messageId: string, receivedAt: number) {
-    return this.repo.applyStatus(productName, deviceName, status, statusOrder(messageId, receivedAt), new Date(receivedAt));
+    return this.repo.applyStatus(productName, deviceName, status, reportOrder(messageId, receivedAt), new Date(receivedAt));
   }
 
   /** Throws unless the device exists and may receive commands. */

@@ -71,7 +71,7 @@ export class IngestDispatcher {
         const report = parseOtaStatus(payload, max);
         if (!report.ok) return this.#malformed(m.kind, report.reason, topic, report.message);
         const record = recordFromReport(m, report.value, m.messageId, receivedAt);
-        return (await this.progress.ingest(record, ttl)) ? "accepted" : "duplicate";
+        return this.progress.ingest(record, ttl);
       }
       case "status": {
         const status = parseStatus(payload, max);

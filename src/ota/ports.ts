@@ -12,10 +12,12 @@ export interface DeviceSessions {
   disconnect(productName: string, deviceName: string): void;
 }
 
+export type IngestOutcome = "accepted" | "duplicate" | "stale";
+
 /** The latest progress per device (Redis), and the event stream of changes. */
 export interface ProgressStore {
-  /** De-duplicates by messageId, stores and publishes, atomically; false for a duplicate. */
-  ingest(record: ProgressRecord, dedupTtlSeconds: number): Promise<boolean>;
+  /** De-duplicates by messageId and, unless a newer report is stored, stores and publishes, atomically. */
+  ingest(record: ProgressRecord, dedupTtlSeconds: number): Promise<IngestOutcome>;
   get(productName: string, deviceName: string): Promise<ProgressRecord | null>;
   getMany(productName: string, deviceNames: readonly string[]): Promise<(ProgressRecord | null)[]>;
   /** Replaces `expected` with `next` only if it is still the stored record; publishes on success. */

@@ -1,23 +1,30 @@
 import type { Redis } from "ioredis";
-import type { MessageDeduplicator, ProgressStore } from "../ota/ports.js";
+import type { IngestOutcome, MessageDeduplicator, ProgressStore } from "../ota/ports.js";
+import { reportOrder } from "../protocol/object-id.js";
 import type { ProgressRecord } from "../ota/progress.model.js";
 
 /** Redis keys and channels; the progress key is the seed's own (`ota_progress/<product>/<device>`). */
 export const keys = {
   progress: (p: string, d: string) => `ota_progress/${p}/${d}`,
+  /** Sort key of the stored report (reportOrder), so an older report never replaces a newer one. */
+  progressOrder: (p: string, d: string) => `ota_progress_order/${p}/${d}`,
   dedup: (p: string, d: string, messageId: string) => `msg_dedup/${p}/${d}/${messageId}`,
   /** One pub/sub channel per product; subscribers filter by device or tag in process. */
   progressChannel: (p: string) => `ota_progress_changed/${p}`,
 };
 
-// Dedup, store and publish in one round trip: the per-report Redis work of the seed, atomically.
+// Dedup, store and publish in one round trip: the per-report Redis work of the
+// seed, atomically. Reports of one device can be reordered (QoS 1 redelivery,
+// instances sharing a subscription): the newest by sort key wins.
+// Returns 1 applied, 0 duplicate, 2 older than the stored report.
 const INGEST = `
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  redis.call('SET', KEYS[2], ARGV[2])
-  redis.call('PUBLISH', KEYS[3], ARGV[2])
-  return 1
-end
-return 0`;
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+local stored = redis.call('GET', KEYS[4])
+if stored and stored > ARGV[3] then return 2 end
+redis.call('SET', KEYS[4], ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('PUBLISH', KEYS[3], ARGV[2])
+return 1`;
 
 const COMPARE_AND_SET = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -27,8 +34,10 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0`;
 
+const INGEST_OUTCOMES: Record<number, IngestOutcome> = { 0: "duplicate", 1: "accepted", 2: "stale" };
+
 type Scripts = {
-  otaIngest(dedup: string, progress: string, channel: string, ttl: number, json: string): Promise<number>;
+  otaIngest(dedup: string, progress: string, channel: string, order: string, ttl: number, json: string, sortKey: string): Promise<number>;
   otaCompareAndSet(progress: string, channel: string, expected: string, next: string): Promise<number>;
 };
 
@@ -37,21 +46,23 @@ export class RedisProgressStore implements ProgressStore, MessageDeduplicator {
   readonly #redis: Redis & Scripts;
 
   constructor(redis: Redis) {
-    redis.defineCommand("otaIngest", { numberOfKeys: 3, lua: INGEST });
+    redis.defineCommand("otaIngest", { numberOfKeys: 4, lua: INGEST });
     redis.defineCommand("otaCompareAndSet", { numberOfKeys: 2, lua: COMPARE_AND_SET });
     this.#redis = redis as Redis & Scripts;
   }
 
-  async ingest(record: ProgressRecord, ttlSeconds: number): Promise<boolean> {
+  async ingest(record: ProgressRecord, ttlSeconds: number): Promise<IngestOutcome> {
     const { productName: p, deviceName: d } = record;
-    const applied = await this.#redis.otaIngest(
+    const result = await this.#redis.otaIngest(
       keys.dedup(p, d, record.messageId),
       keys.progress(p, d),
       keys.progressChannel(p),
+      keys.progressOrder(p, d),
       ttlSeconds,
       JSON.stringify(record),
+      reportOrder(record.messageId, record.receivedAt),
     );
-    return applied === 1;
+    return INGEST_OUTCOMES[result] ?? "duplicate";
   }
 
   async get(productName: string, deviceName: string): Promise<ProgressRecord | null> {
@@ -75,7 +86,7 @@ export class RedisProgressStore implements ProgressStore, MessageDeduplicator {
   }
 
   async delete(productName: string, deviceName: string): Promise<void> {
-    await this.#redis.del(keys.progress(productName, deviceName));
+    await this.#redis.del(keys.progress(productName, deviceName), keys.progressOrder(productName, deviceName));
   }
 
   async claim(productName: string, deviceName: string, messageId: string, ttlSeconds: number): Promise<boolean> {

@@ -50,6 +50,19 @@ describe.each([
     expect((await progressOf(dev))?.progress).toBe(30);
   });
 
+  it("never lets an older progress report replace a newer one", async () => {
+    const dev = await device();
+    const stale = await metric(t, "iothub_ota_ingest_messages_total", { kind: "ota_status", result: "stale" });
+    const seconds = Math.floor(Date.now() / 1000);
+    await dev.reportProgress({ version: "3", type: "firmware", progress: 80 }, `${(seconds + 10).toString(16)}0000000000000001`);
+    await eventually(async () => expect((await progressOf(dev))?.progress).toBe(80));
+    await dev.reportProgress({ version: "3", type: "firmware", progress: 20 }, `${(seconds - 10).toString(16)}0000000000000001`);
+    await eventually(async () =>
+      expect(await metric(t, "iothub_ota_ingest_messages_total", { kind: "ota_status", result: "stale" })).toBe(stale + 1),
+    );
+    expect((await progressOf(dev))?.progress).toBe(80);
+  });
+
   it("never lets an older update_status overwrite a newer one", async () => {
     const dev = await device();
     const deviceName = dev.deviceName;

@@ -1,9 +1,9 @@
 import { describe, expect, it } from "vitest";
 import { loadConfig } from "../../src/config/config.js";
-import { statusOrder } from "../../src/devices/device.model.js";
 import { checkFirmware, checkTtl } from "../../src/ota/firmware.js";
 import { phaseOf, recordFromReport, restView, succeedIfVersion } from "../../src/ota/progress.model.js";
 import { checkName, checkTags } from "../../src/protocol/names.js";
+import { reportOrder } from "../../src/protocol/object-id.js";
 
 describe("name rules", () => {
   it("accepts [A-Za-z0-9_.:-] up to 64 characters", () => {
@@ -52,9 +52,10 @@ describe("state derivation", () => {
     expect(restView(record)).toEqual({ version: "1.1", progress: 100, ts: 1_700_000_000 });
   });
 
-  it("orders status reports by ObjectId, else by receive time", () => {
-    expect(statusOrder("65a000000000000000000001", 0) < statusOrder("65a000010000000000000000", 0)).toBe(true);
-    expect(statusOrder("abc", 1_000) < statusOrder("abc", 2_000)).toBe(true);
+  it("orders reports by ObjectId, else by receive time", () => {
+    expect(reportOrder("65a000000000000000000001", 0) < reportOrder("65a000010000000000000000", 0)).toBe(true);
+    expect(reportOrder("65A000000000000000000002", 0) > reportOrder("65a000000000000000000001", 0)).toBe(true);
+    expect(reportOrder("abc", 1_000) < reportOrder("abc", 2_000)).toBe(true);
   });
 });
 
