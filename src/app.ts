@@ -112,6 +112,7 @@ export class App {
       devices: this.devices,
       ota: this.ota,
       progressFeed: feed,
+      corsOrigins: config.corsOrigins,
       metrics: this.metrics,
       log: this.log,
       readiness: {

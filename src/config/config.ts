@@ -34,6 +34,8 @@ export interface Config {
   readonly logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
   /** MQTT client id of the server's own client; set it to keep a persistent session across restarts. */
   readonly mqttClientId: string | undefined;
+  /** Origins allowed to call the API from a browser; empty: no CORS headers. */
+  readonly corsOrigins: readonly string[];
   readonly maxPayloadBytes: number;
   readonly dedupTtlSeconds: number;
 }
@@ -82,6 +84,11 @@ const envSchema = z.object({
     .default("redis://127.0.0.1:6379"),
   ADMIN_TOKEN: optionalString.pipe(z.string().min(16, "ADMIN_TOKEN must be at least 16 characters").optional()),
   LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+  CORS_ORIGINS: z
+    .string()
+    .default("")
+    .transform((v) => v.split(",").map((o) => o.trim()).filter((o) => o !== ""))
+    .pipe(z.array(z.string().regex(/^(\*|https?:\/\/[^/\s]+)$/, "CORS_ORIGINS must be * or comma-separated http(s)://host[:port] origins"))),
   MAX_PAYLOAD_BYTES: z.coerce.number().int().min(256).max(10_485_760).default(65_536),
   DEDUP_TTL_SECONDS: z.coerce.number().int().min(1).default(21_600),
 });
@@ -132,6 +139,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     adminToken: e.ADMIN_TOKEN,
     logLevel: e.LOG_LEVEL,
     mqttClientId: e.MQTT_CLIENT_ID,
+    corsOrigins: Object.freeze(e.CORS_ORIGINS),
     maxPayloadBytes: e.MAX_PAYLOAD_BYTES,
     dedupTtlSeconds: e.DEDUP_TTL_SECONDS,
   });

@@ -3,6 +3,7 @@ import type { AddressInfo } from "node:net";
 import { ApolloServer } from "@apollo/server";
 import { expressMiddleware } from "@as-integrations/express5";
 import { ApolloServerPluginDrainHttpServer } from "@apollo/server/plugin/drainHttpServer";
+import cors from "cors";
 import express, { type NextFunction, type Request, type Response } from "express";
 import { GraphQLError, type GraphQLSchema } from "graphql";
 import { useServer } from "graphql-ws/use/ws";
@@ -28,6 +29,7 @@ export interface HttpDeps {
   progressFeed: ProgressFeed;
   metrics: Metrics;
   log: Logger;
+  corsOrigins: readonly string[];
   /** Each dependency's readiness check; /readyz answers 503 naming those that fail. */
   readiness: Record<string, () => Promise<void>>;
 }
@@ -53,6 +55,8 @@ export class HttpServer {
     const { tokens, log, metrics } = this.deps;
     const app = express();
     app.disable("x-powered-by");
+    const origins = this.deps.corsOrigins;
+    if (origins.length > 0) app.use(cors({ origin: origins.includes("*") ? "*" : [...origins], maxAge: 600 }));
     const server = createServer(app);
     const onInternal = (err: unknown) => log.error({ err }, "unexpected error in a GraphQL operation");
 

@@ -23,7 +23,7 @@ describe("the API", () => {
   let secret: string;
 
   beforeAll(async () => {
-    t = await startApp();
+    t = await startApp({ env: { CORS_ORIGINS: "https://dash.example" } });
     productName = uniq("api");
     const r = await gqlOk(t, RegisterDeviceDocument, { input: { productName, deviceName: "d1", tags: ["a"] } });
     deviceName = r.registerDevice.device.deviceName;
@@ -71,6 +71,18 @@ describe("the API", () => {
       expect(r.data?.device?.deviceName).toBe(deviceName);
       expect(await t.app.tokens.count()).toBeGreaterThanOrEqual(1);
     });
+  });
+
+  it("answers CORS preflights for the configured dashboard origin only", async () => {
+    const preflight = (origin: string) =>
+      fetch(`${t.httpUrl}/graphql`, {
+        method: "OPTIONS",
+        headers: { origin, "access-control-request-method": "POST", "access-control-request-headers": "authorization,content-type" },
+      });
+    const allowed = await preflight("https://dash.example");
+    expect(allowed.headers.get("access-control-allow-origin")).toBe("https://dash.example");
+    expect(allowed.headers.get("access-control-allow-headers")).toContain("authorization");
+    expect((await preflight("https://evil.example")).headers.get("access-control-allow-origin")).toBeNull();
   });
 
   describe("sendOta validation", () => {

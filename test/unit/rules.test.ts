@@ -110,6 +110,7 @@ describe("configuration", () => {
     ["LOG_LEVEL", { LOG_LEVEL: "loud" }],
     ["ADMIN_TOKEN", { ADMIN_TOKEN: "short" }],
     ["TLS_KEY_FILE", { TLS_CERT_FILE: "/x.pem" }],
+    ["CORS_ORIGINS", { CORS_ORIGINS: "https://ok.example, not an origin" }],
   ])("names %s when it is invalid", (name, env) => {
     expect(() => loadConfig(env)).toThrow(name);
   });
