@@ -14,7 +14,7 @@ import { ServerMqttClient, type ServerClientOptions } from "./mqtt/server.client
 import { OtaResolver } from "./ota/ota.resolver.js";
 import { OtaService } from "./ota/ota.service.js";
 import type { CommandPublisher, DeviceSessions } from "./ota/ports.js";
-import { commandOfTopic } from "./protocol/topics.js";
+import { parseCommandTopic } from "./protocol/topics.js";
 import { ProgressFeed } from "./ota/progress.feed.js";
 import { Database } from "./storage/database.js";
 import { RedisPubSubAdapter } from "./storage/pubsub.js";
@@ -73,7 +73,8 @@ export class App {
     const commands: CommandPublisher = {
       publishCommand: async (topic, payload) => {
         await (this.#broker ?? this.#mqtt).publishCommand(topic, payload);
-        this.metrics.commands.inc({ command: commandOfTopic(topic) });
+        const parsed = parseCommandTopic(topic);
+        this.metrics.commands.inc({ command: parsed.ok ? parsed.value.command : "unknown" });
       },
     };
     const sessions: DeviceSessions = { disconnect: (p, d) => this.#broker?.disconnect(p, d) };

@@ -29,9 +29,31 @@ export function buildCommandTopic(c: CommandTopic): string {
   return c.expiresAt === undefined ? `${head}/${tail}` : `${head}/${tail}/${c.expiresAt}`;
 }
 
-/** The `<command>` level of a command topic built by {@link buildCommandTopic}. */
-export function commandOfTopic(topic: string): string {
-  return topic.split("/")[topic.startsWith("tags/") ? 4 : 3] ?? "unknown";
+/** Reads a command topic of either form; what a device does with each command it receives. */
+export function parseCommandTopic(topic: string): Result<CommandTopic, TopicError> {
+  const parts = topic.split("/");
+  let productName: string | undefined;
+  let rest: string[];
+  let target: CommandTarget;
+  if (parts[0] === "cmd" && (parts.length === 6 || parts.length === 7)) {
+    productName = parts[1];
+    target = { productName: parts[1] as string, deviceName: parts[2] as string };
+    rest = parts.slice(3);
+  } else if (parts[0] === "tags" && parts[3] === "cmd" && (parts.length === 7 || parts.length === 8)) {
+    productName = parts[1];
+    target = { productName: parts[1] as string, tag: parts[2] as string };
+    rest = parts.slice(4);
+  } else {
+    return fail("unknown_topic", `not a command topic: ${topic}`);
+  }
+  const [command, encoding, requestId, expires] = rest as [string, string, string, string | undefined];
+  const name = target.deviceName ?? target.tag ?? "";
+  if (!productName || !isValidName(productName) || !isValidName(name) || command === "" || requestId === "") {
+    return fail("unknown_topic", `not a command topic: ${topic}`);
+  }
+  if (encoding !== "plain" && encoding !== "base64") return fail("unknown_topic", `unknown encoding in ${topic}`);
+  if (expires !== undefined && !/^\d{1,12}$/.test(expires)) return fail("unknown_topic", `bad expiresAt in ${topic}`);
+  return ok({ target, command, encoding, requestId, ...(expires === undefined ? {} : { expiresAt: Number(expires) }) });
 }
 
 /** What a device publishes (PROTOCOL.md, "Device to server"). */

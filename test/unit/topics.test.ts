@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { buildCommandTopic, deviceCommandFilter, parseDeviceTopic, sharedFilter } from "../../src/protocol/topics.js";
+import { buildCommandTopic, deviceCommandFilter, parseCommandTopic, parseDeviceTopic, sharedFilter } from "../../src/protocol/topics.js";
 
 describe("command topics", () => {
   it("builds the device form with and without expiresAt", () => {
@@ -17,6 +17,20 @@ describe("command topics", () => {
       buildCommandTopic({ target: { productName: "p", tag: "beta" }, command: "$ota_upgrade", encoding: "plain", requestId: "r1" }),
     ).toBe("tags/p/beta/cmd/$ota_upgrade/plain/r1");
   });
+
+  it("parses what it builds, in both forms", () => {
+    for (const c of [
+      { target: { productName: "p", deviceName: "d" }, command: "$ota_upgrade", encoding: "plain" as const, requestId: "r1", expiresAt: 1700000000 },
+      { target: { productName: "p", tag: "beta" }, command: "$set_tags", encoding: "base64" as const, requestId: "r2" },
+    ]) {
+      expect(parseCommandTopic(buildCommandTopic(c))).toEqual({ ok: true, value: c });
+    }
+  });
+
+  it.each(["cmd/p/d/x/plain", "cmd/p/d/x/hex/r", "tags/p/t/x/$a/plain/r", "cmd/p/d/x/plain/r/soon", "update_status/p/d/m"])(
+    "refuses the command topic %j",
+    (topic) => expect(parseCommandTopic(topic).ok).toBe(false),
+  );
 
   it("names the auto-subscription filter and the shared form", () => {
     expect(deviceCommandFilter("p", "d")).toBe("cmd/p/d/+/+/+/#");
