@@ -3,6 +3,7 @@ import { Command } from "commander";
 import { App } from "./app.js";
 import { TokenService } from "./auth/token.service.js";
 import { ConfigError, loadConfig, type Config } from "./config/config.js";
+import { firmwareServer, simulate, type SimulateOptions } from "./sim/sim.cli.js";
 import { Database } from "./storage/database.js";
 
 /** Apollo's drain grace is 10 s; past this something is stuck and the orchestrator would kill us anyway. */
@@ -18,6 +19,11 @@ function configOrExit(): Config {
     }
     throw err;
   }
+}
+
+function exitWith(err: unknown): never {
+  process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(2);
 }
 
 /** Runs the server until SIGTERM or SIGINT, then stops everything in reverse order and exits 0. */
@@ -72,5 +78,52 @@ program
   .description("create an API token and print it (shown once)")
   .option("--name <name>", "a label for the token", "cli")
   .action((opts: { name: string }) => createToken(opts.name));
+
+program
+  .command("simulate")
+  .description("run a fleet of simulated devices that speak the IotHub protocol; Ctrl-C ends it with a JSON summary")
+  .option("--api <url>", "GraphQL endpoint, to register devices", "http://127.0.0.1:4000/graphql")
+  .option("--token <token>", "API token, to register devices (or IOTHUB_OTA_TOKEN)", process.env.IOTHUB_OTA_TOKEN)
+  .option("--mqtt <url>", "broker URL (mqtts:// for TLS)", "mqtt://127.0.0.1:1883")
+  .option("--product <name>", "product name", "demo")
+  .option("-n, --devices <n>", "how many devices", "10")
+  .option("--tags <a,b>", "tags of registered devices", "")
+  .option("--credentials <file>", "use these devices instead of registering (JSON [{productName, deviceName, secret}])")
+  .option("--save-credentials <file>", "write the credentials used, for a later --credentials")
+  .option("--initial-version <v>", "firmware version the devices start on", "1.0")
+  .option("--step <percent>", "report progress every this many percent", "10")
+  .option("--pace-ms <ms>", "pause between progress reports", "200")
+  .option("--install-ms <ms>", "how long installing takes", "2000")
+  .option("--offline-ms <ms>", "how long a reboot or an outage lasts", "1000")
+  .option("--concurrency <n>", "connections set up at once", "100")
+  .option("--seed <n>", "seed of the fault dice", "1")
+  .option("--insecure", "accept any TLS certificate (the development one)")
+  .option("--exit-after-ms <ms>", "stop by itself after this long")
+  .option("--fail-download <percent>", "upgrades that report -1", "0")
+  .option("--fail-md5 <percent>", "upgrades whose md5 check fails (-2)", "0")
+  .option("--fail-install <percent>", "upgrades that report -3", "0")
+  .option("--rollback <percent>", "upgrades that silently come back on the old version", "0")
+  .option("--offline <percent>", "upgrades interrupted by going offline mid-download", "0")
+  .option("--duplicate <percent>", "upgrades whose reports are each sent twice", "0")
+  .action((o: Record<string, string>) =>
+    simulate({
+      ...(o as unknown as SimulateOptions),
+      faults: {
+        downloadError: o.failDownload,
+        md5Mismatch: o.failMd5,
+        installError: o.failInstall,
+        rollback: o.rollback,
+        offline: o.offline,
+        duplicate: o.duplicate,
+      },
+    }).catch(exitWith),
+  );
+program
+  .command("firmware-server")
+  .description("serve a generated firmware file for demos; prints its url, size and md5")
+  .option("--size <bytes>", "file size", "1048576")
+  .option("--port <port>", "port (0: any free one)", "8080")
+  .option("--host <host>", "bind address", "127.0.0.1")
+  .action((o: { size: string; port: string; host: string }) => firmwareServer(o).catch(exitWith));
 
 await program.parseAsync();

@@ -1,0 +1,163 @@
+import { readFile, writeFile } from "node:fs/promises";
+import { checkName } from "../protocol/names.js";
+import { SimulatedDevice, type DeviceCredentials, type SimBehaviour, type SimCounters, type SimState } from "./sim.device.js";
+
+export interface FleetOptions {
+  mqttUrl: string;
+  behaviour: SimBehaviour;
+  /** The firmware version every device starts on. */
+  initialVersion: string;
+  /** Connections being set up at once. */
+  connectConcurrency: number;
+}
+
+export interface FleetSummary {
+  devices: number;
+  connected: number;
+  states: Record<SimState, number>;
+  reportsSent: number;
+  duplicatesSent: number;
+  commandsReceived: number;
+  expiredIgnored: number;
+  reconnects: number;
+  errors: number;
+  connectSeconds: number | null;
+  connectionsPerSecond: number | null;
+}
+
+const REGISTER = `mutation($input: RegisterDeviceInput!) { registerDevice(input: $input) { secret device { productName deviceName } } }`;
+
+/** Runs `work` over `items` with at most `concurrency` in flight. */
+async function pool<T, R>(items: readonly T[], concurrency: number, work: (item: T, i: number) => Promise<R>): Promise<R[]> {
+  const results = new Array<R>(items.length);
+  let next = 0;
+  const lanes = Array.from({ length: Math.min(concurrency, items.length) }, async () => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await work(items[i] as T, i);
+    }
+  });
+  await Promise.all(lanes);
+  return results;
+}
+
+/** Registers devices through the GraphQL API, as an operator's script would. */
+export async function registerDevices(
+  graphqlUrl: string,
+  token: string,
+  productName: string,
+  count: number,
+  tags: string[],
+  concurrency = 8,
+): Promise<DeviceCredentials[]> {
+  return pool(Array.from({ length: count }), concurrency, async () => {
+    const res = await fetch(graphqlUrl, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+      body: JSON.stringify({ query: REGISTER, variables: { input: { productName, tags } } }),
+    });
+    const body = (await res.json()) as {
+      data?: { registerDevice: { secret: string; device: { productName: string; deviceName: string } } };
+      errors?: { message: string }[];
+    };
+    if (!body.data) throw new Error(`registerDevice failed: ${body.errors?.[0]?.message ?? res.status}`);
+    const { secret, device } = body.data.registerDevice;
+    return { productName: device.productName, deviceName: device.deviceName, secret };
+  });
+}
+
+/** A credentials file: a JSON array of `{productName, deviceName, secret}`. */
+export async function readCredentials(file: string): Promise<DeviceCredentials[]> {
+  const parsed = JSON.parse(await readFile(file, "utf8")) as unknown;
+  if (!Array.isArray(parsed)) throw new Error(`${file}: expected a JSON array of {productName, deviceName, secret}`);
+  return parsed.map((c: Record<string, unknown>, i) => {
+    if (!checkName("productName", c.productName).ok || !checkName("deviceName", c.deviceName).ok || typeof c.secret !== "string") {
+      throw new Error(`${file}: entry ${i} is not {productName, deviceName, secret}`);
+    }
+    return { productName: c.productName as string, deviceName: c.deviceName as string, secret: c.secret };
+  });
+}
+
+export async function writeCredentials(file: string, credentials: DeviceCredentials[]): Promise<void> {
+  await writeFile(file, JSON.stringify(credentials), { mode: 0o600 });
+}
+
+/** Many simulated devices in one process, with shared counters. */
+export class Fleet {
+  readonly devices: SimulatedDevice[];
+  readonly counters: SimCounters = { reportsSent: 0, duplicatesSent: 0, commandsReceived: 0, expiredIgnored: 0, reconnects: 0, errors: 0 };
+  #connectSeconds: number | null = null;
+  #listeners: (() => void)[] = [];
+
+  constructor(
+    credentials: DeviceCredentials[],
+    private readonly options: FleetOptions,
+  ) {
+    this.devices = credentials.map(
+      (c) => new SimulatedDevice(c, options.mqttUrl, options.behaviour, this.counters, options.initialVersion, () => this.#changed()),
+    );
+  }
+
+  /** Calls `fn` whenever a device changes state. */
+  onChange(fn: () => void): void {
+    this.#listeners.push(fn);
+  }
+
+  /** Connects every device; returns the setup time. Failed connections are counted as errors. */
+  async connectAll(): Promise<number> {
+    const started = performance.now();
+    await pool(this.devices, this.options.connectConcurrency, async (d) => {
+      try {
+        await d.connect();
+      } catch {
+        this.counters.errors++;
+      }
+    });
+    this.#connectSeconds = (performance.now() - started) / 1000;
+    return this.#connectSeconds;
+  }
+
+  /** Resolves once no device is downloading or installing (after `settleMs` of quiet), or after `timeoutMs`. */
+  async settled(timeoutMs: number, settleMs = 1000): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    let quietSince = Date.now();
+    while (Date.now() < deadline) {
+      const busy = this.devices.some((d) => d.state === "downloading" || d.state === "installing");
+      if (busy) quietSince = Date.now();
+      else if (Date.now() - quietSince >= settleMs) return true;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return false;
+  }
+
+  summary(): FleetSummary {
+    const states: Record<SimState, number> = {
+      idle: 0,
+      downloading: 0,
+      installing: 0,
+      succeeded: 0,
+      failed_download: 0,
+      failed_md5: 0,
+      failed_install: 0,
+      rolled_back: 0,
+    };
+    for (const d of this.devices) states[d.state]++;
+    const s = this.#connectSeconds;
+    return {
+      devices: this.devices.length,
+      connected: this.devices.filter((d) => d.connected).length,
+      states,
+      ...this.counters,
+      connectSeconds: s === null ? null : Math.round(s * 1000) / 1000,
+      connectionsPerSecond: s === null || s === 0 ? null : Math.round(this.devices.length / s),
+    };
+  }
+
+  async stop(): Promise<void> {
+    await pool(this.devices, 200, (d) => d.stop());
+  }
+
+  #changed(): void {
+    for (const fn of this.#listeners) fn();
+  }
+}
