@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { AppError, ErrorCode, badInput } from "../errors.js";
 import { checkName, checkTags } from "../protocol/names.js";
 import { newObjectId, reportOrder } from "../protocol/object-id.js";
@@ -17,6 +18,8 @@ export interface DevicePage {
 
 export const MAX_PAGE = 1000;
 
+const VERIFIED_CACHE_SIZE = 200_000;
+
 /** Throws BAD_USER_INPUT naming the field unless `value` is a valid name. */
 export function requireName(field: "productName" | "deviceName" | "tag", value: unknown): string {
   const r = checkName(field, value);
@@ -33,6 +36,8 @@ function decodeCursor(cursor: string): string {
 
 /** The device registry: its rules, and the commands that keep devices in step with it. */
 export class DeviceService {
+  readonly #verified = new Map<string, { secretHash: string; digest: string }>();
+
   constructor(
     private readonly repo: DeviceRepository,
     private readonly commands: CommandPublisher,
@@ -120,10 +125,23 @@ export class DeviceService {
     return deleted;
   }
 
-  /** Checks a device's MQTT credentials (PROTOCOL.md, "Identity and connection"). */
+  /**
+   * Checks a device's MQTT credentials (PROTOCOL.md, "Identity and connection").
+   * scrypt costs tens of milliseconds of CPU, and devices reconnect often (every
+   * upgrade ends in a reboot), so a secret verified once is remembered, by
+   * digest, for as long as the stored hash is unchanged.
+   */
   async authenticate(productName: string, deviceName: string, secret: string): Promise<AuthResult> {
     const row = await this.repo.find(productName, deviceName);
-    if (!row || !(await verifySecret(secret, row.secretHash))) return "bad_credentials";
+    if (!row) return "bad_credentials";
+    const key = `${productName}/${deviceName}`;
+    const digest = createHash("sha256").update(secret).digest("base64");
+    const known = this.#verified.get(key);
+    if (known?.secretHash !== row.secretHash || known.digest !== digest) {
+      if (!(await verifySecret(secret, row.secretHash))) return "bad_credentials";
+      if (this.#verified.size >= VERIFIED_CACHE_SIZE) this.#verified.clear();
+      this.#verified.set(key, { secretHash: row.secretHash, digest });
+    }
     return row.suspended ? "suspended" : "ok";
   }
 

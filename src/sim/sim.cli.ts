@@ -88,8 +88,9 @@ export async function simulate(o: SimulateOptions): Promise<void> {
   });
   clearInterval(timer);
   draw();
+  const summary = fleet.summary();
   await fleet.stop();
-  process.stdout.write(`${tty ? "\n" : ""}${JSON.stringify(fleet.summary())}\n`);
+  process.stdout.write(`${tty ? "\n" : ""}${JSON.stringify(summary)}\n`);
 }
 
 /** `iothub-ota firmware-server`: serves a generated file and prints its URL, size and md5. */
