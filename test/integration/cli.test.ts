@@ -1,12 +1,9 @@
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { freePort } from "../helpers/mosquitto.js";
+import { BIN, freePort, ServerProcess } from "../helpers/processes.js";
 import { REDIS_URL } from "../helpers/services.js";
 import { onTeardown } from "../helpers/teardown.js";
-import { eventually } from "../helpers/wait.js";
-
-const BIN = new URL("../../bin/iothub-ota.js", import.meta.url).pathname;
 
 describe("the command line", () => {
   it("refuses a bad setting, naming the variable", () => {
@@ -20,7 +17,6 @@ describe("the command line", () => {
       ...process.env,
       DATA_DIR: `/tmp/iothub-ota-cli-${randomBytes(4).toString("hex")}`,
       REDIS_URL,
-      PORT: String(await freePort()),
       MQTT_PORT: String(await freePort()),
       MQTTS_PORT: "0",
       HOST: "127.0.0.1",
@@ -36,16 +32,11 @@ describe("the command line", () => {
     const token = created.stdout.trim();
     expect(token).toMatch(/^iot_[A-Za-z0-9_-]{43}$/);
 
-    const server = spawn(process.execPath, [BIN, "serve"], { env, stdio: ["ignore", "pipe", "pipe"] });
-    let logs = "";
-    server.stdout.on("data", (d) => (logs += d));
-    server.stderr.on("data", (d) => (logs += d));
-    const exited = new Promise<number | null>((r) => server.on("exit", (code) => r(code)));
-    onTeardown(() => server.kill("SIGKILL"));
-    const base = `http://127.0.0.1:${env.PORT}`;
-    await eventually(async () => expect((await fetch(`${base}/readyz`)).status).toBe(200), 20_000);
+    const server = await ServerProcess.start(env);
+    onTeardown(() => server.process.kill("SIGKILL"));
+    const base = server.httpUrl;
     // A token already existed, so none was printed at start.
-    expect(logs).not.toContain("shown only this once");
+    expect(server.logs).not.toContain("shown only this once");
 
     const query = JSON.stringify({ query: "{ devices(productName: \"p\") { pageInfo { hasNextPage } } }" });
     const headers = { "content-type": "application/json" };
@@ -54,8 +45,7 @@ describe("the command line", () => {
     const refused = await fetch(`${base}/graphql`, { method: "POST", headers: { ...headers, authorization: "Bearer iot_nope" }, body: query });
     expect(refused.status).toBe(401);
 
-    server.kill("SIGTERM");
-    expect(await exited).toBe(0);
-    expect(logs).toContain("shutting down");
+    expect(await server.stop()).toBe(0);
+    expect(server.logs).toContain("shutting down");
   });
 });

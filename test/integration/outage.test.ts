@@ -2,7 +2,8 @@ import { describe, expect, it } from "vitest";
 import { OtaProgressDocument, RegisterDeviceDocument, SendOtaDocument } from "../generated/graphql.js";
 import { gql, gqlOk, startApp } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
-import { OwnMosquitto } from "../helpers/mosquitto.js";
+import { OwnMosquitto } from "../helpers/processes.js";
+import { onTeardown } from "../helpers/teardown.js";
 import { uniq } from "../helpers/services.js";
 import { eventually } from "../helpers/wait.js";
 import { firmware } from "../helpers/fixtures.js";
@@ -11,6 +12,7 @@ import { firmware } from "../helpers/fixtures.js";
 describe("when the external broker goes away", () => {
   it("reports not ready, refuses commands clearly, and recovers when the broker is back", async () => {
     const broker = await OwnMosquitto.start();
+    onTeardown(() => broker.stop());
     const t = await startApp({ externalBroker: broker.url });
     const productName = uniq("outage");
     const { registerDevice } = await gqlOk(t, RegisterDeviceDocument, { input: { productName } });

@@ -1,0 +1,113 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
+import { writeFile } from "node:fs/promises";
+import { createServer, type AddressInfo } from "node:net";
+import mqtt from "mqtt";
+import { eventually } from "./wait.js";
+
+/** Real servers in processes of their own, for tests and benchmarks; loopback only. */
+
+export const BIN = new URL("../../bin/iothub-ota.js", import.meta.url).pathname;
+const MOSQUITTO = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].find((p) => existsSync(p)) ?? "mosquitto";
+
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((r) => server.close(r));
+  return port;
+}
+
+/** Stops a child with SIGTERM and resolves with its exit code. */
+async function terminate(p: ChildProcess | undefined): Promise<number | null> {
+  if (!p || p.exitCode !== null || p.signalCode !== null) return p?.exitCode ?? null;
+  const exited = new Promise<number | null>((r) => p.once("exit", (code) => r(code)));
+  p.kill("SIGTERM");
+  return exited;
+}
+
+/**
+ * A Mosquitto of our own on a free loopback port, with a config that never
+ * drops QoS 1 messages for a slow subscriber; it can be stopped and resumed.
+ */
+export class OwnMosquitto {
+  #process: ChildProcess | undefined;
+
+  private constructor(
+    readonly port: number,
+    private readonly configFile: string,
+  ) {}
+
+  get url(): string {
+    return `mqtt://127.0.0.1:${this.port}`;
+  }
+
+  static async start(): Promise<OwnMosquitto> {
+    const port = await freePort();
+    const configFile = `/tmp/iothub-ota-mosquitto-${port}.conf`;
+    const config = [
+      `listener ${port} 127.0.0.1`,
+      "allow_anonymous true",
+      "persistence false",
+      "max_queued_messages 0",
+      "max_inflight_messages 0",
+      "max_queued_bytes 0",
+      "",
+    ];
+    await writeFile(configFile, config.join("\n"));
+    const broker = new OwnMosquitto(port, configFile);
+    await broker.resume();
+    return broker;
+  }
+
+  async resume(): Promise<void> {
+    this.#process = spawn(MOSQUITTO, ["-c", this.configFile], { stdio: "ignore" });
+    await eventually(async () => {
+      const c = await mqtt.connectAsync(this.url, { reconnectPeriod: 0, connectTimeout: 1000 });
+      await c.endAsync(true);
+    });
+  }
+
+  async stop(): Promise<void> {
+    await terminate(this.#process);
+    this.#process = undefined;
+  }
+}
+
+/** `iothub-ota serve` in a process of its own, as an operator runs it. */
+export class ServerProcess {
+  logs = "";
+
+  private constructor(
+    readonly process: ChildProcess,
+    readonly httpUrl: string,
+  ) {
+    process.stdout?.on("data", (d) => (this.logs += d));
+    process.stderr?.on("data", (d) => (this.logs += d));
+  }
+
+  static async start(env: NodeJS.ProcessEnv, nodeArgs: string[] = []): Promise<ServerProcess> {
+    const port = env.PORT ?? String(await freePort());
+    const child = spawn(process.execPath, [...nodeArgs, BIN, "serve"], {
+      env: { ...env, PORT: port, HOST: "127.0.0.1", MQTT_HOST: "127.0.0.1" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const server = new ServerProcess(child, `http://127.0.0.1:${port}`);
+    try {
+      await eventually(async () => {
+        if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}:\n${server.logs}`);
+        const res = await fetch(`${server.httpUrl}/readyz`);
+        if (res.status !== 200) throw new Error(`not ready: ${await res.text()}`);
+      }, 30_000);
+    } catch (err) {
+      child.kill("SIGKILL");
+      throw err;
+    }
+    return server;
+  }
+
+  /** SIGTERM; resolves with the exit code. */
+  stop(): Promise<number | null> {
+    return terminate(this.process);
+  }
+}
