@@ -13,13 +13,27 @@ export interface IngestOptions {
 
 type Outcome = "accepted" | "duplicate" | "stale" | "ignored";
 
+/** One device's work in flight: what its next message must wait for. */
+interface Lane {
+  /** Completion of the last message that had to wait for everything before it. */
+  barrier: Promise<void>;
+  /** Progress reports sent to Redis since the barrier, not yet answered. */
+  inflight: Set<Promise<void>>;
+  pending: number;
+}
+
+const SETTLED = Promise.resolve();
+
 /**
  * Takes every device message the server's MQTT client receives. mqtt.js does
- * not await its handlers, so messages are chained per device: one device's
- * reports are applied in arrival order, different devices' concurrently.
+ * not await its handlers, so ordering is ours: one device's messages take
+ * effect in arrival order, different devices' concurrently. Progress reports
+ * need no waiting among themselves, since Redis applies one connection's
+ * commands in the order they were sent; a status report or a data request
+ * waits for everything before it, and everything after waits for it.
  */
 export class IngestDispatcher {
-  readonly #chains = new Map<string, Promise<void>>();
+  readonly #lanes = new Map<string, Lane>();
 
   constructor(
     private readonly devices: DeviceService,
@@ -40,17 +54,35 @@ export class IngestDispatcher {
     }
     const message = parsed.value;
     const key = `${message.productName}/${message.deviceName}`;
-    const previous = this.#chains.get(key) ?? Promise.resolve();
-    const next = previous.then(() => this.#process(message, topic, payload, receivedAt));
-    this.#chains.set(key, next);
-    void next.finally(() => {
-      if (this.#chains.get(key) === next) this.#chains.delete(key);
+    let lane = this.#lanes.get(key);
+    if (!lane) {
+      lane = { barrier: SETTLED, inflight: new Set(), pending: 0 };
+      this.#lanes.set(key, lane);
+    }
+    const run = () => this.#process(message, topic, payload, receivedAt);
+    let done: Promise<void>;
+    if (message.kind === "ota_status") {
+      done = lane.barrier === SETTLED ? run() : lane.barrier.then(run);
+      lane.inflight.add(done);
+    } else {
+      done = Promise.all([lane.barrier, ...lane.inflight]).then(run);
+      lane.barrier = done;
+      lane.inflight = new Set();
+    }
+    lane.pending++;
+    const settledLane = lane;
+    void done.finally(() => {
+      settledLane.inflight.delete(done);
+      if (--settledLane.pending === 0 && this.#lanes.get(key) === settledLane) this.#lanes.delete(key);
     });
   }
 
   /** Resolves once every message taken so far has been processed. */
   async drain(): Promise<void> {
-    while (this.#chains.size > 0) await Promise.allSettled([...this.#chains.values()]);
+    while (this.#lanes.size > 0) {
+      await Promise.allSettled([...this.#lanes.values()].flatMap((l) => [l.barrier, ...l.inflight]));
+      await SETTLED; // let the finally callbacks retire the lanes
+    }
   }
 
   async #process(m: DeviceMessageTopic, topic: string, payload: Buffer, receivedAt: number): Promise<void> {

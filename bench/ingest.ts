@@ -1,0 +1,148 @@
+import { spawn } from "node:child_process";
+import { print } from "graphql";
+import type { MqttClient } from "mqtt";
+import { registerDevices } from "../src/sim/sim.fleet.js";
+import { connectDevices, publishLoad, type LoadDevice } from "./load.js";
+import { metric, nowMs, OwnMosquitto, percentile, REDIS_URL, round, sleep, startServer, TOKEN, uniq, wsClient, type BenchServer } from "./lib.js";
+import { OtaProgressChangedDocument } from "../test/generated/graphql.js";
+
+export interface IngestOptions {
+  devices: number;
+  reports: number;
+  brokers: ("mosquitto" | "embedded")[];
+  /** Skip the reference runs. */
+  noReferences?: boolean;
+  /** Extra node flags for the server process, e.g. --cpu-prof. */
+  nodeArgs?: string[];
+}
+
+interface Run {
+  sent: number;
+  received: number;
+  stored: number;
+  seconds: number;
+  latencies: number[];
+}
+
+async function devicesFor(b: BenchServer, count: number): Promise<{ devices: LoadDevice[]; clients: MqttClient[]; productName: string }> {
+  const productName = uniq("bench");
+  const devices = await registerDevices(b.graphqlUrl, TOKEN, productName, count, []);
+  return { devices, clients: await connectDevices(b.mqttUrl, devices), productName };
+}
+
+/** One load through the server: every report must reach a graphql-ws subscriber. */
+async function runServer(b: BenchServer, o: IngestOptions, rate: number): Promise<Run> {
+  const { devices, clients, productName } = await devicesFor(b, o.devices);
+  const total = o.devices * o.reports;
+  const latencies: number[] = [];
+  let lastAt = 0;
+  const ws = wsClient(b.wsUrl);
+  let ready!: () => void;
+  const subscribed = new Promise<void>((r) => (ready = r));
+  ws.on("connected", () => setTimeout(ready, 300));
+  ws.subscribe(
+    { query: print(OtaProgressChangedDocument), variables: { productName } },
+    {
+      next: (r) => {
+        const raw = (r.data as { otaProgressChanged: { raw: { sentAt: number } } }).otaProgressChanged.raw;
+        lastAt = nowMs();
+        latencies.push(lastAt - raw.sentAt);
+      },
+      error: (e) => console.error("subscription error", e),
+      complete: () => undefined,
+    },
+  );
+  await subscribed;
+  const storedBefore = await metric(b.server.httpUrl, "iothub_ota_ingest_messages_total", { kind: "ota_status", result: "accepted" });
+  const load = await publishLoad(clients, devices, o.reports, rate);
+  await waitFor(() => latencies.length >= total);
+  const stored = (await metric(b.server.httpUrl, "iothub_ota_ingest_messages_total", { kind: "ota_status", result: "accepted" })) - storedBefore;
+  await ws.dispose();
+  await Promise.all(clients.map((c) => c.endAsync(true)));
+  return { sent: load.sent, received: latencies.length, stored, seconds: (lastAt - load.firstSendAt) / 1000, latencies };
+}
+
+/** The same load through a reference subscriber in its own process (on the same broker). */
+async function runReference(mode: "bare" | "seed", url: string, o: IngestOptions): Promise<Run> {
+  const productName = uniq("ref");
+  const devices = Array.from({ length: o.devices }, (_, i) => ({ productName, deviceName: `d${i}`, secret: "" }));
+  const total = o.devices * o.reports;
+  const child = spawn(process.execPath, ["--import", "tsx", new URL("reference.ts", import.meta.url).pathname, mode, url, `update_ota_status/${productName}/+/+`, String(total), REDIS_URL], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  let out = "";
+  child.stdout.on("data", (d) => (out += d));
+  await waitFor(() => out.includes("ready"), 20_000);
+  const clients = await connectDevices(url, devices);
+  const load = await publishLoad(clients, devices, o.reports, 0);
+  await waitFor(() => out.includes("count"));
+  child.kill();
+  await Promise.all(clients.map((c) => c.endAsync(true)));
+  const result = JSON.parse(out.split("\n").find((l) => l.includes("count")) ?? "{}") as { count: number; lastAt: number };
+  return { sent: load.sent, received: result.count ?? 0, stored: result.count ?? 0, seconds: (result.lastAt - load.firstSendAt) / 1000, latencies: [] };
+}
+
+async function waitFor(done: () => boolean, stallMs = 15_000): Promise<void> {
+  let last = Date.now();
+  let lastState = "";
+  while (!done()) {
+    await sleep(50);
+    const state = String(done());
+    if (state !== lastState) last = Date.now();
+    lastState = state;
+    if (Date.now() - last > stallMs) return;
+  }
+}
+
+function row(name: string, broker: string, rate: string, r: Run, ceiling?: number, seed?: number) {
+  const sorted = [...r.latencies].sort((a, b) => a - b);
+  const throughput = r.received / r.seconds;
+  return {
+    run: name,
+    broker,
+    offered: rate,
+    sent: r.sent,
+    received: r.received,
+    stored: r.stored,
+    lost: r.sent - Math.min(r.received, r.stored),
+    "reports/s": Math.round(throughput),
+    "p50 ms": r.latencies.length ? round(percentile(sorted, 50)) : "-",
+    "p95 ms": r.latencies.length ? round(percentile(sorted, 95)) : "-",
+    "p99 ms": r.latencies.length ? round(percentile(sorted, 99)) : "-",
+    "vs bare": ceiling ? `${Math.round((throughput / ceiling) * 100)}%` : "-",
+    "vs seed": seed ? `${round(throughput / seed, 2)}x` : "-",
+  };
+}
+
+export async function ingestBench(o: IngestOptions): Promise<Record<string, unknown>[]> {
+  const rows: Record<string, unknown>[] = [];
+  const mosquitto = await OwnMosquitto.start();
+  try {
+    let ceiling: number | undefined;
+    let seed: number | undefined;
+    if (o.brokers.includes("mosquitto") && !o.noReferences) {
+      const bare = await runReference("bare", mosquitto.url, o);
+      ceiling = bare.received / bare.seconds;
+      rows.push(row("bare subscriber (ceiling)", "mosquitto", "max", bare));
+      const seedRun = await runReference("seed", mosquitto.url, o);
+      seed = seedRun.received / seedRun.seconds;
+      rows.push(row("seed design", "mosquitto", "max", seedRun, ceiling));
+    }
+    for (const broker of o.brokers) {
+      const b = await startServer(broker === "mosquitto" ? mosquitto.url : undefined, {}, o.nodeArgs);
+      try {
+        const saturated = await runServer(b, o, 0);
+        const sat = saturated.received / saturated.seconds;
+        const refs = broker === "mosquitto" ? [ceiling, seed] : [undefined, undefined];
+        rows.push(row("iothub-ota", broker, "max", saturated, refs[0], refs[1]));
+        const half = Math.max(1, Math.round(sat / 2));
+        rows.push(row("iothub-ota", broker, `${half}/s`, await runServer(b, o, half)));
+      } finally {
+        await b.server.stop();
+      }
+    }
+  } finally {
+    await mosquitto.stop();
+  }
+  return rows;
+}

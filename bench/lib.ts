@@ -1,0 +1,99 @@
+import { randomBytes } from "node:crypto";
+import { createClient, type Client } from "graphql-ws";
+import WebSocket from "ws";
+import { freePort, OwnMosquitto, ServerProcess } from "../test/helpers/processes.js";
+
+export { OwnMosquitto, ServerProcess, freePort };
+
+export const REDIS_URL = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
+export const TOKEN = `bench-admin-${randomBytes(12).toString("hex")}`;
+
+export const uniq = (prefix: string) => `${prefix}-${randomBytes(4).toString("hex")}`;
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Wall-clock milliseconds with sub-millisecond precision, comparable across processes. */
+export const nowMs = () => performance.timeOrigin + performance.now();
+
+export interface BenchServer {
+  server: ServerProcess;
+  mqttUrl: string;
+  graphqlUrl: string;
+  wsUrl: string;
+}
+
+/** Starts `iothub-ota serve` on loopback with the embedded broker or against `externalBroker`. */
+export async function startServer(externalBroker?: string, extraEnv: Record<string, string> = {}, nodeArgs: string[] = []): Promise<BenchServer> {
+  const mqttPort = await freePort();
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    NODE_ENV: "production",
+    ADMIN_TOKEN: TOKEN,
+    REDIS_URL,
+    LOG_LEVEL: "warn",
+    MQTTS_PORT: "0",
+    DATA_DIR: `/tmp/iothub-ota-bench-${randomBytes(4).toString("hex")}`,
+    ...(externalBroker ? { MQTT_URL: externalBroker, MQTT_SHARE_GROUP: uniq("bench") } : { MQTT_PORT: String(mqttPort) }),
+    ...extraEnv,
+  };
+  const server = await ServerProcess.start(env, nodeArgs);
+  return {
+    server,
+    mqttUrl: externalBroker ?? `mqtt://127.0.0.1:${mqttPort}`,
+    graphqlUrl: `${server.httpUrl}/graphql`,
+    wsUrl: `${server.httpUrl.replace("http", "ws")}/graphql`,
+  };
+}
+
+export async function gql<T>(url: string, query: string, variables: Record<string, unknown> = {}): Promise<T> {
+  const res = await fetch(url, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${TOKEN}` },
+    body: JSON.stringify({ query, variables }),
+  });
+  const body = (await res.json()) as { data?: T; errors?: unknown[] };
+  if (!body.data || body.errors) throw new Error(`GraphQL error: ${JSON.stringify(body.errors)}`);
+  return body.data;
+}
+
+export function wsClient(url: string): Client {
+  return createClient({
+    url,
+    webSocketImpl: WebSocket,
+    connectionParams: { authorization: `Bearer ${TOKEN}` },
+    retryAttempts: 0,
+    lazy: false,
+    onNonLazyError: () => undefined,
+  });
+}
+
+/** The sum of a metric's samples carrying all `labels`, from a server's /metrics. */
+export async function metric(httpUrl: string, name: string, labels: Record<string, string> = {}): Promise<number> {
+  const text = await (await fetch(`${httpUrl}/metrics`)).text();
+  const wanted = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
+  let sum = 0;
+  for (const line of text.split("\n")) {
+    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
+    if (wanted.every((w) => line.includes(w))) sum += Number(line.split(" ").at(-1));
+  }
+  return sum;
+}
+
+export function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number;
+}
+
+export const round = (n: number, digits = 1) => Math.round(n * 10 ** digits) / 10 ** digits;
+
+/** Prints one JSON line (for machines) and a small table (for people). */
+export function report(name: string, rows: Record<string, unknown>[], extra: Record<string, unknown> = {}): void {
+  process.stdout.write(`${JSON.stringify({ bench: name, ...extra, rows })}\n`);
+  if (rows.length === 0) return;
+  const cols = Object.keys(rows[0] as object);
+  const width = cols.map((c) => Math.max(c.length, ...rows.map((r) => String(r[c]).length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(width[i] as number)).join("  ");
+  process.stdout.write(`\n${name}\n${line(cols)}\n${line(width.map((w) => "-".repeat(w)))}\n`);
+  for (const r of rows) process.stdout.write(`${line(cols.map((c) => String(r[c])))}\n`);
+  process.stdout.write("\n");
+}
