@@ -3,13 +3,15 @@ import { print } from "graphql";
 import type { MqttClient } from "mqtt";
 import { registerDevices } from "../src/sim/sim.fleet.js";
 import { connectDevices, publishLoad, type LoadDevice } from "./load.js";
-import { metric, nowMs, OwnMosquitto, percentile, REDIS_URL, round, sleep, startServer, TOKEN, uniq, wsClient, type BenchServer } from "./lib.js";
+import { cpuSeconds, metric, nowMs, OwnMosquitto, percentile, REDIS_URL, round, sleep, startServer, TOKEN, uniq, wsClient, type BenchServer } from "./lib.js";
 import { OtaProgressChangedDocument } from "../test/generated/graphql.js";
 
 export interface IngestOptions {
   devices: number;
   reports: number;
   brokers: ("mosquitto" | "embedded")[];
+  /** graphql-ws subscribers that must receive every report (0: count stored reports only). */
+  subscribers: number;
   /** Skip the reference runs. */
   noReferences?: boolean;
   /** Extra node flags for the server process, e.g. --cpu-prof. */
@@ -17,6 +19,8 @@ export interface IngestOptions {
 }
 
 interface Run {
+  /** Server CPU time per report, microseconds (a steadier figure than rates on a shared machine). */
+  cpuUs?: number;
   sent: number;
   received: number;
   stored: number;
@@ -32,34 +36,33 @@ async function devicesFor(b: BenchServer, count: number): Promise<{ devices: Loa
 
 /** One load through the server: every report must reach a graphql-ws subscriber. */
 async function runServer(b: BenchServer, o: IngestOptions, rate: number): Promise<Run> {
-  const { devices, clients, productName } = await devicesFor(b, o.devices);
+  const { devices, clients: mqttClients, productName } = await devicesFor(b, o.devices);
   const total = o.devices * o.reports;
   const latencies: number[] = [];
   let lastAt = 0;
-  const ws = wsClient(b.wsUrl);
-  let ready!: () => void;
-  const subscribed = new Promise<void>((r) => (ready = r));
-  ws.on("connected", () => setTimeout(ready, 300));
-  ws.subscribe(
-    { query: print(OtaProgressChangedDocument), variables: { productName } },
-    {
-      next: (r) => {
-        const raw = (r.data as { otaProgressChanged: { raw: { sentAt: number } } }).otaProgressChanged.raw;
-        lastAt = nowMs();
-        latencies.push(lastAt - raw.sentAt);
-      },
-      error: (e) => console.error("subscription error", e),
-      complete: () => undefined,
-    },
-  );
-  await subscribed;
+  let extraDeliveries = 0;
+  const onReport = (sentAt: number, first: boolean) => {
+    lastAt = nowMs();
+    if (first) latencies.push(lastAt - sentAt);
+    else extraDeliveries++;
+  };
+  const clients = await Promise.all(Array.from({ length: o.subscribers }, (_, i) => subscriber(b.wsUrl, productName, onReport, i === 0)));
+  const pid = b.server.process.pid as number;
+  const cpuBefore = cpuSeconds(pid);
   const storedBefore = await metric(b.server.httpUrl, "iothub_ota_ingest_messages_total", { kind: "ota_status", result: "accepted" });
-  const load = await publishLoad(clients, devices, o.reports, rate);
-  await waitFor(() => latencies.length >= total);
-  const stored = (await metric(b.server.httpUrl, "iothub_ota_ingest_messages_total", { kind: "ota_status", result: "accepted" })) - storedBefore;
-  await ws.dispose();
-  await Promise.all(clients.map((c) => c.endAsync(true)));
-  return { sent: load.sent, received: latencies.length, stored, seconds: (lastAt - load.firstSendAt) / 1000, latencies };
+  const load = await publishLoad(mqttClients, devices, o.reports, rate);
+  const storedNow = async () =>
+    (await metric(b.server.httpUrl, "iothub_ota_ingest_messages_total", { kind: "ota_status", result: "accepted" })) - storedBefore;
+  if (o.subscribers === 0) {
+    while ((await storedNow()) < total) await sleep(10);
+    lastAt = nowMs();
+  }
+  await waitFor(() => o.subscribers === 0 || (latencies.length >= total && extraDeliveries >= total * (o.subscribers - 1)));
+  const cpuUs = ((cpuSeconds(pid) - cpuBefore) * 1e6) / total;
+  const stored = await storedNow();
+  await Promise.all(clients.map((c) => c.dispose()));
+  await Promise.all(mqttClients.map((c) => c.endAsync(true)));
+  return { sent: load.sent, received: o.subscribers === 0 ? stored : latencies.length, stored, seconds: (lastAt - load.firstSendAt) / 1000, latencies, cpuUs };
 }
 
 /** The same load through a reference subscriber in its own process (on the same broker). */
@@ -80,6 +83,23 @@ async function runReference(mode: "bare" | "seed", url: string, o: IngestOptions
   await Promise.all(clients.map((c) => c.endAsync(true)));
   const result = JSON.parse(out.split("\n").find((l) => l.includes("count")) ?? "{}") as { count: number; lastAt: number };
   return { sent: load.sent, received: result.count ?? 0, stored: result.count ?? 0, seconds: (result.lastAt - load.firstSendAt) / 1000, latencies: [] };
+}
+
+/** A graphql-ws subscriber to a product's progress; the first one records latencies. */
+async function subscriber(url: string, productName: string, onReport: (sentAt: number, first: boolean) => void, first = true) {
+  const ws = wsClient(url);
+  await new Promise<void>((resolve) => {
+    ws.on("connected", () => setTimeout(resolve, 300));
+    ws.subscribe(
+      { query: print(OtaProgressChangedDocument), variables: { productName } },
+      {
+        next: (r) => onReport((r.data as { otaProgressChanged: { raw: { sentAt: number } } }).otaProgressChanged.raw.sentAt, first),
+        error: (e) => console.error("subscription error", e),
+        complete: () => undefined,
+      },
+    );
+  });
+  return ws;
 }
 
 async function waitFor(done: () => boolean, stallMs = 15_000): Promise<void> {
@@ -106,6 +126,7 @@ function row(name: string, broker: string, rate: string, r: Run, ceiling?: numbe
     stored: r.stored,
     lost: r.sent - Math.min(r.received, r.stored),
     "reports/s": Math.round(throughput),
+    "server cpu us/report": r.cpuUs === undefined ? "-" : Math.round(r.cpuUs),
     "p50 ms": r.latencies.length ? round(percentile(sorted, 50)) : "-",
     "p95 ms": r.latencies.length ? round(percentile(sorted, 95)) : "-",
     "p99 ms": r.latencies.length ? round(percentile(sorted, 99)) : "-",

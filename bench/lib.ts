@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { createClient, type Client } from "graphql-ws";
 import WebSocket from "ws";
 import { freePort, OwnMosquitto, ServerProcess } from "../test/helpers/processes.js";
@@ -77,6 +78,12 @@ export async function metric(httpUrl: string, name: string, labels: Record<strin
     if (wanted.every((w) => line.includes(w))) sum += Number(line.split(" ").at(-1));
   }
   return sum;
+}
+
+/** CPU seconds (user + system) a process has used so far, from /proc. */
+export function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ") ?? [];
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
 }
 
 export function percentile(sorted: number[], p: number): number {

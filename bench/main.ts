@@ -18,13 +18,14 @@ program
   .option("--devices <n>", "publishing devices", int, 20)
   .option("--reports <n>", "reports per device", int, 500)
   .option("--brokers <list>", "mosquitto,embedded", "mosquitto,embedded")
+  .option("--subscribers <n>", "graphql-ws subscribers that must receive every report (0: stored only)", (v: string) => Number(v), 1)
   .option("--no-references", "skip the bare-subscriber and seed-design runs")
   .option("--profile <dir>", "write the server's CPU profile (.cpuprofile) into this folder")
-  .action(async (o: { devices: number; reports: number; brokers: string; references: boolean; profile?: string }) => {
+  .action(async (o: { devices: number; reports: number; subscribers: number; brokers: string; references: boolean; profile?: string }) => {
     const brokers = o.brokers.split(",") as ("mosquitto" | "embedded")[];
     const nodeArgs = o.profile ? ["--cpu-prof", `--cpu-prof-dir=${o.profile}`] : [];
-    const rows = await ingestBench({ devices: o.devices, reports: o.reports, brokers, noReferences: !o.references, nodeArgs });
-    report("ingest", rows, { devices: o.devices, reports: o.reports });
+    const rows = await ingestBench({ ...o, brokers, noReferences: !o.references, nodeArgs });
+    report("ingest", rows, { devices: o.devices, reports: o.reports, subscribers: o.subscribers });
   });
 
 await program.parseAsync();

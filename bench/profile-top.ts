@@ -20,3 +20,19 @@ for (const [id, us] of self) {
 const top = (m: Map<string, number>, n: number) =>
   [...m].sort((a, b) => b[1] - a[1]).slice(0, n).map(([k, v]) => `${((v / total) * 100).toFixed(1).padStart(5)}%  ${k}`).join("\n");
 console.log(`total ${(total / 1e6).toFixed(2)} s\n\nby package\n${top(pkgs, 15)}\n\nby function\n${top(fns, 30)}`);
+
+// Inclusive time: a function's own samples and those of everything it called.
+const parent = new Map<number, number>();
+for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+const inclusive = new Map<string, number>();
+for (const [id, us] of self) {
+  const seen = new Set<string>();
+  for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
+    const { functionName, url, lineNumber } = byId.get(cur)!.callFrame;
+    const key = `${functionName || "(anon)"} ${url.replace(/^.*node_modules\//, "").replace(/^file:\/\/\/work\/main\//, "")}:${lineNumber}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    inclusive.set(key, (inclusive.get(key) ?? 0) + us);
+  }
+}
+console.log(`\nby function, inclusive\n${top(inclusive, 40)}`);

@@ -2,8 +2,8 @@ import { badInput } from "../errors.js";
 import { requireName } from "../devices/device.service.js";
 import type { ProgressRecord } from "./progress.model.js";
 
-/** A stream of progress events for one product (Redis pub/sub in production). */
-export type ProgressEvents = (productName: string) => AsyncIterator<ProgressRecord>;
+/** A stream of progress events for one product, in batches (Redis pub/sub in production). */
+export type ProgressEvents = (productName: string) => AsyncIterator<ProgressRecord[]>;
 
 export type TagsOf = (productName: string, deviceName: string) => Promise<readonly string[]>;
 
@@ -40,11 +40,18 @@ export class ProgressFeed {
     // A hand-written iterator, not an async generator: return() must reach the
     // source at once, even while it waits, or an unsubscribed client's Redis
     // listener would linger until the next event.
+    const ready: ProgressRecord[] = [];
     const iterator: AsyncIterableIterator<ProgressRecord> = {
       async next() {
         for (;;) {
+          const record = ready.shift();
+          if (record) {
+            if (await accept(record)) return { done: false, value: record };
+            continue;
+          }
           const step = await source.next();
-          if (step.done || (await accept(step.value))) return step;
+          if (step.done) return step;
+          ready.push(...step.value);
         }
       },
       async return() {

@@ -13,23 +13,56 @@ export const keys = {
   progressChannel: (p: string) => `ota_progress_changed/${p}`,
 };
 
-// Dedup, store and publish in one round trip: the per-report Redis work of the
-// seed, atomically. Reports of one device can be reordered (QoS 1 redelivery,
-// instances sharing a subscription): the newest by sort key wins.
-// Returns 1 applied, 0 duplicate, 2 older than the stored report.
-const INGEST = `
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-local stored = redis.call('GET', KEYS[4])
-if stored and stored > ARGV[3] then return 2 end
-redis.call('SET', KEYS[4], ARGV[3])
-redis.call('SET', KEYS[2], ARGV[2])
-redis.call('PUBLISH', KEYS[3], ARGV[2])
-return 1`;
+// Dedup, store and publish: the per-report Redis work of the seed, atomically,
+// for a batch of reports in one round trip. Reports of one device can be
+// reordered (QoS 1 redelivery, instances sharing a subscription): the newest
+// by sort key wins. Each product's applied reports go out as one message, a
+// JSON array. Per report: 1 applied, 0 duplicate, 2 older than the stored one.
+// KEYS: per report dedup, progress, order, channel. ARGV: per report ttl, json, sort key.
+const INGEST_BATCH = `
+local out, lists, channels = {}, {}, {}
+for i = 0, #KEYS / 4 - 1 do
+  local k, a = 4 * i, 3 * i
+  if not redis.call('SET', KEYS[k + 1], '1', 'NX', 'EX', ARGV[a + 1]) then
+    out[i + 1] = 0
+  else
+    local stored = redis.call('GET', KEYS[k + 3])
+    if stored and stored > ARGV[a + 3] then
+      out[i + 1] = 2
+    else
+      redis.call('SET', KEYS[k + 3], ARGV[a + 3])
+      redis.call('SET', KEYS[k + 2], ARGV[a + 2])
+      local channel = KEYS[k + 4]
+      local list = lists[channel]
+      if not list then
+        list = {}
+        lists[channel] = list
+        channels[#channels + 1] = channel
+      end
+      list[#list + 1] = ARGV[a + 2]
+      out[i + 1] = 1
+    end
+  end
+end
+for _, channel in ipairs(channels) do
+  redis.call('PUBLISH', channel, '[' .. table.concat(lists[channel], ',') .. ']')
+end
+return out`;
+
+/** Reports gathered in one turn of the event loop go to Redis together; more than this start a new batch. */
+const MAX_BATCH = 500;
+
+interface Pending {
+  record: ProgressRecord;
+  ttlSeconds: number;
+  resolve: (outcome: IngestOutcome) => void;
+  reject: (err: unknown) => void;
+}
 
 const COMPARE_AND_SET = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2])
-  redis.call('PUBLISH', KEYS[2], ARGV[2])
+  redis.call('PUBLISH', KEYS[2], '[' .. ARGV[2] .. ']')
   return 1
 end
 return 0`;
@@ -37,32 +70,45 @@ return 0`;
 const INGEST_OUTCOMES: Record<number, IngestOutcome> = { 0: "duplicate", 1: "accepted", 2: "stale" };
 
 type Scripts = {
-  otaIngest(dedup: string, progress: string, channel: string, order: string, ttl: number, json: string, sortKey: string): Promise<number>;
+  otaIngestBatch(numKeys: number, ...keysThenArgs: (string | number)[]): Promise<number[]>;
   otaCompareAndSet(progress: string, channel: string, expected: string, next: string): Promise<number>;
 };
 
 /** The progress store and the messageId de-duplicator, both in Redis. */
 export class RedisProgressStore implements ProgressStore, MessageDeduplicator {
   readonly #redis: Redis & Scripts;
+  #batch: Pending[] = [];
 
   constructor(redis: Redis) {
-    redis.defineCommand("otaIngest", { numberOfKeys: 4, lua: INGEST });
+    redis.defineCommand("otaIngestBatch", { lua: INGEST_BATCH });
     redis.defineCommand("otaCompareAndSet", { numberOfKeys: 2, lua: COMPARE_AND_SET });
     this.#redis = redis as Redis & Scripts;
   }
 
-  async ingest(record: ProgressRecord, ttlSeconds: number): Promise<IngestOutcome> {
-    const { productName: p, deviceName: d } = record;
-    const result = await this.#redis.otaIngest(
-      keys.dedup(p, d, record.messageId),
-      keys.progress(p, d),
-      keys.progressChannel(p),
-      keys.progressOrder(p, d),
-      ttlSeconds,
-      JSON.stringify(record),
-      reportOrder(record.messageId, record.receivedAt),
+  /** Queues the report for this turn's batch (see INGEST_BATCH); resolves with its outcome. */
+  ingest(record: ProgressRecord, ttlSeconds: number): Promise<IngestOutcome> {
+    return new Promise((resolve, reject) => {
+      this.#batch.push({ record, ttlSeconds, resolve, reject });
+      if (this.#batch.length === 1) setImmediate(() => this.#flush());
+      else if (this.#batch.length >= MAX_BATCH) this.#flush();
+    });
+  }
+
+  #flush(): void {
+    const batch = this.#batch;
+    if (batch.length === 0) return;
+    this.#batch = [];
+    const keyList: string[] = [];
+    const args: (string | number)[] = [];
+    for (const { record: r, ttlSeconds } of batch) {
+      const { productName: p, deviceName: d } = r;
+      keyList.push(keys.dedup(p, d, r.messageId), keys.progress(p, d), keys.progressOrder(p, d), keys.progressChannel(p));
+      args.push(ttlSeconds, JSON.stringify(r), reportOrder(r.messageId, r.receivedAt));
+    }
+    this.#redis.otaIngestBatch(keyList.length, ...keyList, ...args).then(
+      (results) => batch.forEach((b, i) => b.resolve(INGEST_OUTCOMES[results[i] as number] ?? "duplicate")),
+      (err: unknown) => batch.forEach((b) => b.reject(err)),
     );
-    return INGEST_OUTCOMES[result] ?? "duplicate";
   }
 
   async get(productName: string, deviceName: string): Promise<ProgressRecord | null> {
