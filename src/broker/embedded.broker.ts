@@ -86,17 +86,26 @@ export class EmbeddedBroker implements DeviceSessions, CommandPublisher {
 
   async #start(): Promise<void> {
     const store = persistence({ conn: this.redis, maxSessionDelivery: 10_000 });
+    // aedes stores every filter of a SUBSCRIBE packet in a persistent session,
+    // the refused ones too (its storeSubscriptions takes packet.subscriptions
+    // whole). A stored `#` would queue every message for the device while it
+    // is offline and hand them over when it reconnects: store only what the
+    // access control grants.
+    const addSubscriptions = store.addSubscriptions.bind(store);
+    store.addSubscriptions = (client, subs) => addSubscriptions(client, subs.filter((s) => this.#mayHold(client, s.topic)));
     this.#persistence = store;
     const aedes = await Aedes.createBroker({
       persistence: store,
       authenticate: (client, username, password, done) => {
-        this.#authenticate(client, username, password).then(
-          (principal) => {
+        this.#authenticate(client, username, password)
+          .then(async (principal) => {
             this.#principals.set(client, principal);
-            done(null, true);
-          },
-          (err: AuthenticateError) => done(err, false),
-        );
+            if (principal.kind === "device") await this.#autoSubscribe(client, principal);
+          })
+          .then(
+            () => done(null, true),
+            (err: AuthenticateError) => done(err, false),
+          );
       },
       authorizePublish: (client, packet, done) => {
         const p = client && this.#principals.get(client);
@@ -106,8 +115,7 @@ export class EmbeddedBroker implements DeviceSessions, CommandPublisher {
         done(new Error("publish not allowed"));
       },
       authorizeSubscribe: (client, sub, done) => {
-        const p = this.#principals.get(client);
-        if (p?.kind === "server" || (p?.kind === "device" && canSubscribe(p, sub.topic))) return done(null, sub);
+        if (this.#mayHold(client, sub.topic)) return done(null, sub);
         this.log.warn({ clientId: client.id, topic: sub.topic }, "refused subscription");
         done(null, null); // SUBACK 0x80 for this filter (MQTT 3.1.1 §3.9.3)
       },
@@ -179,7 +187,6 @@ export class EmbeddedBroker implements DeviceSessions, CommandPublisher {
     const result = await this.devices.authenticate(id.value.productName, id.value.deviceName, password.toString("utf8"));
     switch (result) {
       case "ok":
-        await this.#autoSubscribe(client, id.value);
         return { kind: "device", ...id.value };
       case "suspended":
         throw refuse(NOT_AUTHORIZED, "device suspended");
@@ -191,6 +198,12 @@ export class EmbeddedBroker implements DeviceSessions, CommandPublisher {
         return never;
       }
     }
+  }
+
+  /** PROTOCOL.md, "Access control": the server may subscribe to anything, a device to its own. */
+  #mayHold(client: { id: string }, filter: string): boolean {
+    const p = this.#principals.get(client as Client);
+    return p?.kind === "server" || (p?.kind === "device" && canSubscribe(p, filter));
   }
 
   #onConnect(client: Client): void {

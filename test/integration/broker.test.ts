@@ -9,7 +9,9 @@ import {
 } from "../generated/graphql.js";
 import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
-import { uniq } from "../helpers/services.js";
+import { Redis } from "ioredis";
+import { REDIS_URL, uniq } from "../helpers/services.js";
+import { onTeardown } from "../helpers/teardown.js";
 import { eventually, sleep } from "../helpers/wait.js";
 
 /** Connects as raw MQTT and returns the CONNACK failure code, or 0 on success. */
@@ -63,6 +65,28 @@ describe("the embedded broker", () => {
     dev.client.subscribe(["#", `cmd/${productName}/other/+/+/+/#`, "$SYS/#", `tags/${productName}/beta/cmd/+/+/+/#`], { qos: 1 }, () => undefined);
     expect((await suback).granted).toEqual([128, 128, 128, 1]);
     await dev.end();
+  });
+
+  it("never keeps a refused subscription in the device's persistent session", async () => {
+    const clientId = `${productName}/${deviceName}/spy`;
+    const spy = await TestDevice.connect(t.mqttUrl, productName, deviceName, secret, { clientId });
+    spy.client.subscribe(["#", `tags/${productName}/beta/cmd/+/+/+/#`], { qos: 1 }, () => undefined);
+    await sleep(200);
+    await spy.end();
+    // While the spy is away, another device reports and a command goes to a third.
+    const other = await gqlOk(t, RegisterDeviceDocument, { input: { productName, deviceName: uniq("other") } });
+    const dev = await TestDevice.connect(t.mqttUrl, productName, other.registerDevice.device.deviceName, other.registerDevice.secret);
+    await dev.reportProgress({ version: "1", type: "firmware", progress: 1 });
+    await sleep(200);
+    const back = await TestDevice.connect(t.mqttUrl, productName, deviceName, secret, { clientId });
+    await sleep(500);
+    expect(back.inbox.pending.map((m) => m.topic)).toEqual([]);
+    const redis = new Redis(REDIS_URL);
+    onTeardown(() => redis.quit());
+    expect(await redis.hkeys(`client:${encodeURIComponent(clientId)}`)).toEqual([
+      `cmd/${productName}/${deviceName}/+/+/+/#`,
+      `tags/${productName}/beta/cmd/+/+/+/#`,
+    ]);
   });
 
   it("refuses a publish to another device's topic: it is not ingested", async () => {
