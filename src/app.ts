@@ -77,7 +77,10 @@ export class App {
         this.metrics.commands.inc({ command: parsed.ok ? parsed.value.command : "unknown" });
       },
     };
-    const sessions: DeviceSessions = { disconnect: (p, d) => this.#broker?.disconnect(p, d) };
+    const sessions: DeviceSessions = {
+      disconnect: (p, d) => this.#broker?.disconnect(p, d),
+      forget: async (p, d) => this.#broker?.forget(p, d),
+    };
     this.tokens = new TokenService(db, config.adminToken);
     this.devices = new DeviceService(new DeviceRepository(db), commands, sessions, progress);
     this.ota = new OtaService(this.devices, commands, progress);

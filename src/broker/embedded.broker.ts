@@ -164,6 +164,14 @@ export class EmbeddedBroker implements DeviceSessions, CommandPublisher {
     for (const client of this.#online.get(`${productName}/${deviceName}`) ?? []) client.close();
   }
 
+  /** Disconnects the device and drops its sessions (the canonical client id and any connected now). */
+  async forget(productName: string, deviceName: string): Promise<void> {
+    const ids = new Set([`${productName}/${deviceName}`]);
+    for (const client of this.#online.get(`${productName}/${deviceName}`) ?? []) ids.add(client.id);
+    this.disconnect(productName, deviceName);
+    await Promise.all([...ids].map((id) => this.#persistence?.cleanSubscriptions({ id })));
+  }
+
   async stop(): Promise<void> {
     const aedes = this.#aedes;
     this.#aedes = undefined;

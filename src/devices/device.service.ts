@@ -119,7 +119,7 @@ export class DeviceService {
   async delete(productName: string, deviceName: string): Promise<boolean> {
     const deleted = await this.repo.delete(requireName("productName", productName), requireName("deviceName", deviceName));
     if (deleted) {
-      this.sessions.disconnect(productName, deviceName);
+      await this.sessions.forget(productName, deviceName);
       await this.progress.delete(productName, deviceName);
     }
     return deleted;

@@ -10,6 +10,8 @@ export interface CommandPublisher {
 export interface DeviceSessions {
   /** Closes every connection of the device; a no-op where the broker is external. */
   disconnect(productName: string, deviceName: string): void;
+  /** Closes them and drops the device's persistent session, with the commands queued in it. */
+  forget(productName: string, deviceName: string): Promise<void>;
 }
 
 export type IngestOutcome = "accepted" | "duplicate" | "stale";

@@ -124,6 +124,10 @@ describe("the embedded broker", () => {
     expect((await gqlOk(t, OtaProgressDocument, { productName, deviceName: name })).otaProgress).toBeNull();
     expect(await connackCode(t.mqttUrl, { clientId: id, username: id, password: registerDevice.secret })).toBe(4);
     expect((await gqlOk(t, DeleteDeviceDocument, { productName, deviceName: name })).deleteDevice).toBe(false);
+    // Its persistent session went with it: a device registered again under the name starts afresh.
+    const redis = new Redis(REDIS_URL);
+    onTeardown(() => redis.quit());
+    expect(await redis.exists(`client:${encodeURIComponent(id)}`)).toBe(0);
   });
 
   it("counts connected devices in /metrics", async () => {
