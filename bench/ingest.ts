@@ -14,8 +14,6 @@ export interface IngestOptions {
   subscribers: number;
   /** Skip the reference runs. */
   noReferences?: boolean;
-  /** Extra node flags for the server process, e.g. --cpu-prof. */
-  nodeArgs?: string[];
 }
 
 interface Run {
@@ -150,7 +148,7 @@ export async function ingestBench(o: IngestOptions): Promise<Record<string, unkn
       rows.push(row("seed design", "mosquitto", "max", seedRun, ceiling));
     }
     for (const broker of o.brokers) {
-      const b = await startServer(broker === "mosquitto" ? mosquitto.url : undefined, {}, o.nodeArgs);
+      const b = await startServer(broker === "mosquitto" ? mosquitto.url : undefined);
       try {
         const saturated = await runServer(b, o, 0);
         const sat = saturated.received / saturated.seconds;

@@ -23,8 +23,14 @@ export interface BenchServer {
   wsUrl: string;
 }
 
-/** Starts `iothub-ota serve` on loopback with the embedded broker or against `externalBroker`. */
-export async function startServer(externalBroker?: string, extraEnv: Record<string, string> = {}, nodeArgs: string[] = []): Promise<BenchServer> {
+/**
+ * Starts `iothub-ota serve` on loopback with the embedded broker or against
+ * `externalBroker`. With BENCH_PROFILE=<dir> it writes a CPU profile there
+ * (summarise it with `npx tsx bench/profile-top.ts <file>`).
+ */
+export async function startServer(externalBroker?: string, extraEnv: Record<string, string> = {}): Promise<BenchServer> {
+  const profileDir = process.env.BENCH_PROFILE;
+  const nodeArgs = profileDir ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : [];
   const mqttPort = await freePort();
   const env: NodeJS.ProcessEnv = {
     ...process.env,

@@ -3,6 +3,7 @@
 import "reflect-metadata";
 import { Command } from "commander";
 import { ingestBench } from "./ingest.js";
+import { queriesBench, type QueriesOptions } from "./queries.js";
 import { report } from "./lib.js";
 
 const int = (v: string) => {
@@ -20,12 +21,18 @@ program
   .option("--brokers <list>", "mosquitto,embedded", "mosquitto,embedded")
   .option("--subscribers <n>", "graphql-ws subscribers that must receive every report (0: stored only)", (v: string) => Number(v), 1)
   .option("--no-references", "skip the bare-subscriber and seed-design runs")
-  .option("--profile <dir>", "write the server's CPU profile (.cpuprofile) into this folder")
-  .action(async (o: { devices: number; reports: number; subscribers: number; brokers: string; references: boolean; profile?: string }) => {
+  .action(async (o: { devices: number; reports: number; subscribers: number; brokers: string; references: boolean }) => {
     const brokers = o.brokers.split(",") as ("mosquitto" | "embedded")[];
-    const nodeArgs = o.profile ? ["--cpu-prof", `--cpu-prof-dir=${o.profile}`] : [];
-    const rows = await ingestBench({ ...o, brokers, noReferences: !o.references, nodeArgs });
+    const rows = await ingestBench({ ...o, brokers, noReferences: !o.references });
     report("ingest", rows, { devices: o.devices, reports: o.reports, subscribers: o.subscribers });
   });
+
+program
+  .command("queries")
+  .description("otaProgress, otaProgresses and the REST read at fixed concurrency (autocannon)")
+  .option("--devices <n>", "devices in the otaProgresses query", int, 1000)
+  .option("--connections <n>", "concurrent connections", int, 10)
+  .option("--seconds <n>", "seconds per query", int, 10)
+  .action(async (o: QueriesOptions) => report("queries", await queriesBench(o), { ...o }));
 
 await program.parseAsync();

@@ -1,7 +1,7 @@
 import { DateTimeISOResolver, JSONObjectResolver } from "graphql-scalars";
 import { Field, InputType, Int, ObjectType } from "type-graphql";
 
-@ObjectType("Device", { description: "A device registered for a product." })
+@ObjectType("Device", { description: "A device registered for a product.", simpleResolvers: true })
 export class DeviceType {
   @Field(() => String)
   productName!: string;

@@ -18,7 +18,7 @@ export enum FailureReasonEnum {
 }
 registerEnumType(FailureReasonEnum, { name: "FailureReason" });
 
-@ObjectType({ description: "A device's latest OTA progress report." })
+@ObjectType({ description: "A device's latest OTA progress report.", simpleResolvers: true })
 export class OtaProgress {
   @Field(() => String)
   productName!: string;
