@@ -18,6 +18,8 @@ export const nowMs = () => performance.timeOrigin + performance.now();
 
 export interface BenchServer {
   server: ServerProcess;
+  /** Node inspector port, when started with `inspect`. */
+  inspectPort?: number;
   mqttUrl: string;
   graphqlUrl: string;
   wsUrl: string;
@@ -28,9 +30,13 @@ export interface BenchServer {
  * `externalBroker`. With BENCH_PROFILE=<dir> it writes a CPU profile there
  * (summarise it with `npx tsx bench/profile-top.ts <file>`).
  */
-export async function startServer(externalBroker?: string, extraEnv: Record<string, string> = {}): Promise<BenchServer> {
+export async function startServer(externalBroker?: string, extraEnv: Record<string, string> = {}, inspect = false): Promise<BenchServer> {
   const profileDir = process.env.BENCH_PROFILE;
-  const nodeArgs = profileDir ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : [];
+  const inspectPort = inspect ? await freePort() : undefined;
+  const nodeArgs = [
+    ...(profileDir ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : []),
+    ...(inspectPort ? [`--inspect=127.0.0.1:${inspectPort}`] : []),
+  ];
   const mqttPort = await freePort();
   const env: NodeJS.ProcessEnv = {
     ...process.env,
@@ -46,6 +52,7 @@ export async function startServer(externalBroker?: string, extraEnv: Record<stri
   const server = await ServerProcess.start(env, nodeArgs);
   return {
     server,
+    inspectPort,
     mqttUrl: externalBroker ?? `mqtt://127.0.0.1:${mqttPort}`,
     graphqlUrl: `${server.httpUrl}/graphql`,
     wsUrl: `${server.httpUrl.replace("http", "ws")}/graphql`,
@@ -84,6 +91,31 @@ export async function metric(httpUrl: string, name: string, labels: Record<strin
     if (wanted.every((w) => line.includes(w))) sum += Number(line.split(" ").at(-1));
   }
   return sum;
+}
+
+/** The server's JS heap after a full garbage collection, bytes, through the inspector (loopback only). */
+export async function heapAfterGc(inspectPort: number): Promise<number> {
+  const [target] = (await (await fetch(`http://127.0.0.1:${inspectPort}/json/list`)).json()) as { webSocketDebuggerUrl: string }[];
+  const socket = new WebSocket(target!.webSocketDebuggerUrl);
+  await new Promise((resolve, reject) => socket.once("open", resolve).once("error", reject));
+  let id = 0;
+  const call = (method: string) =>
+    new Promise<Record<string, number>>((resolve) => {
+      const mine = ++id;
+      const onMessage = (data: Buffer) => {
+        const msg = JSON.parse(data.toString()) as { id?: number; result: Record<string, number> };
+        if (msg.id !== mine) return;
+        socket.off("message", onMessage);
+        resolve(msg.result);
+      };
+      socket.on("message", onMessage);
+      socket.send(JSON.stringify({ id: mine, method }));
+    });
+  await call("HeapProfiler.collectGarbage");
+  await call("HeapProfiler.collectGarbage");
+  const { usedSize } = await call("Runtime.getHeapUsage");
+  socket.close();
+  return usedSize as number;
 }
 
 /** CPU seconds (user + system) a process has used so far, from /proc. */

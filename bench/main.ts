@@ -4,6 +4,7 @@ import "reflect-metadata";
 import { Command } from "commander";
 import { ingestBench } from "./ingest.js";
 import { queriesBench, type QueriesOptions } from "./queries.js";
+import { subscriptionsBench, type SubscriptionsOptions } from "./subscriptions.js";
 import { report } from "./lib.js";
 
 const int = (v: string) => {
@@ -34,5 +35,13 @@ program
   .option("--connections <n>", "concurrent connections", int, 10)
   .option("--seconds <n>", "seconds per query", int, 10)
   .action(async (o: QueriesOptions) => report("queries", await queriesBench(o), { ...o }));
+
+program
+  .command("subscriptions")
+  .description("graphql-ws subscribers on one or two instances: fan-out latency and memory per subscriber")
+  .option("--subscribers <n>", "concurrent subscribers", int, 1000)
+  .option("--instances <n>", "server instances sharing Redis and one Mosquitto (1 or 2)", int, 1)
+  .option("--reports <n>", "reports fanned out, one at a time", int, 20)
+  .action(async (o: SubscriptionsOptions) => report("subscriptions", await subscriptionsBench(o), { ...o }));
 
 await program.parseAsync();

@@ -22,6 +22,7 @@ import type { ProgressFeed } from "../ota/progress.feed.js";
 import type { Context } from "./context.js";
 import { maskError } from "./errors.js";
 import { restRoutes } from "./rest.routes.js";
+import { sharedDocuments, sharedSubscribe } from "./shared.subscribe.js";
 
 export interface HttpDeps {
   tokens: TokenService;
@@ -65,6 +66,8 @@ export class HttpServer {
     this.#wsCleanup = useServer<Record<string, unknown>, { principal?: Principal }>(
       {
         schema,
+        ...sharedDocuments(),
+        subscribe: sharedSubscribe(),
         onConnect: async (ctx) => {
           const principal = await tokens.verify(bearerToken(ctx.connectionParams?.authorization));
           if (!principal) {
@@ -72,6 +75,8 @@ export class HttpServer {
             return false;
           }
           ctx.extra.principal = principal;
+          // Nothing reads the upgrade request later; holding it would cost every connection kilobytes.
+          Reflect.deleteProperty(ctx.extra, "request");
           return true;
         },
         context: (ctx): SubscriptionContext => ({

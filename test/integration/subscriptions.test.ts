@@ -1,0 +1,63 @@
+import { beforeAll, describe, expect, it } from "vitest";
+import { parse } from "graphql";
+import type { TypedDocumentNode } from "@graphql-typed-document-node/core";
+import { OtaProgressChangedDocument, RegisterDeviceDocument } from "../generated/graphql.js";
+import { gqlOk, startApp, subscribe, wsClient, type TestApp } from "../helpers/app.js";
+import { TestDevice } from "../helpers/device.js";
+import { uniq } from "../helpers/services.js";
+
+// A second selection of the same subscription, to check that shared execution keeps answers apart.
+const Narrow = parse(`subscription Narrow($productName: String!) { otaProgressChanged(productName: $productName) { deviceName progress } }`) as TypedDocumentNode<
+  { otaProgressChanged: { deviceName: string; progress: number } },
+  { productName: string }
+>;
+
+describe("subscriptions shared by many clients", () => {
+  let t: TestApp;
+  beforeAll(async () => {
+    t = await startApp();
+  });
+
+  it("give each subscriber its own selection and filter, though an event is executed once per query", async () => {
+    const productName = uniq("fan");
+    const [a, b] = await Promise.all(
+      ["a", "b"].map(async (deviceName) => {
+        const { registerDevice } = await gqlOk(t, RegisterDeviceDocument, { input: { productName, deviceName } });
+        return TestDevice.connect(t.mqttUrl, productName, deviceName, registerDevice.secret);
+      }),
+    );
+    const everything = await subscribe(wsClient(t), OtaProgressChangedDocument, { productName });
+    const everythingToo = await subscribe(wsClient(t), OtaProgressChangedDocument, { productName });
+    const onlyB = await subscribe(wsClient(t), OtaProgressChangedDocument, { productName, deviceName: "b" });
+    const narrow = await subscribe(wsClient(t), Narrow, { productName });
+
+    await a!.reportProgress({ version: "2", type: "firmware", progress: 10 });
+    await b!.reportProgress({ version: "2", type: "firmware", progress: 20 });
+
+    for (const s of [everything, everythingToo]) {
+      const got = [(await s.results.next()).data!.otaProgressChanged, (await s.results.next()).data!.otaProgressChanged];
+      expect(got.map((p) => [p.deviceName, p.progress, p.state])).toEqual([
+        ["a", 10, "DOWNLOADING"],
+        ["b", 20, "DOWNLOADING"],
+      ]);
+    }
+    expect((await onlyB.results.next()).data!.otaProgressChanged).toMatchObject({ deviceName: "b", progress: 20 });
+    expect(onlyB.results.pending).toEqual([]);
+    const n1 = (await narrow.results.next()).data!.otaProgressChanged;
+    const n2 = (await narrow.results.next()).data!.otaProgressChanged;
+    expect([n1, n2]).toEqual([
+      { deviceName: "a", progress: 10 },
+      { deviceName: "b", progress: 20 },
+    ]);
+  });
+
+  it("answers a subscription with a bad query or arguments with an error, not a crash", async () => {
+    const s = await subscribe(wsClient(t), OtaProgressChangedDocument, { productName: "bad/name" });
+    // The resolver refused the arguments: graphql-ws sends that as a result carrying errors.
+    const refused = await s.results.next();
+    expect(refused.errors?.[0]?.extensions?.code).toBe("BAD_USER_INPUT");
+    const broken = parse(`subscription { otaProgressChanged(productName: "p") { nope } }`) as TypedDocumentNode<unknown, Record<string, never>>;
+    const s2 = await subscribe(wsClient(t), broken, {});
+    expect(JSON.stringify(await s2.errors.next())).toContain("nope");
+  });
+});
