@@ -23,6 +23,8 @@ export interface FleetSummary {
   errors: number;
   connectSeconds: number | null;
   connectionsPerSecond: number | null;
+  /** Growth of this process's resident memory while connecting, per device. */
+  kbPerDevice: number | null;
 }
 
 const REGISTER = `mutation($input: RegisterDeviceInput!) { registerDevice(input: $input) { secret device { productName deviceName } } }`;
@@ -87,6 +89,7 @@ export class Fleet {
   readonly devices: SimulatedDevice[];
   readonly counters: SimCounters = { reportsSent: 0, duplicatesSent: 0, commandsReceived: 0, expiredIgnored: 0, reconnects: 0, errors: 0 };
   #connectSeconds: number | null = null;
+  #kbPerDevice: number | null = null;
   #listeners: (() => void)[] = [];
 
   constructor(
@@ -105,6 +108,7 @@ export class Fleet {
 
   /** Connects every device; returns the setup time. Failed connections are counted as errors. */
   async connectAll(): Promise<number> {
+    const rssBefore = process.memoryUsage.rss();
     const started = performance.now();
     await pool(this.devices, this.options.connectConcurrency, async (d) => {
       try {
@@ -114,6 +118,7 @@ export class Fleet {
       }
     });
     this.#connectSeconds = (performance.now() - started) / 1000;
+    this.#kbPerDevice = Math.round((process.memoryUsage.rss() - rssBefore) / 1024 / this.devices.length * 10) / 10;
     return this.#connectSeconds;
   }
 
@@ -150,6 +155,7 @@ export class Fleet {
       ...this.counters,
       connectSeconds: s === null ? null : Math.round(s * 1000) / 1000,
       connectionsPerSecond: s === null || s === 0 ? null : Math.round(this.devices.length / s),
+      kbPerDevice: this.#kbPerDevice,
     };
   }
 
