@@ -65,14 +65,14 @@ export async function subscriptionsBench(o: SubscriptionsOptions): Promise<Recor
     const perSubscriber = after.reduce((a, b, i) => a + b - (before[i] as number), 0) / o.subscribers;
 
     const device = await mqtt.connectAsync(mosquitto.url, { reconnectPeriod: 0 });
+    // One report at a time through the whole fan-out: the next is sent once every subscriber has this one.
     for (let n = 0; n < o.reports; n++) {
       const payload = JSON.stringify({ version: "2.0", type: "firmware", progress: n % 101, desc: "download", sentAt: nowMs() });
       await device.publishAsync(`update_ota_status/${productName}/dev-1/${new ObjectId().toHexString()}`, payload, { qos: 1 });
-      await sleep(200); // one report at a time through the whole fan-out
+      for (let waited = 0; latencies.length < o.subscribers * (n + 1) && waited < 30_000; waited += 5) await sleep(5);
     }
     await device.endAsync();
     const expected = o.subscribers * o.reports;
-    for (let waited = 0; latencies.length < expected && waited < 30_000; waited += 100) await sleep(100);
     const sorted = [...latencies].sort((a, b) => a - b);
     return [
       {
