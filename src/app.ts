@@ -1,7 +1,7 @@
 import type { Redis } from "ioredis";
 import type { Config } from "./config/config.js";
 import { TokenService } from "./auth/token.service.js";
-import { EmbeddedBroker, SERVER_USERNAME } from "./broker/embedded.broker.js";
+import { EmbeddedBroker } from "./broker/embedded.broker.js";
 import { DeviceRepository } from "./devices/device.repository.js";
 import { DeviceResolver } from "./devices/device.resolver.js";
 import { DeviceService } from "./devices/device.service.js";
@@ -10,10 +10,10 @@ import { buildGraphqlSchema } from "./http/schema.js";
 import { createLogger, type Logger } from "./logger.js";
 import { createMetrics, type Metrics } from "./metrics.js";
 import { IngestDispatcher } from "./mqtt/ingest.dispatcher.js";
-import { ServerMqttClient, type ServerClientOptions } from "./mqtt/server.client.js";
+import { ServerMqttClient } from "./mqtt/server.client.js";
 import { OtaResolver } from "./ota/ota.resolver.js";
 import { OtaService } from "./ota/ota.service.js";
-import type { CommandPublisher, DeviceSessions } from "./ota/ports.js";
+import type { BrokerLink, CommandPublisher, DeviceSessions } from "./ota/ports.js";
 import { parseCommandTopic } from "./protocol/topics.js";
 import { ProgressFeed } from "./ota/progress.feed.js";
 import { Database } from "./storage/database.js";
@@ -48,8 +48,8 @@ export class App {
   readonly #redis: Redis;
   readonly #subscriber: Redis;
   readonly #brokerRedis: Redis | undefined;
-  readonly #broker: EmbeddedBroker | undefined;
-  readonly #mqtt: ServerMqttClient;
+  readonly #embedded: EmbeddedBroker | undefined;
+  readonly #link: BrokerLink;
   readonly #ingest: IngestDispatcher;
   readonly #http: HttpServer;
   readonly #components: Component[];
@@ -69,17 +69,16 @@ export class App {
     const pubsub = new RedisPubSubAdapter(this.#redis, this.#subscriber);
 
     // The broker and the devices need each other: commands and sessions are late-bound.
-    // With the embedded broker, commands go in process (see EmbeddedBroker.publishCommand).
     const commands: CommandPublisher = {
       publishCommand: async (topic, payload) => {
-        await (this.#broker ?? this.#mqtt).publishCommand(topic, payload);
+        await this.#link.publishCommand(topic, payload);
         const parsed = parseCommandTopic(topic);
         this.metrics.commands.inc({ command: parsed.ok ? parsed.value.command : "unknown" });
       },
     };
     const sessions: DeviceSessions = {
-      disconnect: (p, d) => this.#broker?.disconnect(p, d),
-      forget: async (p, d) => this.#broker?.forget(p, d),
+      disconnect: (p, d) => this.#link.disconnect(p, d),
+      forget: (p, d) => this.#link.forget(p, d),
     };
     this.tokens = new TokenService(db, config.adminToken);
     this.devices = new DeviceService(new DeviceRepository(db), commands, sessions, progress);
@@ -91,24 +90,22 @@ export class App {
       dedupTtlSeconds: config.dedupTtlSeconds,
     });
     const broker = config.broker;
+    const onMessage = (topic: string, payload: Buffer) => this.#ingest.handle(topic, payload);
     if (broker.kind === "embedded") {
       this.#brokerRedis = createRedis(config.redisUrl, "broker");
-      this.#broker = new EmbeddedBroker(
+      this.#embedded = new EmbeddedBroker(
         { ...broker, dataDir: config.dataDir },
+        onMessage,
         this.devices,
         this.#brokerRedis,
         this.metrics,
         this.log,
       );
+      this.#link = this.#embedded;
+    } else {
+      const { url, username, password, shareGroup } = broker;
+      this.#link = new ServerMqttClient({ url, username, password, shareGroup, clientId: config.mqttClientId }, onMessage, this.log);
     }
-    const embedded = this.#broker;
-    // Resolved at start: the embedded broker's internal port is known only then.
-    const clientId = config.mqttClientId;
-    const clientOptions = (): ServerClientOptions =>
-      broker.kind === "external"
-        ? { url: broker.url, username: broker.username, password: broker.password, shareGroup: broker.shareGroup, clientId }
-        : { url: embedded!.internalUrl, username: SERVER_USERNAME, password: embedded!.serverPassword, clientId };
-    this.#mqtt = new ServerMqttClient(clientOptions, (topic, payload) => this.#ingest.handle(topic, payload), this.log);
 
     const resolvers = [new DeviceResolver(this.devices), new OtaResolver(this.ota)];
     this.#http = new HttpServer({
@@ -123,7 +120,7 @@ export class App {
         redis: async () => void (await this.#redis.ping()),
         database: () => this.database.ping(),
         broker: async () => {
-          if (!this.#mqtt.connected) throw new Error("mqtt client not connected");
+          if (!this.#link.ready) throw new Error(broker.kind === "embedded" ? "broker not running" : "mqtt client not connected");
         },
       },
     });
@@ -133,13 +130,12 @@ export class App {
       { name: "database", start: () => this.database.start(), stop: () => this.database.stop() },
       { name: "redis", start: () => connectAll(redisClients), stop: () => quitAll(redisClients) },
       { name: "tokens", start: () => this.#bootstrapToken(), stop: async () => undefined },
-      ...(this.#broker ? [{ name: "broker", start: () => this.#broker!.start(), stop: () => this.#broker!.stop() }] : []),
       {
-        name: "mqtt",
-        start: () => this.#mqtt.start(),
+        name: "broker",
+        start: () => this.#link.start(),
         // Stop taking messages first, then finish those already taken.
         stop: async () => {
-          await this.#mqtt.stop();
+          await this.#link.stop();
           await this.#ingest.drain();
         },
       },
@@ -152,7 +148,7 @@ export class App {
   }
 
   get address(): AppAddress {
-    return { http: this.#http.port, mqtt: this.#broker?.ports.mqtt ?? null, mqtts: this.#broker?.ports.mqtts ?? null };
+    return { http: this.#http.port, mqtt: this.#embedded?.ports.mqtt ?? null, mqtts: this.#embedded?.ports.mqtts ?? null };
   }
 
   async start(): Promise<void> {

@@ -1,15 +1,14 @@
-import { randomBytes, timingSafeEqual } from "node:crypto";
 import { createServer, type AddressInfo, type Server } from "node:net";
-import { listen } from "../listen.js";
 import { createServer as createTlsServer } from "node:tls";
 import { Aedes, type AuthenticateError, type Client } from "aedes";
 import persistence from "aedes-persistence-redis";
 import type { Redis } from "ioredis";
 import type { DeviceService } from "../devices/device.service.js";
+import { listen } from "../listen.js";
 import { AppError, ErrorCode } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
-import type { CommandPublisher, DeviceSessions } from "../ota/ports.js";
+import type { BrokerLink } from "../ota/ports.js";
 import {
   canPublish,
   canSubscribe,
@@ -17,11 +16,8 @@ import {
   parseUsername,
   type DeviceIdentity,
 } from "../protocol/acl.js";
-import { deviceCommandFilter } from "../protocol/topics.js";
+import { deviceCommandFilter, INGEST_FILTERS } from "../protocol/topics.js";
 import { loadTls } from "./tls.js";
-
-/** The username of the server's own client; `$` cannot begin a device's product name. */
-export const SERVER_USERNAME = "$iothub-ota";
 
 export interface EmbeddedBrokerOptions {
   host: string;
@@ -33,7 +29,6 @@ export interface EmbeddedBrokerOptions {
   dataDir: string;
 }
 
-type Principal = { kind: "server" } | ({ kind: "device" } & DeviceIdentity);
 
 // MQTT 3.1.1 §3.2.2.3 CONNACK return codes.
 const BAD_CREDENTIALS = 4;
@@ -50,26 +45,25 @@ function refuse(returnCode: number, message: string): AuthenticateError {
  * command topic, and keeps sessions in Redis so queued QoS 1 commands
  * survive a restart.
  */
-export class EmbeddedBroker implements DeviceSessions, CommandPublisher {
-  readonly serverPassword = randomBytes(24).toString("base64url");
+export class EmbeddedBroker implements BrokerLink {
   #aedes: Aedes | undefined;
   #persistence: ReturnType<typeof persistence> | undefined;
   #servers: Server[] = [];
-  #internalPort = 0;
-  readonly #principals = new WeakMap<Client, Principal>();
+  readonly #principals = new WeakMap<Client, DeviceIdentity>();
   readonly #online = new Map<string, Set<Client>>();
 
   constructor(
     private readonly options: EmbeddedBrokerOptions,
+    /** Takes every device report, in process: no client, no loopback hop, no per-message session writes. */
+    private readonly onMessage: (topic: string, payload: Buffer) => void,
     private readonly devices: DeviceService,
     private readonly redis: Redis,
     private readonly metrics: Metrics,
     private readonly log: Logger,
   ) {}
 
-  /** Where the server's own client connects: a loopback listener of its own. */
-  get internalUrl(): string {
-    return `mqtt://127.0.0.1:${this.#internalPort}`;
+  get ready(): boolean {
+    return this.#aedes !== undefined && !this.#aedes.closed;
   }
 
   /** The bound ports, once started (useful when configured as 0). */
@@ -100,7 +94,7 @@ export class EmbeddedBroker implements DeviceSessions, CommandPublisher {
         this.#authenticate(client, username, password)
           .then(async (principal) => {
             this.#principals.set(client, principal);
-            if (principal.kind === "device") await this.#autoSubscribe(client, principal);
+            await this.#autoSubscribe(client, principal);
           })
           .then(
             () => done(null, true),
@@ -109,8 +103,8 @@ export class EmbeddedBroker implements DeviceSessions, CommandPublisher {
       },
       authorizePublish: (client, packet, done) => {
         const p = client && this.#principals.get(client);
-        if (!client || p?.kind === "server") return done(null);
-        if (p?.kind === "device" && canPublish(p, packet.topic)) return done(null);
+        if (!client) return done(null); // the server's own commands (publishCommand)
+        if (p && canPublish(p, packet.topic)) return done(null);
         this.log.warn({ clientId: client.id, topic: packet.topic }, "refused publish");
         done(new Error("publish not allowed"));
       },
@@ -125,9 +119,21 @@ export class EmbeddedBroker implements DeviceSessions, CommandPublisher {
     aedes.on("clientDisconnect", (client) => this.#onDisconnect(client));
     aedes.on("clientError", (client, err) => this.log.debug({ clientId: client.id, err: err.message }, "client error"));
 
-    const internal = await listen(createServer(aedes.handle), "127.0.0.1", 0);
-    this.#internalPort = (internal.address() as AddressInfo).port;
-    this.#servers.push(internal);
+    await Promise.all(
+      INGEST_FILTERS.map(
+        (filter) =>
+          new Promise<void>((resolve) =>
+            aedes.subscribe(
+              filter,
+              (packet, done) => {
+                this.onMessage(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload));
+                done();
+              },
+              resolve,
+            ),
+          ),
+      ),
+    );
     const { host, port, tlsPort, tlsCertFile, tlsKeyFile, dataDir } = this.options;
     if (port !== null) {
       const server = await listen(createServer(aedes.handle), host, port);
@@ -183,19 +189,14 @@ export class EmbeddedBroker implements DeviceSessions, CommandPublisher {
     await store?.destroy().catch(() => undefined);
   }
 
-  async #authenticate(client: Client, username: string | undefined, password: Buffer | undefined): Promise<Principal> {
-    if (username === SERVER_USERNAME) {
-      const expected = Buffer.from(this.serverPassword);
-      if (password && password.length === expected.length && timingSafeEqual(password, expected)) return { kind: "server" };
-      throw refuse(BAD_CREDENTIALS, "bad server credentials");
-    }
+  async #authenticate(client: Client, username: string | undefined, password: Buffer | undefined): Promise<DeviceIdentity> {
     const id = parseUsername(username);
     if (!id.ok || !password) throw refuse(BAD_CREDENTIALS, "bad username or password");
     if (!clientIdMatches(client.id, id.value)) throw refuse(IDENTIFIER_REJECTED, "client id must be <product>/<device>[/<suffix>]");
     const result = await this.devices.authenticate(id.value.productName, id.value.deviceName, password.toString("utf8"));
     switch (result) {
       case "ok":
-        return { kind: "device", ...id.value };
+        return id.value;
       case "suspended":
         throw refuse(NOT_AUTHORIZED, "device suspended");
       case "bad_credentials":
@@ -208,15 +209,15 @@ export class EmbeddedBroker implements DeviceSessions, CommandPublisher {
     }
   }
 
-  /** PROTOCOL.md, "Access control": the server may subscribe to anything, a device to its own. */
+  /** PROTOCOL.md, "Access control": a device may subscribe to its own commands and its product's tags. */
   #mayHold(client: { id: string }, filter: string): boolean {
     const p = this.#principals.get(client as Client);
-    return p?.kind === "server" || (p?.kind === "device" && canSubscribe(p, filter));
+    return p !== undefined && canSubscribe(p, filter);
   }
 
   #onConnect(client: Client): void {
     const p = this.#principals.get(client);
-    if (p?.kind !== "device") return;
+    if (!p) return;
     const key = `${p.productName}/${p.deviceName}`;
     const set = this.#online.get(key) ?? new Set<Client>();
     set.add(client);
@@ -243,7 +244,7 @@ export class EmbeddedBroker implements DeviceSessions, CommandPublisher {
 
   #onDisconnect(client: Client): void {
     const p = this.#principals.get(client);
-    if (p?.kind !== "device") return;
+    if (!p) return;
     const key = `${p.productName}/${p.deviceName}`;
     const set = this.#online.get(key);
     if (set?.delete(client)) this.metrics.connectedDevices.dec();

@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import mqtt, { type MqttClient } from "mqtt";
 import type { Logger } from "../logger.js";
-import type { CommandPublisher } from "../ota/ports.js";
+import type { BrokerLink } from "../ota/ports.js";
 import { INGEST_FILTERS, sharedFilter } from "../protocol/topics.js";
 import { AppError, ErrorCode } from "../errors.js";
 
@@ -21,21 +21,26 @@ export interface ServerClientOptions {
  * The server's own MQTT client: subscribes to what devices report and
  * publishes commands to them.
  */
-export class ServerMqttClient implements CommandPublisher {
+export class ServerMqttClient implements BrokerLink {
   #client: MqttClient | undefined;
 
   constructor(
-    private readonly options: () => ServerClientOptions,
+    private readonly options: ServerClientOptions,
     private readonly onMessage: (topic: string, payload: Buffer) => void,
     private readonly log: Logger,
   ) {}
 
-  get connected(): boolean {
+  get ready(): boolean {
     return this.#client?.connected ?? false;
   }
 
+  /** Devices' connections and sessions belong to the external broker. */
+  disconnect(): void {}
+
+  async forget(): Promise<void> {}
+
   async start(): Promise<void> {
-    const { url, username, password, clientId, shareGroup } = this.options();
+    const { url, username, password, clientId, shareGroup } = this.options;
     const client = await mqtt.connectAsync(url, {
       clientId: clientId ?? `iothub-ota-${randomBytes(6).toString("hex")}`,
       clean: clientId === undefined,

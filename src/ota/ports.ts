@@ -33,3 +33,12 @@ export interface MessageDeduplicator {
   claim(productName: string, deviceName: string, messageId: string, ttlSeconds: number): Promise<boolean>;
   release(productName: string, deviceName: string, messageId: string): Promise<void>;
 }
+
+/** The app's link to the devices: the embedded broker, or a client of an external one. */
+export interface BrokerLink extends CommandPublisher, DeviceSessions {
+  start(): Promise<void>;
+  /** Stops taking device messages (and, embedded, closes the listeners). */
+  stop(): Promise<void>;
+  /** Whether devices can be reached now, for /readyz. */
+  readonly ready: boolean;
+}
