@@ -11,16 +11,10 @@ export interface FleetOptions {
   connectConcurrency: number;
 }
 
-export interface FleetSummary {
+export interface FleetSummary extends SimCounters {
   devices: number;
   connected: number;
   states: Record<SimState, number>;
-  reportsSent: number;
-  duplicatesSent: number;
-  commandsReceived: number;
-  expiredIgnored: number;
-  reconnects: number;
-  errors: number;
   connectSeconds: number | null;
   connectionsPerSecond: number | null;
   /** Growth of this process's resident memory while connecting, per device. */
