@@ -95,7 +95,7 @@ export async function simulate(o: SimulateOptions): Promise<void> {
 
 /** `iothub-ota firmware-server`: serves a generated file and prints its URL, size and md5. */
 export async function firmwareServer(o: { size: string; port: string; host: string }): Promise<void> {
-  const server = new FirmwareServer(int("size", o.size, 1, 2 ** 31), o.host, int("port", o.port, 0, 65535));
+  const server = new FirmwareServer(int("size", o.size, 1, 512 * 1024 * 1024), o.host, int("port", o.port, 0, 65535));
   await server.start();
   process.stdout.write(`${JSON.stringify(server.file)}\n`);
   await new Promise((resolve) => {
