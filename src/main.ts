@@ -77,7 +77,7 @@ program
   .command("create")
   .description("create an API token and print it (shown once)")
   .option("--name <name>", "a label for the token", "cli")
-  .action((opts: { name: string }) => createToken(opts.name));
+  .action((opts: { name: string }) => createToken(opts.name).catch(exitWith));
 
 program
   .command("simulate")

@@ -1,4 +1,4 @@
-import { mkdir } from "node:fs/promises";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { PGlite } from "@electric-sql/pglite";
 import { sql } from "drizzle-orm";
@@ -13,12 +13,22 @@ import * as schema from "./schema.js";
 
 export type Db = PgDatabase<PgQueryResultHKT, typeof schema>;
 
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
 const MIGRATIONS = fileURLToPath(new URL("../../drizzle", import.meta.url));
 
 /** PostgreSQL through drizzle: embedded PGlite, or a server when DATABASE_URL is set. */
 export class Database {
   #db: Db | undefined;
   #close: (() => Promise<void>) | undefined;
+  #lockFile: string | undefined;
 
   constructor(private readonly config: DatabaseConfig) {}
 
@@ -31,12 +41,20 @@ export class Database {
   async start(): Promise<void> {
     if (this.config.kind === "pglite") {
       const dir = this.config.dataDir;
-      if (!dir.startsWith("memory://")) await mkdir(dir, { recursive: true });
-      const client = await PGlite.create(dir);
-      const db = drizzlePglite(client, { schema });
-      await migratePglite(db, { migrationsFolder: MIGRATIONS });
-      this.#db = db as unknown as Db;
-      this.#close = () => client.close();
+      if (!dir.startsWith("memory://")) {
+        await mkdir(dir, { recursive: true });
+        await this.#lock(`${dir}.pid`);
+      }
+      try {
+        const client = await PGlite.create(dir);
+        this.#close = () => client.close();
+        const db = drizzlePglite(client, { schema });
+        await migratePglite(db, { migrationsFolder: MIGRATIONS });
+        this.#db = db as unknown as Db;
+      } catch (err) {
+        await this.stop();
+        throw err;
+      }
     } else {
       const pool = new pg.Pool({ connectionString: this.config.url, max: 10 });
       pool.on("error", () => undefined); // idle client errors surface on the next query instead
@@ -56,5 +74,24 @@ export class Database {
     this.#close = undefined;
     this.#db = undefined;
     await close?.();
+    if (this.#lockFile) await rm(this.#lockFile, { force: true });
+    this.#lockFile = undefined;
+  }
+
+  /**
+   * PGlite is one process's database: a second process opening the same
+   * folder (a second server, or `token create` beside a running one) would
+   * corrupt it. A pid file says who holds it.
+   */
+  async #lock(file: string): Promise<void> {
+    const holder = Number(await readFile(file, "utf8").catch(() => ""));
+    if (Number.isInteger(holder) && holder > 0 && isAlive(holder)) {
+      throw new Error(
+        `the embedded database ${file.slice(0, -4)} is in use by process ${holder}: stop that first ` +
+          `(or delete ${file} if it is not iothub-ota), or use DATABASE_URL`,
+      );
+    }
+    await writeFile(file, String(process.pid));
+    this.#lockFile = file;
   }
 }

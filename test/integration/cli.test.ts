@@ -37,6 +37,10 @@ describe("the command line", () => {
     const base = server.httpUrl;
     // A token already existed, so none was printed at start.
     expect(server.logs).not.toContain("shown only this once");
+    // PGlite is single-process: a second opener is refused instead of corrupting it.
+    const beside = spawnSync(process.execPath, [BIN, "token", "create"], { env, encoding: "utf8" });
+    expect(beside.status).toBe(2);
+    expect(beside.stderr).toContain("in use by process");
 
     const query = JSON.stringify({ query: "{ devices(productName: \"p\") { pageInfo { hasNextPage } } }" });
     const headers = { "content-type": "application/json" };
