@@ -103,8 +103,12 @@ export class App {
       );
       this.#link = this.#embedded;
     } else {
-      const { url, username, password, shareGroup } = broker;
-      this.#link = new ServerMqttClient({ url, username, password, shareGroup, clientId: config.mqttClientId }, onMessage, this.log);
+      const { url, username, password, shareGroup, tlsInsecure } = broker;
+      this.#link = new ServerMqttClient(
+        { url, username, password, shareGroup, clientId: config.mqttClientId, rejectUnauthorized: !tlsInsecure },
+        onMessage,
+        this.log,
+      );
     }
 
     const resolvers = [new DeviceResolver(this.devices), new OtaResolver(this.ota)];

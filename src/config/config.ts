@@ -19,6 +19,8 @@ export type BrokerConfig =
       password: string | undefined;
       /** Group of the `$share/<group>/...` ingest subscriptions that instances split. */
       shareGroup: string;
+      /** Skip checking the broker's TLS certificate (development only). */
+      tlsInsecure: boolean;
     };
 
 export type DatabaseConfig = { kind: "pglite"; dataDir: string } | { kind: "postgres"; url: string };
@@ -70,6 +72,7 @@ const envSchema = z.object({
   MQTT_USERNAME: optionalString,
   MQTT_PASSWORD: optionalString,
   MQTT_CLIENT_ID: optionalString,
+  MQTT_TLS_INSECURE: z.enum(["true", "false", "1", "0", ""]).default("false").transform((v) => v === "true" || v === "1"),
   MQTT_SHARE_GROUP: z
     .string()
     .regex(/^[A-Za-z0-9_.-]{1,64}$/, "MQTT_SHARE_GROUP must be 1..64 of [A-Za-z0-9_.-]")
@@ -116,6 +119,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
         username: e.MQTT_USERNAME,
         password: e.MQTT_PASSWORD,
         shareGroup: e.MQTT_SHARE_GROUP,
+        tlsInsecure: e.MQTT_TLS_INSECURE,
       }
     : {
         kind: "embedded",

@@ -13,13 +13,16 @@ export interface ServerClientOptions {
   password?: string;
   /** A fixed id keeps a persistent session (clean: false) across restarts; none means a fresh one. */
   clientId?: string;
-  /** Subscribe as `$share/<group>/...` so several instances split the ingest (external broker only). */
+  /** Subscribe as `$share/<group>/...` so several instances split the ingest. */
   shareGroup?: string;
+  /** Check the broker's TLS certificate (mqtts://, wss://); off only for development. */
+  rejectUnauthorized: boolean;
 }
 
 /**
- * The server's own MQTT client: subscribes to what devices report and
- * publishes commands to them.
+ * The server's MQTT client of an external broker (Mosquitto, EMQX), with
+ * credentials of its own: subscribes to what devices report and publishes
+ * commands to them.
  */
 export class ServerMqttClient implements BrokerLink {
   #client: MqttClient | undefined;
@@ -40,7 +43,7 @@ export class ServerMqttClient implements BrokerLink {
   async forget(): Promise<void> {}
 
   async start(): Promise<void> {
-    const { url, username, password, clientId, shareGroup } = this.options;
+    const { url, username, password, clientId, shareGroup, rejectUnauthorized } = this.options;
     const client = await mqtt.connectAsync(url, {
       clientId: clientId ?? `iothub-ota-${randomBytes(6).toString("hex")}`,
       clean: clientId === undefined,
@@ -48,16 +51,21 @@ export class ServerMqttClient implements BrokerLink {
       password,
       reconnectPeriod: 1000,
       connectTimeout: 10_000,
-      rejectUnauthorized: false,
+      rejectUnauthorized,
     });
     this.#client = client;
     client.on("message", (topic, payload) => this.onMessage(topic, payload));
     client.on("error", (err) => this.log.warn({ err: err.message }, "mqtt client error"));
     client.on("offline", () => this.log.warn("mqtt client offline"));
     const filters = INGEST_FILTERS.map((f) => (shareGroup ? sharedFilter(shareGroup, f) : f));
-    const granted = await client.subscribeAsync(filters, { qos: 1 });
-    const refused = granted.filter((g) => g.qos === 128);
-    if (refused.length > 0) throw new Error(`broker refused subscriptions: ${refused.map((g) => g.topic).join(", ")}`);
+    try {
+      const granted = await client.subscribeAsync(filters, { qos: 1 });
+      const refused = granted.filter((g) => g.qos === 128);
+      if (refused.length > 0) throw new Error(`broker refused subscriptions: ${refused.map((g) => g.topic).join(", ")}`);
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
     this.log.info({ url: redact(url), filters }, "mqtt client subscribed");
   }
 
@@ -68,7 +76,7 @@ export class ServerMqttClient implements BrokerLink {
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(
-        () => reject(new AppError(ErrorCode.BROKER_UNAVAILABLE, `the MQTT broker did not acknowledge within ${ACK_TIMEOUT_MS} ms`)),
+        () => reject(new AppError(ErrorCode.BROKER_UNAVAILABLE, `the MQTT broker did not acknowledge within ${ACK_TIMEOUT_MS} ms; the command may still arrive`)),
         ACK_TIMEOUT_MS,
       );
     });

@@ -39,7 +39,7 @@ export async function startApp(options: TestAppOptions = {}): Promise<TestApp> {
   const database =
     typeof options.database === "object" ? options.database : await freshDatabase(options.database ?? DEFAULT_DATABASE);
   const broker: BrokerConfig = options.externalBroker
-    ? { kind: "external", url: options.externalBroker, username: undefined, password: undefined, shareGroup: options.shareGroup ?? uniq("grp") }
+    ? { kind: "external", url: options.externalBroker, username: undefined, password: undefined, shareGroup: options.shareGroup ?? uniq("grp"), tlsInsecure: false }
     : {
         kind: "embedded",
         host: "127.0.0.1",

@@ -98,7 +98,8 @@ describe("configuration", () => {
 
   it("disables a listener with port 0 and switches to external services when given URLs", () => {
     const c = loadConfig({ MQTTS_PORT: "0", MQTT_URL: "mqtt://broker:1883", DATABASE_URL: "postgres://x/y" });
-    expect(c.broker).toMatchObject({ kind: "external", url: "mqtt://broker:1883", shareGroup: "iothub-ota" });
+    expect(c.broker).toMatchObject({ kind: "external", url: "mqtt://broker:1883", shareGroup: "iothub-ota", tlsInsecure: false });
+    expect(loadConfig({ MQTT_URL: "mqtts://b:8883", MQTT_TLS_INSECURE: "true" }).broker).toMatchObject({ tlsInsecure: true });
     expect(c.database).toEqual({ kind: "postgres", url: "postgres://x/y" });
     expect(loadConfig({ MQTTS_PORT: "0" }).broker).toMatchObject({ tlsPort: null });
   });
@@ -110,6 +111,7 @@ describe("configuration", () => {
     ["LOG_LEVEL", { LOG_LEVEL: "loud" }],
     ["ADMIN_TOKEN", { ADMIN_TOKEN: "short" }],
     ["TLS_KEY_FILE", { TLS_CERT_FILE: "/x.pem" }],
+    ["MQTT_TLS_INSECURE", { MQTT_TLS_INSECURE: "maybe" }],
     ["CORS_ORIGINS", { CORS_ORIGINS: "https://ok.example, not an origin" }],
   ])("names %s when it is invalid", (name, env) => {
     expect(() => loadConfig(env)).toThrow(name);
