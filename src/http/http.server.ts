@@ -83,7 +83,7 @@ export class HttpServer {
           principal: ctx.extra.principal as Principal,
           progressFeed: this.deps.progressFeed,
         }),
-        onNext: (_ctx, _id, _payload, args, result) =>
+        onNext: (_ctx, _id, _payload, _args, result) =>
           result.errors ? { ...result, errors: result.errors.map((e) => maskError(e.toJSON(), e, onInternal)) } : result,
         onError: (_ctx, _id, _payload, errors) => errors.map((e) => maskError(e.toJSON(), e, onInternal)),
       },
