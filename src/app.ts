@@ -45,6 +45,7 @@ export class App {
   readonly tokens: TokenService;
   readonly devices: DeviceService;
   readonly ota: OtaService;
+  readonly progressFeed: ProgressFeed;
   readonly #redis: Redis;
   readonly #subscriber: Redis;
   readonly #brokerRedis: Redis | undefined;
@@ -83,7 +84,7 @@ export class App {
     this.tokens = new TokenService(db, config.adminToken);
     this.devices = new DeviceService(new DeviceRepository(db), commands, sessions, progress);
     this.ota = new OtaService(this.devices, commands, progress);
-    const feed = new ProgressFeed((p) => pubsub.subscribe(keys.progressChannel(p)), async (p, d) => (await this.devices.find(p, d))?.tags ?? []);
+    const feed = (this.progressFeed = new ProgressFeed((p) => pubsub.subscribe(keys.progressChannel(p)), async (p, d) => (await this.devices.find(p, d))?.tags ?? []));
 
     this.#ingest = new IngestDispatcher(this.devices, progress, this.metrics, this.log, {
       maxPayloadBytes: config.maxPayloadBytes,

@@ -5,6 +5,7 @@ import { OtaProgressChangedDocument, RegisterDeviceDocument } from "../generated
 import { gqlOk, startApp, subscribe, wsClient, type TestApp } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
 import { uniq } from "../helpers/services.js";
+import { eventually } from "../helpers/wait.js";
 
 // A second selection of the same subscription, to check that shared execution keeps answers apart.
 const Narrow = parse(`subscription Narrow($productName: String!) { otaProgressChanged(productName: $productName) { deviceName progress } }`) as TypedDocumentNode<
@@ -49,6 +50,11 @@ describe("subscriptions shared by many clients", () => {
       { deviceName: "a", progress: 10 },
       { deviceName: "b", progress: 20 },
     ]);
+
+    // One shared source for the product; it goes when its last subscriber does.
+    expect(t.app.progressFeed.watching.get(productName)).toBe(4);
+    for (const s of [everything, everythingToo, onlyB, narrow]) s.stop();
+    await eventually(() => expect(t.app.progressFeed.watching.has(productName)).toBe(false));
   });
 
   it("answers a subscription with a bad query or arguments with an error, not a crash", async () => {
