@@ -24,18 +24,23 @@ const MAX_DOCUMENTS = 1000;
  * 10,000 dashboards would otherwise each hold for as long as they watch.
  */
 export function sharedDocuments() {
-  const documents = new Map<string, DocumentNode>();
+  const documents = new Map<string, { text: string; document: DocumentNode }>();
   const validated = new WeakMap<DocumentNode, readonly GraphQLError[]>();
   return {
+    /** graphql-ws keeps each subscribe message for the subscription's life: let it hold the shared text. */
+    onSubscribe: (_ctx: unknown, _id: string, payload: { query: string }): void => {
+      const known = documents.get(payload.query);
+      if (known) payload.query = known.text;
+    },
     parse: (source: Parameters<typeof parse>[0]): DocumentNode => {
       const text = typeof source === "string" ? source : source.body;
-      let document = documents.get(text);
-      if (!document) {
-        document = parse(source);
+      let known = documents.get(text);
+      if (!known) {
+        known = { text, document: parse(source) };
         if (documents.size >= MAX_DOCUMENTS) documents.clear();
-        documents.set(text, document);
+        documents.set(text, known);
       }
-      return document;
+      return known.document;
     },
     validate: (...args: Parameters<typeof validate>): readonly GraphQLError[] => {
       let errors = validated.get(args[1]);
