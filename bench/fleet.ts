@@ -98,7 +98,7 @@ export async function fleetBench(o: FleetOptions): Promise<Record<string, unknow
       },
     ];
   } finally {
-    await b.server.stop();
+    await b.stop();
     await admin.query(`drop database if exists ${name} with (force)`);
     await admin.end();
   }

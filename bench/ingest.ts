@@ -157,7 +157,7 @@ export async function ingestBench(o: IngestOptions): Promise<Record<string, unkn
         const half = Math.max(1, Math.round(sat / 2));
         rows.push(row("iothub-ota", broker, `${half}/s`, await runServer(b, o, half)));
       } finally {
-        await b.server.stop();
+        await b.stop();
       }
     }
   } finally {

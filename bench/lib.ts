@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { rm } from "node:fs/promises";
 import { createClient, type Client } from "graphql-ws";
 import WebSocket from "ws";
 import { freePort, OwnMosquitto, ServerProcess } from "../test/helpers/processes.js";
@@ -18,6 +19,8 @@ export const nowMs = () => performance.timeOrigin + performance.now();
 
 export interface BenchServer {
   server: ServerProcess;
+  /** Stops the server and removes its data folder. */
+  stop(): Promise<void>;
   /** Node inspector port, when started with `inspect`. */
   inspectPort?: number;
   mqttUrl: string;
@@ -32,6 +35,7 @@ export interface BenchServer {
  */
 export async function startServer(externalBroker?: string, extraEnv: Record<string, string> = {}, inspect = false): Promise<BenchServer> {
   const profileDir = process.env.BENCH_PROFILE;
+  const dataDir = `/tmp/iothub-ota-bench-${randomBytes(4).toString("hex")}`;
   const inspectPort = inspect ? await freePort() : undefined;
   const nodeArgs = [
     ...(profileDir ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : []),
@@ -45,13 +49,17 @@ export async function startServer(externalBroker?: string, extraEnv: Record<stri
     REDIS_URL,
     LOG_LEVEL: "warn",
     MQTTS_PORT: "0",
-    DATA_DIR: `/tmp/iothub-ota-bench-${randomBytes(4).toString("hex")}`,
+    DATA_DIR: dataDir,
     ...(externalBroker ? { MQTT_URL: externalBroker, MQTT_SHARE_GROUP: uniq("bench") } : { MQTT_PORT: String(mqttPort) }),
     ...extraEnv,
   };
   const server = await ServerProcess.start(env, nodeArgs);
   return {
     server,
+    stop: async () => {
+      await server.stop();
+      await rm(dataDir, { recursive: true, force: true });
+    },
     inspectPort,
     mqttUrl: externalBroker ?? `mqtt://127.0.0.1:${mqttPort}`,
     graphqlUrl: `${server.httpUrl}/graphql`,

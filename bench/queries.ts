@@ -62,7 +62,7 @@ export async function queriesBench(o: QueriesOptions): Promise<Record<string, un
     }
     return rows;
   } finally {
-    await b.server.stop();
+    await b.stop();
     await mosquitto.stop();
   }
 }

@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { writeFile } from "node:fs/promises";
+import { rm, writeFile } from "node:fs/promises";
 import { registerDevices, type FleetSummary } from "../src/sim/sim.fleet.js";
 import { BIN } from "../test/helpers/processes.js";
 import { OwnMosquitto, startServer, TOKEN, uniq } from "./lib.js";
@@ -42,6 +42,7 @@ export async function simulatorBench(o: SimulatorOptions): Promise<Record<string
     const productName = uniq("sim");
     await writeFile(file, JSON.stringify(Array.from({ length: o.devices }, (_, i) => ({ productName, deviceName: `dev-${i}`, secret: "x" }))));
     rows.push(row("mosquitto", await simulate(["--credentials", file, "-n", String(o.devices), "--mqtt", mosquitto.url, "--concurrency", "200"])));
+    await rm(file, { force: true });
   } finally {
     await mosquitto.stop();
   }
@@ -51,8 +52,9 @@ export async function simulatorBench(o: SimulatorOptions): Promise<Record<string
     await writeFile(file, JSON.stringify(await registerDevices(b.graphqlUrl, TOKEN, uniq("sim"), o.embeddedDevices, [])));
     rows.push(row("embedded (first connect)", await simulate(["--credentials", file, "-n", String(o.embeddedDevices), "--mqtt", b.mqttUrl])));
     rows.push(row("embedded (reconnect)", await simulate(["--credentials", file, "-n", String(o.embeddedDevices), "--mqtt", b.mqttUrl])));
+    await rm(file, { force: true });
   } finally {
-    await b.server.stop();
+    await b.stop();
   }
   return rows;
 }

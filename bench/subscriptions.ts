@@ -89,7 +89,7 @@ export async function subscriptionsBench(o: SubscriptionsOptions): Promise<Recor
     ];
   } finally {
     await Promise.all(clients.map((c) => c.dispose()));
-    for (const s of servers) await s.server.stop();
+    for (const s of servers) await s.stop();
     await mosquitto.stop();
   }
 }

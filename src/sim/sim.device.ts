@@ -68,6 +68,7 @@ export class SimulatedDevice {
   #client: MqttClient | undefined;
   #upgrading = false;
   #stopped = false;
+  #tagsApplied: Promise<void> = Promise.resolve();
 
   constructor(
     readonly credentials: DeviceCredentials,
@@ -133,21 +134,26 @@ export class SimulatedDevice {
       this.counters.errors++;
       return;
     }
-    if (command === "$set_tags") void this.#applyTags(body as { tags: string[]; tags_version: number });
+    if (command === "$set_tags") this.#applyTags(body as { tags: string[]; tags_version: number });
     if (command === "$ota_upgrade") void this.#upgrade(body as UpgradeCommand);
   }
 
-  async #applyTags({ tags, tags_version }: { tags: string[]; tags_version: number }): Promise<void> {
+  /** Applies `$set_tags` in arrival order; the new list is stored once its subscriptions are made, as firmware does. */
+  #applyTags(update: { tags: string[]; tags_version: number }): void {
+    this.#tagsApplied = this.#tagsApplied.then(() => this.#applyTagsNow(update));
+  }
+
+  async #applyTagsNow({ tags, tags_version }: { tags: string[]; tags_version: number }): Promise<void> {
     if (!Array.isArray(tags) || typeof tags_version !== "number" || tags_version <= this.tagsVersion) return;
     const { productName } = this.credentials;
     const filter = (tag: string) => `tags/${productName}/${tag}/cmd/+/+/+/#`;
     const added = tags.filter((t) => !this.tags.includes(t));
     const removed = this.tags.filter((t) => !tags.includes(t));
-    this.tags = [...tags];
-    this.tagsVersion = tags_version;
     try {
       if (added.length > 0) await this.#client?.subscribeAsync(added.map(filter), { qos: 1 });
       if (removed.length > 0) await this.#client?.unsubscribeAsync(removed.map(filter));
+      this.tags = [...tags];
+      this.tagsVersion = tags_version;
     } catch {
       this.counters.errors++;
     }

@@ -7,7 +7,7 @@ import { App } from "../../src/app.js";
 import { loadConfig, type BrokerConfig, type Config } from "../../src/config/config.js";
 import { createLogger } from "../../src/logger.js";
 import { DEFAULT_DATABASE, freshDatabase, REDIS_URL, uniq, type DatabaseKind } from "./services.js";
-import { onTeardown } from "./teardown.js";
+import { onTeardown, tempDir } from "./teardown.js";
 import { Inbox } from "./wait.js";
 
 export interface TestApp {
@@ -54,7 +54,7 @@ export async function startApp(options: TestAppOptions = {}): Promise<TestApp> {
     httpHost: "127.0.0.1",
     broker,
     database,
-    dataDir: `/tmp/iothub-ota-test-${randomBytes(4).toString("hex")}`,
+    dataDir: tempDir("test"),
     mqttClientId: options.mqttClientId,
   };
   const app = new App(config, createLogger(config.logLevel));

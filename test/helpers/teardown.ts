@@ -1,3 +1,6 @@
+import { rm } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+
 type Teardown = () => Promise<unknown> | unknown;
 
 const stack: Teardown[] = [];
@@ -15,4 +18,11 @@ export async function runTeardown(): Promise<void> {
       console.error("teardown failed", err);
     }
   }
+}
+
+/** A fresh folder path under /tmp, removed (with whatever was put there) after the file's tests. */
+export function tempDir(prefix: string): string {
+  const dir = `/tmp/iothub-ota-${prefix}-${randomBytes(4).toString("hex")}`;
+  onTeardown(() => rm(dir, { recursive: true, force: true }));
+  return dir;
 }

@@ -1,9 +1,8 @@
 import { spawnSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { BIN, freePort, ServerProcess } from "../helpers/processes.js";
 import { REDIS_URL } from "../helpers/services.js";
-import { onTeardown } from "../helpers/teardown.js";
+import { onTeardown, tempDir } from "../helpers/teardown.js";
 
 describe("the command line", () => {
   it("refuses a bad setting, naming the variable", () => {
@@ -15,7 +14,7 @@ describe("the command line", () => {
   it("creates a token, serves with it, and stops cleanly on SIGTERM", async () => {
     const env: NodeJS.ProcessEnv = {
       ...process.env,
-      DATA_DIR: `/tmp/iothub-ota-cli-${randomBytes(4).toString("hex")}`,
+      DATA_DIR: tempDir("cli"),
       REDIS_URL,
       MQTT_PORT: String(await freePort()),
       MQTTS_PORT: "0",

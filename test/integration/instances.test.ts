@@ -1,4 +1,3 @@
-import { randomBytes } from "node:crypto";
 import { ObjectId } from "bson";
 import { describe, expect, it } from "vitest";
 import { OtaProgressChangedDocument, OtaProgressDocument, RegisterDeviceDocument, SendOtaDocument } from "../generated/graphql.js";
@@ -6,6 +5,7 @@ import { gqlOk, startApp, subscribe, wsClient } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
 import { metric } from "../helpers/metrics.js";
 import { DATABASE_URL, DEFAULT_DATABASE, freshDatabase, MOSQUITTO_URL, uniq } from "../helpers/services.js";
+import { tempDir } from "../helpers/teardown.js";
 import { eventually } from "../helpers/wait.js";
 import { firmware } from "../helpers/fixtures.js";
 
@@ -51,7 +51,7 @@ describe("a server restart", () => {
     const database =
       DEFAULT_DATABASE === "postgres"
         ? await freshDatabase("postgres")
-        : { kind: "pglite" as const, dataDir: `/tmp/iothub-ota-restart-${randomBytes(4).toString("hex")}` };
+        : { kind: "pglite" as const, dataDir: tempDir("restart") };
     const first = await startApp({ database });
     const productName = uniq("restart");
     const { registerDevice } = await gqlOk(first, RegisterDeviceDocument, { input: { productName } });
