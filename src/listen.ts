@@ -1,13 +1,24 @@
 import type { Server } from "node:net";
 
-/** Listens, turning "address in use" into a message that names the setting to change. */
-export function listen<S extends Server>(server: S, host: string, port: number, setting = "MQTT_PORT"): Promise<S> {
+/**
+ * Listens, turning "address in use" into a message that names the setting to
+ * change. Errors after that (a failed accept, say) go to `onLaterError`: an
+ * `error` event with no listener would end the process.
+ */
+export function listen<S extends Server>(
+  server: S,
+  host: string,
+  port: number,
+  setting: string,
+  onLaterError: (err: Error) => void,
+): Promise<S> {
   return new Promise((resolve, reject) => {
-    server.once("error", (err: NodeJS.ErrnoException) =>
-      reject(err.code === "EADDRINUSE" ? new Error(`port ${port} on ${host} is already in use: set ${setting}`) : err),
-    );
+    const onStartError = (err: NodeJS.ErrnoException) =>
+      reject(err.code === "EADDRINUSE" ? new Error(`port ${port} on ${host} is already in use: set ${setting}`) : err);
+    server.once("error", onStartError);
     server.listen(port, host, () => {
-      server.removeAllListeners("error");
+      server.off("error", onStartError);
+      server.on("error", onLaterError);
       resolve(server);
     });
   });

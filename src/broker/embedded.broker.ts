@@ -62,6 +62,8 @@ export class EmbeddedBroker implements BrokerLink {
     private readonly log: Logger,
   ) {}
 
+  readonly #listenerError = (err: Error) => this.log.error({ err: err.message }, "mqtt listener error");
+
   get ready(): boolean {
     return this.#aedes !== undefined && !this.#aedes.closed;
   }
@@ -136,13 +138,13 @@ export class EmbeddedBroker implements BrokerLink {
     );
     const { host, port, tlsPort, tlsCertFile, tlsKeyFile, dataDir } = this.options;
     if (port !== null) {
-      const server = await listen(createServer(aedes.handle), host, port);
+      const server = await listen(createServer(aedes.handle), host, port, "MQTT_PORT", this.#listenerError);
       this.#servers.push(server);
       this.ports.mqtt = (server.address() as AddressInfo).port;
     }
     if (tlsPort !== null) {
       const tls = await loadTls(tlsCertFile, tlsKeyFile, dataDir);
-      const server = await listen(createTlsServer({ cert: tls.cert, key: tls.key }, aedes.handle), host, tlsPort, "MQTTS_PORT");
+      const server = await listen(createTlsServer({ cert: tls.cert, key: tls.key }, aedes.handle), host, tlsPort, "MQTTS_PORT", this.#listenerError);
       this.#servers.push(server);
       this.ports.mqtts = (server.address() as AddressInfo).port;
     }

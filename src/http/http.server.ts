@@ -142,7 +142,7 @@ export class HttpServer {
     };
     app.use(requireToken, restRoutes(this.deps.devices, this.deps.ota, log));
 
-    await listen(server, host, port, "PORT");
+    await listen(server, host, port, "PORT", (err) => log.error({ err: err.message }, "http listener error"));
     this.#server = server;
     log.info({ port: this.port }, "http listening");
   }

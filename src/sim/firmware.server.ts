@@ -43,7 +43,7 @@ export class FirmwareServer {
       res.writeHead(200, { "content-type": "application/octet-stream", "content-length": body.length });
       res.end(body);
     });
-    this.#server = await listen(server, this.host, this.port, "--port");
+    this.#server = await listen(server, this.host, this.port, "--port", (err) => process.stderr.write(`firmware server: ${err.message}\n`));
   }
 
   async stop(): Promise<void> {
