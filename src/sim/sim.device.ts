@@ -1,6 +1,8 @@
 import { createHash } from "node:crypto";
 import { ObjectId } from "bson";
 import mqtt, { type MqttClient } from "mqtt";
+import { checkFirmware, type Firmware } from "../ota/firmware.js";
+import { checkTags } from "../protocol/names.js";
 import { parseCommandTopic } from "../protocol/topics.js";
 import { drawFaults, type Fault, type FaultRates } from "./faults.js";
 
@@ -44,13 +46,6 @@ export interface SimCounters {
   errors: number;
 }
 
-interface UpgradeCommand {
-  url: string;
-  version: string;
-  size: number;
-  md5: string;
-  type: string;
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -135,7 +130,12 @@ export class SimulatedDevice {
       return;
     }
     if (command === "$set_tags") this.#applyTags(body as { tags: string[]; tags_version: number });
-    if (command === "$ota_upgrade") void this.#upgrade(body as UpgradeCommand);
+    if (command === "$ota_upgrade") {
+      // Checked as the server checks what it sends: a malformed command is counted and left alone.
+      const firmware = checkFirmware(typeof body === "object" && body !== null ? (body as Record<string, unknown>) : {});
+      if (firmware.ok) void this.#upgrade(firmware.value);
+      else this.counters.errors++;
+    }
   }
 
   /** Applies `$set_tags` in arrival order; the new list is stored once its subscriptions are made, as firmware does. */
@@ -144,7 +144,7 @@ export class SimulatedDevice {
   }
 
   async #applyTagsNow({ tags, tags_version }: { tags: string[]; tags_version: number }): Promise<void> {
-    if (!Array.isArray(tags) || typeof tags_version !== "number" || tags_version <= this.tagsVersion) return;
+    if (!Array.isArray(tags) || !checkTags(tags).ok || typeof tags_version !== "number" || tags_version <= this.tagsVersion) return;
     const { productName } = this.credentials;
     const filter = (tag: string) => `tags/${productName}/${tag}/cmd/+/+/+/#`;
     const added = tags.filter((t) => !this.tags.includes(t));
@@ -159,7 +159,7 @@ export class SimulatedDevice {
     }
   }
 
-  async #upgrade(cmd: UpgradeCommand): Promise<void> {
+  async #upgrade(cmd: Firmware): Promise<void> {
     if (this.#upgrading || cmd.version === this.firmwareVersion) return;
     this.#upgrading = true;
     const faults = drawFaults(this.behaviour.faults, this.behaviour.random);
@@ -174,7 +174,7 @@ export class SimulatedDevice {
         result = await this.#download(cmd, report, false);
       }
       if (result === "error" || result === "offline") return await this.#fail(report, -1, "failed_download", "download failed");
-      if (faults.has("md5Mismatch") || result.md5 !== cmd.md5.toLowerCase() || result.size !== cmd.size) {
+      if (faults.has("md5Mismatch") || result.md5 !== cmd.md5 || result.size !== cmd.size) {
         return await this.#fail(report, -2, "failed_md5", "md5 or size check failed");
       }
       this.#setState("installing");
@@ -194,7 +194,7 @@ export class SimulatedDevice {
 
   /** Streams the file, hashing as it goes; reports every `step` percent. */
   async #download(
-    cmd: UpgradeCommand,
+    cmd: Firmware,
     report: (progress: number, desc: string) => Promise<void>,
     dropMidway: boolean,
   ): Promise<{ md5: string; size: number } | "error" | "offline"> {
