@@ -100,16 +100,9 @@ async function subscriber(url: string, productName: string, onReport: (sentAt: n
   return ws;
 }
 
-async function waitFor(done: () => boolean, stallMs = 15_000): Promise<void> {
-  let last = Date.now();
-  let lastState = "";
-  while (!done()) {
-    await sleep(50);
-    const state = String(done());
-    if (state !== lastState) last = Date.now();
-    lastState = state;
-    if (Date.now() - last > stallMs) return;
-  }
+/** Waits until `done`, or gives up after `timeoutMs` (the row then shows what was lost). */
+async function waitFor(done: () => boolean, timeoutMs = 60_000): Promise<void> {
+  for (const deadline = Date.now() + timeoutMs; !done() && Date.now() < deadline; ) await sleep(20);
 }
 
 function row(name: string, broker: string, rate: string, r: Run, ceiling?: number, seed?: number) {
