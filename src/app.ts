@@ -18,7 +18,7 @@ import { parseCommandTopic } from "./protocol/topics.js";
 import { ProgressFeed } from "./ota/progress.feed.js";
 import { Database } from "./storage/database.js";
 import { RedisPubSubAdapter } from "./storage/pubsub.js";
-import { RedisProgressStore, keys } from "./storage/progress.redis.js";
+import { RedisProgressStore, redisKeys } from "./storage/progress.redis.js";
 import { connectAll, createRedis, quitAll } from "./storage/redis.js";
 
 interface Component {
@@ -64,9 +64,13 @@ export class App {
     this.metrics = createMetrics();
     this.database = new Database(config.database);
     const db = () => this.database.db;
-    this.#redis = createRedis(config.redisUrl, "main");
-    this.#subscriber = createRedis(config.redisUrl, "subscriber");
-    const progress = new RedisProgressStore(this.#redis);
+    const redisTimeout = config.limits.redisCommandTimeoutMs;
+    const redisError = (name: string) => (err: Error) => this.log.warn({ err: err.message, client: name }, "redis connection error");
+    this.#redis = createRedis(config.redisUrl, "main", redisTimeout, redisError("main"));
+    // A subscriber connection waits for messages by design: no command timeout.
+    this.#subscriber = createRedis(config.redisUrl, "subscriber", undefined, redisError("subscriber"));
+    const keys = redisKeys(config.redisPrefix);
+    const progress = new RedisProgressStore(this.#redis, keys);
     const pubsub = new RedisPubSubAdapter(this.#redis, this.#subscriber);
 
     // The broker and the devices need each other: commands and sessions are late-bound.
@@ -89,13 +93,14 @@ export class App {
     this.#ingest = new IngestDispatcher(this.devices, progress, this.metrics, this.log, {
       maxPayloadBytes: config.maxPayloadBytes,
       dedupTtlSeconds: config.dedupTtlSeconds,
+      limits: config.limits,
     });
     const broker = config.broker;
     const onMessage = (topic: string, payload: Buffer) => this.#ingest.handle(topic, payload);
     if (broker.kind === "embedded") {
-      this.#brokerRedis = createRedis(config.redisUrl, "broker");
+      this.#brokerRedis = createRedis(config.redisUrl, "broker", redisTimeout, redisError("broker"));
       this.#embedded = new EmbeddedBroker(
-        { ...broker, dataDir: config.dataDir },
+        { ...broker, dataDir: config.dataDir, redisPrefix: config.redisPrefix, limits: config.limits },
         onMessage,
         this.devices,
         this.#brokerRedis,
@@ -106,7 +111,7 @@ export class App {
     } else {
       const { url, username, password, shareGroup, tlsInsecure } = broker;
       this.#link = new ServerMqttClient(
-        { url, username, password, shareGroup, clientId: config.mqttClientId, rejectUnauthorized: !tlsInsecure },
+        { url, username, password, shareGroup, clientId: config.mqttClientId, rejectUnauthorized: !tlsInsecure, limits: config.limits },
         onMessage,
         this.log,
       );
@@ -119,6 +124,7 @@ export class App {
       ota: this.ota,
       progressFeed: feed,
       corsOrigins: config.corsOrigins,
+      limits: config.limits,
       metrics: this.metrics,
       log: this.log,
       readiness: {

@@ -3,6 +3,7 @@ import { createServer as createTlsServer } from "node:tls";
 import { Aedes, type AuthenticateError, type Client } from "aedes";
 import persistence from "aedes-persistence-redis";
 import type { Redis } from "ioredis";
+import type { Limits } from "../config/config.js";
 import type { DeviceService } from "../devices/device.service.js";
 import { listen } from "../listen.js";
 import { AppError, ErrorCode } from "../errors.js";
@@ -27,6 +28,9 @@ export interface EmbeddedBrokerOptions {
   tlsKeyFile: string | undefined;
   /** Where a generated development certificate is kept. */
   dataDir: string;
+  /** Prepended to the broker's Redis keys (REDIS_PREFIX). */
+  redisPrefix: string;
+  limits: Limits;
 }
 
 

@@ -25,6 +25,45 @@ export type BrokerConfig =
 
 export type DatabaseConfig = { kind: "pglite"; dataDir: string } | { kind: "postgres"; url: string };
 
+/**
+ * Operational limits: bounds, timeouts and sizes, each with its default
+ * beside it (and in the README's settings table). Past a limit the server
+ * refuses or drops with a clear error and a counter; it never grows without
+ * bound or waits forever.
+ */
+export interface Limits {
+  /** MQTT: a packet whose declared length is larger is refused as soon as the length is read (before authentication). */
+  readonly mqttMaxPacketBytes: number;
+  /** MQTT: a connection that has not sent CONNECT within this is closed. */
+  readonly mqttConnectTimeoutMs: number;
+  /** MQTT: a QoS 1 command queued for an offline device is dropped after this (aedes `packetTTL`). */
+  readonly offlineCommandTtlSeconds: number;
+  /** MQTT: a refused publish is logged once per device per this interval (it is always counted). */
+  readonly refusedLogIntervalMs: number;
+  /** Redis: a command not answered within this fails. */
+  readonly redisCommandTimeoutMs: number;
+  /** PostgreSQL: connecting, and any one statement, fail after this. */
+  readonly dbConnectTimeoutMs: number;
+  readonly dbStatementTimeoutMs: number;
+  /** Publishing one command to the broker fails after this. */
+  readonly publishTimeoutMs: number;
+  /** HTTP: largest GraphQL or REST request body. */
+  readonly httpBodyBytes: number;
+  /** GraphQL: selection depth, aliases, directives, tokens and cost per operation (GraphQL Armor's rules). */
+  readonly graphqlMaxDepth: number;
+  readonly graphqlMaxAliases: number;
+  readonly graphqlMaxDirectives: number;
+  readonly graphqlMaxTokens: number;
+  readonly graphqlMaxCost: number;
+  /** graphql-ws: largest WebSocket frame, subscriptions per connection, connections per token, time to send connection_init. */
+  readonly wsMaxPayloadBytes: number;
+  readonly wsMaxSubscriptionsPerConnection: number;
+  readonly wsMaxConnectionsPerToken: number;
+  readonly wsInitTimeoutMs: number;
+  /** Reports waiting for one slow subscriber; past this the subscriber keeps only the latest report per device. */
+  readonly subscriberQueueMax: number;
+}
+
 export interface Config {
   readonly httpPort: number;
   readonly httpHost: string;
@@ -40,6 +79,9 @@ export interface Config {
   readonly corsOrigins: readonly string[];
   readonly maxPayloadBytes: number;
   readonly dedupTtlSeconds: number;
+  /** Prepended to every Redis key and channel of this server, so several environments (or tests) share one Redis. */
+  readonly redisPrefix: string;
+  readonly limits: Limits;
 }
 
 const port = (name: string, fallback: number) =>
@@ -49,6 +91,9 @@ const port = (name: string, fallback: number) =>
     .min(0, `${name} must be 0..65535`)
     .max(65535, `${name} must be 0..65535`)
     .default(fallback);
+
+const int = (min: number, fallback: number, max = Number.MAX_SAFE_INTEGER) =>
+  z.coerce.number().int().min(min).max(max).default(fallback);
 
 const optionalString = z
   .string()
@@ -94,6 +139,26 @@ const envSchema = z.object({
     .pipe(z.array(z.string().regex(/^(\*|https?:\/\/[^/\s]+)$/, "CORS_ORIGINS must be * or comma-separated http(s)://host[:port] origins"))),
   MAX_PAYLOAD_BYTES: z.coerce.number().int().min(256).max(10_485_760).default(65_536),
   DEDUP_TTL_SECONDS: z.coerce.number().int().min(1).default(21_600),
+  REDIS_PREFIX: z.string().regex(/^[A-Za-z0-9_.:-]{0,64}$/, "REDIS_PREFIX must be 0..64 of [A-Za-z0-9_.:-]").default(""),
+  MQTT_MAX_PACKET_BYTES: int(1024, 131_072, 268_435_455),
+  MQTT_CONNECT_TIMEOUT_MS: int(100, 10_000),
+  OFFLINE_COMMAND_TTL_SECONDS: int(1, 604_800),
+  REFUSED_LOG_INTERVAL_MS: int(0, 60_000),
+  REDIS_COMMAND_TIMEOUT_MS: int(100, 5_000),
+  DB_CONNECT_TIMEOUT_MS: int(100, 5_000),
+  DB_STATEMENT_TIMEOUT_MS: int(100, 10_000),
+  PUBLISH_TIMEOUT_MS: int(100, 10_000),
+  HTTP_BODY_LIMIT_BYTES: int(1024, 262_144, 104_857_600),
+  GRAPHQL_MAX_DEPTH: int(1, 10),
+  GRAPHQL_MAX_ALIASES: int(0, 15),
+  GRAPHQL_MAX_DIRECTIVES: int(0, 10),
+  GRAPHQL_MAX_TOKENS: int(10, 2_000),
+  GRAPHQL_MAX_COST: int(1, 5_000),
+  WS_MAX_PAYLOAD_BYTES: int(1024, 65_536, 104_857_600),
+  WS_MAX_SUBSCRIPTIONS_PER_CONNECTION: int(1, 100),
+  WS_MAX_CONNECTIONS_PER_TOKEN: int(1, 1_000),
+  WS_INIT_TIMEOUT_MS: int(100, 3_000),
+  SUBSCRIBER_QUEUE_MAX: int(1, 1_000),
 });
 
 export class ConfigError extends Error {}
@@ -146,5 +211,27 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     corsOrigins: Object.freeze(e.CORS_ORIGINS),
     maxPayloadBytes: e.MAX_PAYLOAD_BYTES,
     dedupTtlSeconds: e.DEDUP_TTL_SECONDS,
+    redisPrefix: e.REDIS_PREFIX,
+    limits: Object.freeze({
+      mqttMaxPacketBytes: e.MQTT_MAX_PACKET_BYTES,
+      mqttConnectTimeoutMs: e.MQTT_CONNECT_TIMEOUT_MS,
+      offlineCommandTtlSeconds: e.OFFLINE_COMMAND_TTL_SECONDS,
+      refusedLogIntervalMs: e.REFUSED_LOG_INTERVAL_MS,
+      redisCommandTimeoutMs: e.REDIS_COMMAND_TIMEOUT_MS,
+      dbConnectTimeoutMs: e.DB_CONNECT_TIMEOUT_MS,
+      dbStatementTimeoutMs: e.DB_STATEMENT_TIMEOUT_MS,
+      publishTimeoutMs: e.PUBLISH_TIMEOUT_MS,
+      httpBodyBytes: e.HTTP_BODY_LIMIT_BYTES,
+      graphqlMaxDepth: e.GRAPHQL_MAX_DEPTH,
+      graphqlMaxAliases: e.GRAPHQL_MAX_ALIASES,
+      graphqlMaxDirectives: e.GRAPHQL_MAX_DIRECTIVES,
+      graphqlMaxTokens: e.GRAPHQL_MAX_TOKENS,
+      graphqlMaxCost: e.GRAPHQL_MAX_COST,
+      wsMaxPayloadBytes: e.WS_MAX_PAYLOAD_BYTES,
+      wsMaxSubscriptionsPerConnection: e.WS_MAX_SUBSCRIPTIONS_PER_CONNECTION,
+      wsMaxConnectionsPerToken: e.WS_MAX_CONNECTIONS_PER_TOKEN,
+      wsInitTimeoutMs: e.WS_INIT_TIMEOUT_MS,
+      subscriberQueueMax: e.SUBSCRIBER_QUEUE_MAX,
+    }),
   });
 }

@@ -11,6 +11,7 @@ import { useServer } from "graphql-ws/use/ws";
 import { WebSocketServer } from "ws";
 import { bearerToken, type Principal } from "../auth/principal.js";
 import { listen } from "../listen.js";
+import type { Limits } from "../config/config.js";
 import type { TokenService } from "../auth/token.service.js";
 import type { DeviceService } from "../devices/device.service.js";
 import { ErrorCode } from "../errors.js";
@@ -32,6 +33,7 @@ export interface HttpDeps {
   metrics: Metrics;
   log: Logger;
   corsOrigins: readonly string[];
+  limits: Limits;
   /** Each dependency's readiness check; /readyz answers 503 naming those that fail. */
   readiness: Record<string, () => Promise<void>>;
 }

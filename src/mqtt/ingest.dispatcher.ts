@@ -1,3 +1,4 @@
+import type { Limits } from "../config/config.js";
 import type { DeviceService } from "../devices/device.service.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
@@ -9,6 +10,7 @@ import { parseDeviceTopic, type DeviceMessageTopic } from "../protocol/topics.js
 export interface IngestOptions {
   maxPayloadBytes: number;
   dedupTtlSeconds: number;
+  limits: Limits;
 }
 
 type Outcome = "accepted" | "duplicate" | "stale" | "ignored";

@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import mqtt, { type MqttClient } from "mqtt";
+import type { Limits } from "../config/config.js";
 import type { Logger } from "../logger.js";
 import type { BrokerLink } from "../ota/ports.js";
 import { INGEST_FILTERS, sharedFilter } from "../protocol/topics.js";
@@ -17,6 +18,7 @@ export interface ServerClientOptions {
   shareGroup?: string;
   /** Check the broker's TLS certificate (mqtts://, wss://); off only for development. */
   rejectUnauthorized: boolean;
+  limits: Limits;
 }
 
 /**

@@ -3,15 +3,24 @@ import type { IngestOutcome, MessageDeduplicator, ProgressStore } from "../ota/p
 import { reportOrder } from "../protocol/object-id.js";
 import type { ProgressRecord } from "../ota/progress.model.js";
 
-/** Redis keys and channels; the progress key is the seed's own (`ota_progress/<product>/<device>`). */
-export const keys = {
-  progress: (p: string, d: string) => `ota_progress/${p}/${d}`,
-  /** Sort key of the stored report (reportOrder), so an older report never replaces a newer one. */
-  progressOrder: (p: string, d: string) => `ota_progress_order/${p}/${d}`,
-  dedup: (p: string, d: string, messageId: string) => `msg_dedup/${p}/${d}/${messageId}`,
-  /** One pub/sub channel per product; subscribers filter by device or tag in process. */
-  progressChannel: (p: string) => `ota_progress_changed/${p}`,
-};
+/**
+ * Redis keys and channels, under the configured prefix (`REDIS_PREFIX`, empty
+ * by default so the progress key stays the seed's own:
+ * `ota_progress/<product>/<device>`). Keys are prefixed here rather than by
+ * ioredis' `keyPrefix`, which does not apply to pub/sub channels.
+ */
+export function redisKeys(prefix = "") {
+  return {
+    progress: (p: string, d: string) => `${prefix}ota_progress/${p}/${d}`,
+    /** Sort key of the stored report (reportOrder), so an older report never replaces a newer one. */
+    progressOrder: (p: string, d: string) => `${prefix}ota_progress_order/${p}/${d}`,
+    dedup: (p: string, d: string, messageId: string) => `${prefix}msg_dedup/${p}/${d}/${messageId}`,
+    /** One pub/sub channel per product; subscribers filter by device or tag in process. */
+    progressChannel: (p: string) => `${prefix}ota_progress_changed/${p}`,
+  };
+}
+
+export type RedisKeys = ReturnType<typeof redisKeys>;
 
 // Dedup, store and publish: the per-report Redis work of the seed, atomically,
 // for a batch of reports in one round trip. Reports of one device can be
@@ -79,7 +88,10 @@ export class RedisProgressStore implements ProgressStore, MessageDeduplicator {
   readonly #redis: Redis & Scripts;
   #batch: Pending[] = [];
 
-  constructor(redis: Redis) {
+  constructor(
+    redis: Redis,
+    private readonly keys: RedisKeys = redisKeys(),
+  ) {
     redis.defineCommand("otaIngestBatch", { lua: INGEST_BATCH });
     redis.defineCommand("otaCompareAndSet", { numberOfKeys: 2, lua: COMPARE_AND_SET });
     this.#redis = redis as Redis & Scripts;
@@ -102,7 +114,7 @@ export class RedisProgressStore implements ProgressStore, MessageDeduplicator {
     const args: (string | number)[] = [];
     for (const { record: r, ttlSeconds } of batch) {
       const { productName: p, deviceName: d } = r;
-      keyList.push(keys.dedup(p, d, r.messageId), keys.progress(p, d), keys.progressOrder(p, d), keys.progressChannel(p));
+      keyList.push(this.keys.dedup(p, d, r.messageId), this.keys.progress(p, d), this.keys.progressOrder(p, d), this.keys.progressChannel(p));
       args.push(ttlSeconds, JSON.stringify(r), reportOrder(r.messageId, r.receivedAt));
     }
     this.#redis.otaIngestBatch(keyList.length, ...keyList, ...args).then(
@@ -112,19 +124,19 @@ export class RedisProgressStore implements ProgressStore, MessageDeduplicator {
   }
 
   async get(productName: string, deviceName: string): Promise<ProgressRecord | null> {
-    return decode(await this.#redis.get(keys.progress(productName, deviceName)));
+    return decode(await this.#redis.get(this.keys.progress(productName, deviceName)));
   }
 
   async getMany(productName: string, deviceNames: readonly string[]): Promise<(ProgressRecord | null)[]> {
     if (deviceNames.length === 0) return [];
-    const values = await this.#redis.mget(deviceNames.map((d) => keys.progress(productName, d)));
+    const values = await this.#redis.mget(deviceNames.map((d) => this.keys.progress(productName, d)));
     return values.map(decode);
   }
 
   async compareAndSet(expected: ProgressRecord, next: ProgressRecord): Promise<boolean> {
     const applied = await this.#redis.otaCompareAndSet(
-      keys.progress(next.productName, next.deviceName),
-      keys.progressChannel(next.productName),
+      this.keys.progress(next.productName, next.deviceName),
+      this.keys.progressChannel(next.productName),
       JSON.stringify(expected),
       JSON.stringify(next),
     );
@@ -132,15 +144,15 @@ export class RedisProgressStore implements ProgressStore, MessageDeduplicator {
   }
 
   async delete(productName: string, deviceName: string): Promise<void> {
-    await this.#redis.del(keys.progress(productName, deviceName), keys.progressOrder(productName, deviceName));
+    await this.#redis.del(this.keys.progress(productName, deviceName), this.keys.progressOrder(productName, deviceName));
   }
 
   async claim(productName: string, deviceName: string, messageId: string, ttlSeconds: number): Promise<boolean> {
-    return (await this.#redis.set(keys.dedup(productName, deviceName, messageId), "1", "EX", ttlSeconds, "NX")) === "OK";
+    return (await this.#redis.set(this.keys.dedup(productName, deviceName, messageId), "1", "EX", ttlSeconds, "NX")) === "OK";
   }
 
   async release(productName: string, deviceName: string, messageId: string): Promise<void> {
-    await this.#redis.del(keys.dedup(productName, deviceName, messageId));
+    await this.#redis.del(this.keys.dedup(productName, deviceName, messageId));
   }
 }
 

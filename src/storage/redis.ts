@@ -1,13 +1,25 @@
 import { Redis } from "ioredis";
 
-/** A Redis connection that fails fast on start instead of queueing commands forever. */
-export function createRedis(url: string, name: string): Redis {
-  return new Redis(url, {
+/**
+ * A Redis connection that fails fast instead of queueing commands forever:
+ * a command fails after `commandTimeoutMs`, or after 3 reconnection attempts.
+ */
+export function createRedis(
+  url: string,
+  name: string,
+  commandTimeoutMs: number | undefined,
+  onError: (err: Error) => void,
+): Redis {
+  const redis = new Redis(url, {
     connectionName: `iothub-ota:${name}`,
     lazyConnect: true,
     maxRetriesPerRequest: 3,
+    commandTimeout: commandTimeoutMs,
     enableAutoPipelining: true,
   });
+  // An unhandled 'error' event would end the process; a Redis blip must not.
+  redis.on("error", onError);
+  return redis;
 }
 
 /** Connects every client; on failure disconnects them all so nothing keeps the process alive. */

@@ -30,6 +30,8 @@ export interface TestAppOptions {
   mqttClientId?: string;
   tls?: boolean;
   env?: Record<string, string>;
+  /** Apps that share state (instances of one deployment, a restart) share a prefix; by default each app has its own keyspace. */
+  redisPrefix?: string;
 }
 
 /** Starts the whole server on free ports against the real services; stopped after the file's tests. */
@@ -55,6 +57,7 @@ export async function startApp(options: TestAppOptions = {}): Promise<TestApp> {
     broker,
     database,
     dataDir: tempDir("test"),
+    redisPrefix: options.redisPrefix ?? `${uniq("t")}:`,
     mqttClientId: options.mqttClientId,
   };
   const app = new App(config, createLogger(config.logLevel));

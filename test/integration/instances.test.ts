@@ -14,8 +14,9 @@ describe.skipIf(!DATABASE_URL)("two instances sharing Redis, PostgreSQL and one 
   it("split the ingest, process each report once, and feed every subscriber", async () => {
     const database = await freshDatabase("postgres");
     const shareGroup = uniq("grp");
-    const a = await startApp({ database, externalBroker: MOSQUITTO_URL, shareGroup });
-    const b = await startApp({ database, externalBroker: MOSQUITTO_URL, shareGroup });
+    const redisPrefix = `${uniq("t")}:`;
+    const a = await startApp({ database, externalBroker: MOSQUITTO_URL, shareGroup, redisPrefix });
+    const b = await startApp({ database, externalBroker: MOSQUITTO_URL, shareGroup, redisPrefix });
     const productName = uniq("multi");
     const { registerDevice } = await gqlOk(a, RegisterDeviceDocument, { input: { productName } });
     const deviceName = registerDevice.device.deviceName;
@@ -52,7 +53,8 @@ describe("a server restart", () => {
       DEFAULT_DATABASE === "postgres"
         ? await freshDatabase("postgres")
         : { kind: "pglite" as const, dataDir: tempDir("restart") };
-    const first = await startApp({ database });
+    const redisPrefix = `${uniq("t")}:`;
+    const first = await startApp({ database, redisPrefix });
     const productName = uniq("restart");
     const { registerDevice } = await gqlOk(first, RegisterDeviceDocument, { input: { productName } });
     const { deviceName } = registerDevice.device;
@@ -63,7 +65,7 @@ describe("a server restart", () => {
     const { sendOta } = await gqlOk(first, SendOtaDocument, { input: { productName, deviceName, firmware } });
     await first.stop();
 
-    const second = await startApp({ database });
+    const second = await startApp({ database, redisPrefix });
     const back = await TestDevice.connect(second.mqttUrl, productName, deviceName, registerDevice.secret);
     const cmd = await back.nextCommand("$ota_upgrade");
     expect(cmd.topic).toBe(sendOta.topic);
