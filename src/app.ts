@@ -79,6 +79,8 @@ export class App {
         await this.#link.publishCommand(topic, payload);
         const parsed = parseCommandTopic(topic);
         this.metrics.commands.inc({ command: parsed.ok ? parsed.value.command : "unknown" });
+        // Reports received from now on belong to a new upgrade attempt (progress ordering does not trust device clocks).
+        if (parsed.ok && parsed.value.command === "$ota_upgrade") await progress.startAttempt(parsed.value.target, Date.now());
       },
     };
     const sessions: DeviceSessions = {

@@ -1,3 +1,4 @@
+import type { CommandTarget } from "../protocol/topics.js";
 import type { ProgressRecord } from "./progress.model.js";
 
 /** Sends a command to devices: the MQTT client in production, whatever the broker. */
@@ -25,6 +26,11 @@ export interface ProgressStore {
   /** Replaces `expected` with `next` only if it is still the stored record; publishes on success. */
   compareAndSet(expected: ProgressRecord, next: ProgressRecord): Promise<boolean>;
   delete(productName: string, deviceName: string): Promise<void>;
+  /**
+   * An `$ota_upgrade` was sent to the target (a device or a tag) at `at`
+   * (server time): reports received after it belong to a new attempt.
+   */
+  startAttempt(target: CommandTarget, at: number): Promise<void>;
 }
 
 /** Claims a messageId once (PROTOCOL.md: "processes a given messageId once"). */

@@ -2,6 +2,7 @@ import type { Redis } from "ioredis";
 import type { IngestOutcome, MessageDeduplicator, ProgressStore } from "../ota/ports.js";
 import { reportOrder } from "../protocol/object-id.js";
 import type { ProgressRecord } from "../ota/progress.model.js";
+import type { CommandTarget } from "../protocol/topics.js";
 
 /**
  * Redis keys and channels, under the configured prefix (`REDIS_PREFIX`, empty
@@ -145,6 +146,10 @@ export class RedisProgressStore implements ProgressStore, MessageDeduplicator {
 
   async delete(productName: string, deviceName: string): Promise<void> {
     await this.#redis.del(this.keys.progress(productName, deviceName), this.keys.progressOrder(productName, deviceName));
+  }
+
+  async startAttempt(_target: CommandTarget, _at: number): Promise<void> {
+    // TODO(ordering): record the attempt boundary
   }
 
   async claim(productName: string, deviceName: string, messageId: string, ttlSeconds: number): Promise<boolean> {
