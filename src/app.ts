@@ -76,11 +76,12 @@ export class App {
     // The broker and the devices need each other: commands and sessions are late-bound.
     const commands: CommandPublisher = {
       publishCommand: async (topic, payload) => {
-        await this.#link.publishCommand(topic, payload);
         const parsed = parseCommandTopic(topic);
-        this.metrics.commands.inc({ command: parsed.ok ? parsed.value.command : "unknown" });
-        // Reports received from now on belong to a new upgrade attempt (progress ordering does not trust device clocks).
+        // Reports received from now on belong to a new upgrade attempt (progress ordering does not trust
+        // device clocks); marked before the publish, so that no answer of the device can precede it.
         if (parsed.ok && parsed.value.command === "$ota_upgrade") await progress.startAttempt(parsed.value.target, Date.now());
+        await this.#link.publishCommand(topic, payload);
+        this.metrics.commands.inc({ command: parsed.ok ? parsed.value.command : "unknown" });
       },
     };
     const sessions: DeviceSessions = {
