@@ -8,6 +8,11 @@ export enum ErrorCode {
   FORBIDDEN = "FORBIDDEN",
   /** The MQTT broker is unreachable: the command was not sent. Safe to retry. */
   BROKER_UNAVAILABLE = "BROKER_UNAVAILABLE",
+  /**
+   * The command was handed to the broker, which did not confirm it in time:
+   * it may still arrive. Retrying may deliver it twice (use an idempotency key).
+   */
+  COMMAND_UNCONFIRMED = "COMMAND_UNCONFIRMED",
   INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR",
 }
 

@@ -23,6 +23,29 @@ export function createMetrics() {
       help: "Device connections open on the embedded broker.",
       registers: [registry],
     }),
+    refused: new Counter({
+      name: "iothub_ota_broker_refused_total",
+      help: "What the embedded broker refused or dropped from devices, by kind (connect, publish, subscribe, will, retain, packet) and reason.",
+      labelNames: ["kind", "reason"] as const,
+      registers: [registry],
+    }),
+    ingestRetries: new Counter({
+      name: "iothub_ota_ingest_retries_total",
+      help: "Device messages whose processing failed (a dependency down) and was tried again, by kind.",
+      labelNames: ["kind"] as const,
+      registers: [registry],
+    }),
+    unacknowledged: new Counter({
+      name: "iothub_ota_ingest_unacknowledged_total",
+      help: "Device messages left unacknowledged because their effect could not be made durable (the device sends them again).",
+      labelNames: ["kind"] as const,
+      registers: [registry],
+    }),
+    subscriberOverflow: new Counter({
+      name: "iothub_ota_subscriber_overflow_total",
+      help: "Reports a slow subscriber did not get because a newer report of the same device replaced them in its full queue.",
+      registers: [registry],
+    }),
     commands: new Counter({
       name: "iothub_ota_commands_sent_total",
       help: "Commands published to devices, by command.",

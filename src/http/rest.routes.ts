@@ -18,6 +18,7 @@ const STATUS: Record<ErrorCode, number> = {
   [ErrorCode.UNAUTHENTICATED]: 401,
   [ErrorCode.FORBIDDEN]: 403,
   [ErrorCode.BROKER_UNAVAILABLE]: 503,
+  [ErrorCode.COMMAND_UNCONFIRMED]: 504,
   [ErrorCode.INTERNAL_SERVER_ERROR]: 500,
 };
 
