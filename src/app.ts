@@ -62,7 +62,7 @@ export class App {
   ) {
     this.log = log ?? createLogger(config.logLevel);
     this.metrics = createMetrics();
-    this.database = new Database(config.database);
+    this.database = new Database(config.database, config.limits);
     const db = () => this.database.db;
     const redisTimeout = config.limits.redisCommandTimeoutMs;
     const redisError = (name: string) => (err: Error) => this.log.warn({ err: err.message, client: name }, "redis connection error");
@@ -91,7 +91,11 @@ export class App {
     this.tokens = new TokenService(db, config.adminToken);
     this.devices = new DeviceService(new DeviceRepository(db), commands, sessions, progress);
     this.ota = new OtaService(this.devices, commands, progress);
-    const feed = (this.progressFeed = new ProgressFeed((p) => pubsub.subscribe(keys.progressChannel(p)), async (p, d) => (await this.devices.find(p, d))?.tags ?? []));
+    const feed = (this.progressFeed = new ProgressFeed(
+      (p) => pubsub.subscribe(keys.progressChannel(p)),
+      async (p, d) => (await this.devices.find(p, d))?.tags ?? [],
+      { queueMax: config.limits.subscriberQueueMax, onOverflow: (n) => this.metrics.subscriberOverflow.inc(n) },
+    ));
 
     this.#ingest = new IngestDispatcher(this.devices, progress, this.metrics, this.log, {
       maxPayloadBytes: config.maxPayloadBytes,

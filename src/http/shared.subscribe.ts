@@ -2,12 +2,15 @@ import {
   createSourceEventStream,
   execute,
   parse,
+  specifiedRules,
   validate,
+  type ValidationRule,
   type DocumentNode,
   type ExecutionArgs,
   type ExecutionResult,
   type GraphQLError,
 } from "graphql";
+import { LRUCache } from "lru-cache";
 import type { Context } from "./context.js";
 
 type Result = ExecutionResult | Promise<ExecutionResult>;
@@ -23,8 +26,9 @@ const MAX_DOCUMENTS = 1000;
  * shares: a parsed document (its AST and token list) is kilobytes, which
  * 10,000 dashboards would otherwise each hold for as long as they watch.
  */
-export function sharedDocuments() {
-  const documents = new Map<string, { text: string; document: DocumentNode }>();
+export function sharedDocuments(options: { maxTokens?: number; rules?: readonly ValidationRule[] } = {}) {
+  const rules = [...specifiedRules, ...(options.rules ?? [])];
+  const documents = new LRUCache<string, { text: string; document: DocumentNode }>({ max: MAX_DOCUMENTS });
   const validated = new WeakMap<DocumentNode, readonly GraphQLError[]>();
   return {
     /** graphql-ws keeps each subscribe message for the subscription's life: let it hold the shared text. */
@@ -36,15 +40,14 @@ export function sharedDocuments() {
       const text = typeof source === "string" ? source : source.body;
       let known = documents.get(text);
       if (!known) {
-        known = { text, document: parse(source) };
-        if (documents.size >= MAX_DOCUMENTS) documents.clear();
+        known = { text, document: parse(source, { maxTokens: options.maxTokens }) };
         documents.set(text, known);
       }
       return known.document;
     },
-    validate: (...args: Parameters<typeof validate>): readonly GraphQLError[] => {
-      let errors = validated.get(args[1]);
-      if (!errors) validated.set(args[1], (errors = validate(...args)));
+    validate: (schema: Parameters<typeof validate>[0], document: DocumentNode): readonly GraphQLError[] => {
+      let errors = validated.get(document);
+      if (!errors) validated.set(document, (errors = validate(schema, document, rules)));
       return errors;
     },
   };

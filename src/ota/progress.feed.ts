@@ -1,3 +1,4 @@
+import { LRUCache } from "lru-cache";
 import { badInput } from "../errors.js";
 import { requireName } from "../devices/device.service.js";
 import type { ProgressRecord } from "./progress.model.js";
@@ -14,6 +15,18 @@ export interface WatchArgs {
 }
 
 const TAGS_TTL_MS = 5_000;
+const TAGS_CACHE_MAX = 100_000;
+
+export interface FeedOptions {
+  /**
+   * Reports waiting for one subscriber that does not read. Past it, the
+   * queue keeps only the latest report of each device (a dashboard wants
+   * where each device stands, not every step), and at most this many.
+   */
+  queueMax: number;
+  /** Counts reports a slow subscriber did not get because a newer one of the same device replaced them. */
+  onOverflow: (replaced: number) => void;
+}
 
 /** One subscriber: what it wants, and the reports waiting for it. */
 interface Watcher {
@@ -22,6 +35,25 @@ interface Watcher {
   queue: ProgressRecord[];
   wake: (() => void) | undefined;
   closed: boolean;
+}
+
+/**
+ * Shrinks a full queue in place to the latest report of each device, in the
+ * order of those reports, and then, if more devices than `max` are waiting,
+ * to the newest `max` of them. Returns how many reports were dropped.
+ */
+export function boundQueue(queue: ProgressRecord[], max: number): number {
+  const latest = new Map<string, number>();
+  queue.forEach((r, i) => latest.set(r.deviceName, i));
+  const before = queue.length;
+  let kept = 0;
+  for (let i = 0; i < before; i++) {
+    const r = queue[i] as ProgressRecord;
+    if (latest.get(r.deviceName) === i) queue[kept++] = r;
+  }
+  queue.length = kept;
+  if (kept > max) queue.splice(0, kept - max);
+  return before - queue.length;
 }
 
 /** One product's event source, shared by all its watchers on this instance. */
@@ -38,17 +70,25 @@ interface Hub {
  * subscribers.
  */
 export class ProgressFeed {
-  readonly #tags = new Map<string, { tags: readonly string[]; until: number }>();
+  readonly #tags = new LRUCache<string, readonly string[]>({ max: TAGS_CACHE_MAX, ttl: TAGS_TTL_MS });
   readonly #hubs = new Map<string, Hub>();
 
   constructor(
     private readonly events: ProgressEvents,
     private readonly tagsOf: TagsOf,
+    private readonly options: FeedOptions,
   ) {}
 
   /** Products watched on this instance, with how many watchers each (for tests and diagnostics). */
   get watching(): ReadonlyMap<string, number> {
     return new Map([...this.#hubs].map(([product, hub]) => [product, hub.watchers.size]));
+  }
+
+  /** The longest queue of reports waiting for one subscriber on this instance (diagnostics, tests). */
+  get backlog(): number {
+    let longest = 0;
+    for (const hub of this.#hubs.values()) for (const w of hub.watchers) longest = Math.max(longest, w.queue.length);
+    return longest;
   }
 
   watch(args: WatchArgs): AsyncIterableIterator<ProgressRecord> {
@@ -67,16 +107,22 @@ export class ProgressFeed {
     // would stay a watcher until the next event.
     const iterator: AsyncIterableIterator<ProgressRecord> = {
       next: async () => {
-        for (;;) {
-          if (watcher.closed) return { done: true, value: undefined };
-          const record = watcher.queue.shift();
-          if (record === undefined) {
-            await new Promise<void>((resolve) => (watcher.wake = resolve));
-            continue;
+        try {
+          for (;;) {
+            if (watcher.closed) return { done: true, value: undefined };
+            const record = watcher.queue.shift();
+            if (record === undefined) {
+              await new Promise<void>((resolve) => (watcher.wake = resolve));
+              continue;
+            }
+            if (watcher.tag === undefined || (await this.#hasTag(record.productName, record.deviceName, watcher.tag))) {
+              return { done: false, value: record };
+            }
           }
-          if (watcher.tag === undefined || (await this.#hasTag(record.productName, record.deviceName, watcher.tag))) {
-            return { done: false, value: record };
-          }
+        } catch (err) {
+          // A consumer whose next() failed does not call return() (for await, graphql-ws): leave now, or stay a watcher for good.
+          this.#leave(productName, watcher);
+          throw err;
         }
       },
       return: async () => {
@@ -112,6 +158,7 @@ export class ProgressFeed {
 
   /** Deals each batch of a product's reports to its watchers, in order. */
   async #pump(productName: string, hub: Hub): Promise<void> {
+    const { queueMax, onOverflow } = this.options;
     try {
       for (;;) {
         const step = await hub.source.next();
@@ -121,6 +168,7 @@ export class ProgressFeed {
           for (const record of step.value) {
             if (watcher.deviceName === undefined || record.deviceName === watcher.deviceName) watcher.queue.push(record);
           }
+          if (watcher.queue.length > queueMax) onOverflow(boundQueue(watcher.queue, queueMax));
           if (watcher.queue.length > before && watcher.wake) {
             const wake = watcher.wake;
             watcher.wake = undefined;
@@ -142,13 +190,11 @@ export class ProgressFeed {
 
   async #hasTag(productName: string, deviceName: string, tag: string): Promise<boolean> {
     const key = `${productName}/${deviceName}`;
-    const now = Date.now();
-    let entry = this.#tags.get(key);
-    if (!entry || entry.until < now) {
-      if (this.#tags.size > 100_000) this.#tags.clear();
-      entry = { tags: await this.tagsOf(productName, deviceName), until: now + TAGS_TTL_MS };
-      this.#tags.set(key, entry);
+    let tags = this.#tags.get(key);
+    if (tags === undefined) {
+      tags = await this.tagsOf(productName, deviceName);
+      this.#tags.set(key, tags);
     }
-    return entry.tags.includes(tag);
+    return tags.includes(tag);
   }
 }

@@ -8,7 +8,7 @@ import { drizzle as drizzlePg } from "drizzle-orm/node-postgres";
 import { migrate as migratePg } from "drizzle-orm/node-postgres/migrator";
 import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
 import pg from "pg";
-import type { DatabaseConfig } from "../config/config.js";
+import type { DatabaseConfig, Limits } from "../config/config.js";
 import * as schema from "./schema.js";
 
 export type Db = PgDatabase<PgQueryResultHKT, typeof schema>;
@@ -30,7 +30,11 @@ export class Database {
   #close: (() => Promise<void>) | undefined;
   #lockFile: string | undefined;
 
-  constructor(private readonly config: DatabaseConfig) {}
+  constructor(
+    private readonly config: DatabaseConfig,
+    /** PostgreSQL server only: PGlite runs in process, with nothing to wait for. */
+    private readonly timeouts?: Pick<Limits, "dbConnectTimeoutMs" | "dbStatementTimeoutMs">,
+  ) {}
 
   get db(): Db {
     if (!this.#db) throw new Error("database not started");
@@ -56,7 +60,17 @@ export class Database {
         throw err;
       }
     } else {
-      const pool = new pg.Pool({ connectionString: this.config.url, max: 10 });
+      const t = this.timeouts;
+      const pool = new pg.Pool({
+        connectionString: this.config.url,
+        max: 10,
+        // A server that stops answering fails queries instead of holding them (and their callers) forever.
+        ...(t && {
+          connectionTimeoutMillis: t.dbConnectTimeoutMs,
+          statement_timeout: t.dbStatementTimeoutMs,
+          query_timeout: t.dbStatementTimeoutMs + 1_000,
+        }),
+      });
       pool.on("error", () => undefined); // idle client errors surface on the next query instead
       const db = drizzlePg(pool, { schema });
       await migratePg(db, { migrationsFolder: MIGRATIONS });

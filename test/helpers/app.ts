@@ -2,13 +2,15 @@ import { randomBytes } from "node:crypto";
 import type { TypedDocumentNode } from "@graphql-typed-document-node/core";
 import { print, type ExecutionResult } from "graphql";
 import { createClient, type Client } from "graphql-ws";
+import { Redis } from "ioredis";
 import WebSocket from "ws";
 import { App } from "../../src/app.js";
 import { loadConfig, type BrokerConfig, type Config } from "../../src/config/config.js";
 import { createLogger } from "../../src/logger.js";
+import { redisKeys } from "../../src/storage/progress.redis.js";
 import { DEFAULT_DATABASE, freshDatabase, REDIS_URL, uniq, type DatabaseKind } from "./services.js";
 import { onTeardown, tempDir } from "./teardown.js";
-import { Inbox } from "./wait.js";
+import { eventually, Inbox } from "./wait.js";
 
 export interface TestApp {
   app: App;
@@ -100,7 +102,22 @@ export async function gqlOk<T, V>(t: Pick<TestApp, "httpUrl" | "token">, doc: Ty
   return r.data;
 }
 
-export function wsClient(t: Pick<TestApp, "wsUrl" | "token">, authorization: string | null = `Bearer ${t.token}`): Client {
+/** The app behind each client, so that {@link subscribe} can wait for the server to take a subscription. */
+const appOf = new WeakMap<Client, Partial<TestApp>>();
+
+let redis: Redis | undefined;
+function testRedis(): Redis {
+  if (!redis) {
+    const r = (redis = new Redis(REDIS_URL));
+    onTeardown(() => {
+      redis = undefined;
+      return r.quit();
+    });
+  }
+  return redis;
+}
+
+export function wsClient(t: Pick<TestApp, "wsUrl" | "token"> & Partial<TestApp>, authorization: string | null = `Bearer ${t.token}`): Client {
   const client = createClient({
     url: t.wsUrl,
     webSocketImpl: WebSocket,
@@ -110,6 +127,7 @@ export function wsClient(t: Pick<TestApp, "wsUrl" | "token">, authorization: str
     onNonLazyError: () => undefined,
   });
   onTeardown(() => client.dispose());
+  appOf.set(client, t);
   return client;
 }
 
@@ -117,12 +135,24 @@ export function wsClient(t: Pick<TestApp, "wsUrl" | "token">, authorization: str
 export async function subscribe<T, V>(client: Client, doc: TypedDocumentNode<T, V>, variables: V) {
   const results = new Inbox<ExecutionResult<T>>();
   const errors = new Inbox<unknown>();
+  const t = appOf.get(client);
+  const productName = (variables as { productName?: unknown }).productName;
+  const watchersBefore = typeof productName === "string" ? (t?.app?.progressFeed.watching.get(productName) ?? 0) : 0;
   const stop = client.subscribe<T>(
     { query: print(doc), variables: variables as Record<string, unknown> },
     { next: (r) => results.push(r as ExecutionResult<T>), error: (e) => errors.push(e), complete: () => undefined },
   );
   onTeardown(stop);
-  // graphql-ws sends the subscribe message right away; give the server a moment to attach to Redis.
-  await new Promise((r) => setTimeout(r, 300));
+  // Taken once the server watches for this subscriber and its Redis subscription is live (or it has answered already).
+  if (t?.app && t.config && typeof productName === "string") {
+    const { app, config } = t;
+    const channel = redisKeys(config.redisPrefix).progressChannel(productName);
+    await eventually(async () => {
+      if (results.pending.length > 0 || errors.pending.length > 0) return;
+      if ((app.progressFeed.watching.get(productName) ?? 0) <= watchersBefore) throw new Error("subscription not taken yet");
+      const [, listeners] = (await testRedis().pubsub("NUMSUB", channel)) as [string, number];
+      if (listeners < 1) throw new Error("Redis subscription not live yet");
+    }, 5_000);
+  }
   return { results, errors, stop };
 }

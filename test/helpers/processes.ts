@@ -2,7 +2,9 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { createServer, type AddressInfo } from "node:net";
+import { Redis } from "ioredis";
 import mqtt from "mqtt";
+import { onTeardown } from "./teardown.js";
 import { eventually } from "./wait.js";
 
 /** Real servers in processes of their own, for tests and benchmarks; loopback only. */
@@ -65,6 +67,51 @@ export class OwnMosquitto {
     await eventually(async () => {
       const c = await mqtt.connectAsync(this.url, { reconnectPeriod: 0, connectTimeout: 1000 });
       await c.endAsync(true);
+    });
+  }
+
+  async stop(): Promise<void> {
+    await terminate(this.#process);
+    this.#process = undefined;
+  }
+}
+
+const REDIS_SERVER = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].find((p) => existsSync(p)) ?? "redis-server";
+
+/**
+ * A Redis of our own on a free loopback port (no persistence), for tests that
+ * stop, restart or stall it without touching the Redis other tests share.
+ */
+export class OwnRedis {
+  #process: ChildProcess | undefined;
+
+  private constructor(readonly port: number) {}
+
+  get url(): string {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  static async start(): Promise<OwnRedis> {
+    const redis = new OwnRedis(await freePort());
+    await redis.resume();
+    onTeardown(() => redis.stop());
+    return redis;
+  }
+
+  /** Starts it again after {@link stop}, on the same port (empty: it keeps nothing). */
+  async resume(): Promise<void> {
+    this.#process = spawn(REDIS_SERVER, ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+      stdio: "ignore",
+    });
+    await eventually(async () => {
+      const c = new Redis(this.url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+      c.on("error", () => undefined); // not up yet: the connect below rejects and we try again
+      try {
+        await c.connect();
+        await c.ping();
+      } finally {
+        c.disconnect();
+      }
     });
   }
 
