@@ -29,3 +29,20 @@ export function toDevice(row: DeviceRow): Device {
     createdAt: row.createdAt,
   };
 }
+
+/** When the server received a device message: time, and a per-process sequence for messages of the same millisecond. */
+export interface Receipt {
+  at: number;
+  seq: number;
+}
+
+/**
+ * The order of `update_status` reports: the order the server received them
+ * in, never the device's clock (PROTOCOL.md, `update_status`: devices reset
+ * their clocks). Compared as bytes; the leading "r" sorts after the hex
+ * ObjectId orders that older versions stored, so a device's next report
+ * replaces whatever they left.
+ */
+export function statusOrder({ at, seq }: Receipt): string {
+  return `r${at.toString(16).padStart(12, "0")}${(seq >>> 0).toString(16).padStart(8, "0")}`;
+}

@@ -69,7 +69,11 @@ export class DeviceRepository {
     return deleted.length > 0;
   }
 
-  /** Stores a status report unless a newer one is already stored; returns whether it was applied. */
+  /**
+   * Stores a status report unless one of a later order is stored; returns
+   * whether it was applied. An equal order is the same report applied again
+   * (a retry after a failure): applied, so retries are idempotent.
+   */
   async applyStatus(
     productName: string,
     deviceName: string,
@@ -85,7 +89,7 @@ export class DeviceRepository {
           eq(devices.productName, productName),
           eq(devices.deviceName, deviceName),
           // "C" collation: plain byte order, whatever the server's locale.
-          or(isNull(devices.statusOrder), sql`${devices.statusOrder} collate "C" < ${order}`),
+          or(isNull(devices.statusOrder), sql`${devices.statusOrder} collate "C" <= ${order}`),
         ),
       )
       .returning({ deviceName: devices.deviceName });

@@ -1,10 +1,11 @@
 import { createHash } from "node:crypto";
+import { LRUCache } from "lru-cache";
 import { AppError, ErrorCode, badInput } from "../errors.js";
 import { checkName, checkTags } from "../protocol/names.js";
-import { newObjectId, reportOrder } from "../protocol/object-id.js";
+import { newObjectId } from "../protocol/object-id.js";
 import { buildCommandTopic } from "../protocol/topics.js";
 import type { CommandPublisher, DeviceSessions, ProgressStore } from "../ota/ports.js";
-import { toDevice, type Device, type DeviceRow } from "./device.model.js";
+import { statusOrder, toDevice, type Device, type DeviceRow, type Receipt } from "./device.model.js";
 import type { DeviceRepository } from "./device.repository.js";
 import { hashSecret, newSecret, verifySecret } from "./secret.js";
 
@@ -18,7 +19,11 @@ export interface DevicePage {
 
 export const MAX_PAGE = 1000;
 
+/** Devices whose verified secret is remembered (least recently connected forgotten first). */
 const VERIFIED_CACHE_SIZE = 200_000;
+/** Devices whose tags ingest remembers, and for how long (another instance may change them). */
+const TAGS_CACHE_SIZE = 10_000;
+const TAGS_CACHE_TTL_MS = 10_000;
 
 /** Throws BAD_USER_INPUT naming the field unless `value` is a valid name. */
 export function requireName(field: "productName" | "deviceName" | "tag", value: unknown): string {
@@ -36,7 +41,16 @@ function decodeCursor(cursor: string): string {
 
 /** The device registry: its rules, and the commands that keep devices in step with it. */
 export class DeviceService {
-  readonly #verified = new Map<string, { secretHash: string; digest: string }>();
+  readonly #verified = new LRUCache<string, { secretHash: string; digest: string }>({ max: VERIFIED_CACHE_SIZE });
+  /** Concurrent asks for one device share one query (lru-cache's fetch). */
+  readonly #tags = new LRUCache<string, readonly string[]>({
+    max: TAGS_CACHE_SIZE,
+    ttl: TAGS_CACHE_TTL_MS,
+    fetchMethod: async (key) => {
+      const [productName, deviceName] = key.split("/") as [string, string];
+      return (await this.repo.find(productName, deviceName))?.tags ?? [];
+    },
+  });
 
   constructor(
     private readonly repo: DeviceRepository,
@@ -48,7 +62,7 @@ export class DeviceService {
   async register(input: { productName: string; deviceName?: string | null; tags?: string[] | null }) {
     const productName = requireName("productName", input.productName);
     const deviceName = input.deviceName == null ? newObjectId() : requireName("deviceName", input.deviceName);
-    const tags = this.#tags(input.tags ?? []);
+    const tags = this.#checkTags(input.tags ?? []);
     const secret = newSecret();
     const row = await this.repo.insert({ productName, deviceName, secretHash: await hashSecret(secret), tags });
     if (!row) throw new AppError(ErrorCode.DEVICE_EXISTS, `device ${productName}/${deviceName} already exists`);
@@ -80,8 +94,9 @@ export class DeviceService {
   async setTags(productName: string, deviceName: string, tags: string[]): Promise<Device> {
     requireName("productName", productName);
     requireName("deviceName", deviceName);
-    const row = await this.repo.setTags(productName, deviceName, this.#tags(tags));
+    const row = await this.repo.setTags(productName, deviceName, this.#checkTags(tags));
     if (!row) throw notFound(productName, deviceName);
+    this.#tags.delete(`${productName}/${deviceName}`);
     await this.sendTags(row);
     return toDevice(row);
   }
@@ -119,6 +134,8 @@ export class DeviceService {
   async delete(productName: string, deviceName: string): Promise<boolean> {
     const deleted = await this.repo.delete(requireName("productName", productName), requireName("deviceName", deviceName));
     if (deleted) {
+      this.#tags.delete(`${productName}/${deviceName}`);
+      this.#verified.delete(`${productName}/${deviceName}`);
       await this.sessions.forget(productName, deviceName);
       await this.progress.delete(productName, deviceName);
     }
@@ -139,15 +156,19 @@ export class DeviceService {
     const known = this.#verified.get(key);
     if (known?.secretHash !== row.secretHash || known.digest !== digest) {
       if (!(await verifySecret(secret, row.secretHash))) return "bad_credentials";
-      if (this.#verified.size >= VERIFIED_CACHE_SIZE) this.#verified.clear();
       this.#verified.set(key, { secretHash: row.secretHash, digest });
     }
     return row.suspended ? "suspended" : "ok";
   }
 
-  /** Stores an `update_status` report unless a newer one is stored; returns whether it was applied. */
-  applyStatus(productName: string, deviceName: string, status: Record<string, unknown>, messageId: string, receivedAt: number) {
-    return this.repo.applyStatus(productName, deviceName, status, reportOrder(messageId, receivedAt), new Date(receivedAt));
+  /** Stores an `update_status` report unless one received later is stored; returns whether it was applied. */
+  applyStatus(productName: string, deviceName: string, status: Record<string, unknown>, receipt: Receipt) {
+    return this.repo.applyStatus(productName, deviceName, status, statusOrder(receipt), new Date(receipt.at));
+  }
+
+  /** The device's tags, remembered for a few seconds: for ingest's rare questions about tag commands. */
+  async tagsOf(productName: string, deviceName: string): Promise<readonly string[]> {
+    return (await this.#tags.fetch(`${productName}/${deviceName}`)) ?? [];
   }
 
   /** Throws unless the device exists and may receive commands. */
@@ -157,7 +178,7 @@ export class DeviceService {
     if (row.suspended) throw new AppError(ErrorCode.DEVICE_SUSPENDED, `device ${productName}/${deviceName} is suspended`);
   }
 
-  #tags(tags: readonly unknown[]): string[] {
+  #checkTags(tags: readonly unknown[]): string[] {
     const r = checkTags(tags);
     if (!r.ok) throw badInput("tags", r.message.replace(/^tags?:? ?/, ""));
     return r.value;

@@ -1,9 +1,10 @@
 import type { Limits } from "../config/config.js";
+import type { Receipt } from "../devices/device.model.js";
 import type { DeviceService } from "../devices/device.service.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
-import type { MessageDeduplicator, ProgressStore } from "../ota/ports.js";
-import { recordFromReport, succeedIfVersion } from "../ota/progress.model.js";
+import type { IngestContext, MessageDeduplicator, ProgressStore } from "../ota/ports.js";
+import { rankOf, recordFromReport, succeedIfVersion } from "../ota/progress.model.js";
 import { parseOtaStatus, parseStatus, parseTagsRequest } from "../protocol/payloads.js";
 import { parseDeviceTopic, type DeviceMessageTopic } from "../protocol/topics.js";
 
@@ -15,27 +16,59 @@ export interface IngestOptions {
 
 type Outcome = "accepted" | "duplicate" | "stale" | "ignored";
 
+/**
+ * A message whose effect failed is tried again after each of these pauses
+ * (a dependency blip), then left unacknowledged: the device sends it again.
+ */
+const RETRY_DELAYS_MS = [100, 500, 1500] as const;
+/**
+ * Payload bytes taken and not yet settled, all devices together. The broker
+ * side bounds what it hands over (it acknowledges only what settled); past
+ * this, a message is refused at once rather than held.
+ */
+const MAX_PENDING_BYTES = 64 * 1024 * 1024;
+
 /** One device's work in flight: what its next message must wait for. */
 interface Lane {
-  /** Completion of the last message that had to wait for everything before it. */
-  barrier: Promise<void>;
-  /** Progress reports sent to Redis since the barrier, not yet answered. */
-  inflight: Set<Promise<void>>;
+  /** Completion of the last message that had to wait for everything before it; never rejects. */
+  barrier: Promise<unknown>;
+  /** Progress reports sent to Redis since the barrier, not yet answered; never reject. */
+  inflight: Set<Promise<unknown>>;
   pending: number;
+  /**
+   * A message of this lane was left unacknowledged: everything queued behind it
+   * is too, so the device's redelivery replays them in their order (a later
+   * status applied before an earlier one's redelivery would be overwritten).
+   */
+  failed: boolean;
 }
 
-const SETTLED = Promise.resolve();
+const SETTLED: Promise<unknown> = Promise.resolve();
+const ignore = () => undefined;
+
+/** A message left unacknowledged on purpose: the device sends it again. */
+export class IngestRefused extends Error {
+  override readonly name = "IngestRefused";
+}
 
 /**
- * Takes every device message the server's MQTT client receives. mqtt.js does
- * not await its handlers, so ordering is ours: one device's messages take
- * effect in arrival order, different devices' concurrently. Progress reports
- * need no waiting among themselves, since Redis applies one connection's
- * commands in the order they were sent; a status report or a data request
- * waits for everything before it, and everything after waits for it.
+ * Takes every device message, from the embedded broker or the server's MQTT
+ * client, and settles it: `handle` resolves once the message's effect is
+ * durable (or the message was dropped on purpose: malformed, duplicate,
+ * stale; counted), and rejects when its effect could not be made durable
+ * after a few tries; the caller acknowledges (PUBACK) only what resolved.
+ *
+ * One device's messages take effect in arrival order, different devices'
+ * concurrently. Progress reports need no waiting among themselves (the
+ * progress store decides their order in batches); a status report or a data
+ * request waits for everything before it, and everything after waits for it.
  */
 export class IngestDispatcher {
   readonly #lanes = new Map<string, Lane>();
+  readonly #lastLog = new Map<string, { at: number; suppressed: number }>();
+  #seq = 0;
+  #pendingBytes = 0;
+  readonly #context: IngestContext;
 
   constructor(
     private readonly devices: DeviceService,
@@ -44,76 +77,120 @@ export class IngestDispatcher {
     private readonly log: Logger,
     private readonly options: IngestOptions,
     private readonly now: () => number = Date.now,
-  ) {}
+    private readonly sleep: (ms: number) => Promise<void> = (ms) => new Promise((r) => setTimeout(r, ms)),
+  ) {
+    this.#context = { dedupTtlSeconds: options.dedupTtlSeconds, tagsOf: (p, d) => devices.tagsOf(p, d) };
+  }
 
-  /** Never throws: a bad message is counted, logged and dropped; ingest goes on. */
-  handle(topic: string, payload: Buffer): void {
-    const receivedAt = this.now();
+  handle(topic: string, payload: Buffer): Promise<void> {
+    const receipt: Receipt = { at: this.now(), seq: this.#seq++ };
     const parsed = parseDeviceTopic(topic);
     if (!parsed.ok) {
       this.#malformed("unknown", "unknown_topic", topic, parsed.message);
-      return;
+      return Promise.resolve();
     }
     const message = parsed.value;
+    if (this.#pendingBytes + payload.length > MAX_PENDING_BYTES) {
+      const refused = Promise.reject(this.#unacknowledged(message, topic, new IngestRefused("ingest is full; send it again later")));
+      refused.catch(ignore); // the caller decides what a refusal means; an unobserved one must not end the process
+      return refused;
+    }
     const key = `${message.productName}/${message.deviceName}`;
     let lane = this.#lanes.get(key);
     if (!lane) {
-      lane = { barrier: SETTLED, inflight: new Set(), pending: 0 };
+      lane = { barrier: SETTLED, inflight: new Set(), pending: 0, failed: false };
       this.#lanes.set(key, lane);
     }
-    const run = () => this.#process(message, topic, payload, receivedAt);
+    const thisLane = lane;
+    const run = () => this.#process(message, topic, payload, receipt, thisLane);
     let done: Promise<void>;
+    let settled: Promise<unknown>;
     if (message.kind === "ota_status") {
       done = lane.barrier === SETTLED ? run() : lane.barrier.then(run);
-      lane.inflight.add(done);
+      settled = done.then(ignore, ignore); // also marks `done` observed: a caller that ignores it ends nothing
+      lane.inflight.add(settled);
     } else {
       done = Promise.all([lane.barrier, ...lane.inflight]).then(run);
-      lane.barrier = done;
+      settled = done.then(ignore, ignore);
+      lane.barrier = settled;
       lane.inflight = new Set();
     }
     lane.pending++;
-    const settledLane = lane;
-    void done.finally(() => {
-      settledLane.inflight.delete(done);
-      if (--settledLane.pending === 0 && this.#lanes.get(key) === settledLane) this.#lanes.delete(key);
+    this.#pendingBytes += payload.length;
+    void settled.then(() => {
+      this.#pendingBytes -= payload.length;
+      thisLane.inflight.delete(settled);
+      if (--thisLane.pending === 0 && this.#lanes.get(key) === thisLane) this.#lanes.delete(key);
     });
+    return done;
   }
 
-  /** Resolves once every message taken so far has been processed. */
+  /** Resolves once every message taken so far has settled. */
   async drain(): Promise<void> {
     while (this.#lanes.size > 0) {
-      await Promise.allSettled([...this.#lanes.values()].flatMap((l) => [l.barrier, ...l.inflight]));
-      await SETTLED; // let the finally callbacks retire the lanes
+      await Promise.all([...this.#lanes.values()].flatMap((l) => [l.barrier, ...l.inflight]));
+      await SETTLED; // let the settle callbacks retire the lanes
     }
   }
 
-  async #process(m: DeviceMessageTopic, topic: string, payload: Buffer, receivedAt: number): Promise<void> {
-    try {
-      const outcome = await this.#apply(m, topic, payload, receivedAt);
-      if (outcome !== null) this.metrics.ingest.inc({ kind: m.kind, result: outcome });
-    } catch (err) {
-      this.metrics.ingest.inc({ kind: m.kind, result: "failed" });
-      this.log.error({ err, topic }, "ingest failed");
+  /** Applies the message, trying again while a dependency fails; rejects when it never took effect. */
+  async #process(m: DeviceMessageTopic, topic: string, payload: Buffer, receipt: Receipt, lane: Lane): Promise<void> {
+    if (lane.failed) throw this.#unacknowledged(m, topic, new IngestRefused("an earlier message of this device was not stored"));
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const outcome = await this.#apply(m, topic, payload, receipt);
+        if (outcome !== null) this.metrics.ingest.inc({ kind: m.kind, result: outcome });
+        return;
+      } catch (err) {
+        if (isPermanent(err)) {
+          // Trying again, now or on redelivery, would fail the same way: dropped, counted, logged.
+          this.metrics.ingest.inc({ kind: m.kind, result: "failed" });
+          this.#throttledLog(`failed:${m.kind}`, (suppressed) => this.log.error({ err, topic, suppressed }, "ingest failed; message dropped"));
+          return;
+        }
+        const delay = RETRY_DELAYS_MS[attempt];
+        if (delay === undefined) {
+          lane.failed = true;
+          throw this.#unacknowledged(m, topic, err);
+        }
+        this.metrics.ingestRetries.inc({ kind: m.kind });
+        await this.sleep(delay);
+        if (lane.failed) throw this.#unacknowledged(m, topic, new IngestRefused("an earlier message of this device was not stored"));
+      }
     }
   }
 
   /** Returns the outcome, or null when the message was malformed (already counted). */
-  async #apply(m: DeviceMessageTopic, topic: string, payload: Buffer, receivedAt: number): Promise<Outcome | null> {
+  async #apply(m: DeviceMessageTopic, topic: string, payload: Buffer, receipt: Receipt): Promise<Outcome | null> {
     const { maxPayloadBytes: max, dedupTtlSeconds: ttl } = this.options;
     switch (m.kind) {
       case "ota_status": {
         const report = parseOtaStatus(payload, max);
         if (!report.ok) return this.#malformed(m.kind, report.reason, topic, report.message);
-        const record = recordFromReport(m, report.value, m.messageId, receivedAt);
-        return this.progress.ingest(record, ttl);
+        const record = recordFromReport(m, report.value, m.messageId, receipt.at);
+        const result = await this.progress.ingest(record, this.#context);
+        if (result.outcome !== "stale") return result.outcome;
+        const { why, stored } = result;
+        this.#throttledLog(`stale:${m.kind}:${why}`, (suppressed) =>
+          this.log.warn(
+            { topic, why, rank: rankOf(record), storedRank: rankOf(stored), storedState: stored.state, version: stored.version, suppressed },
+            "dropped a progress report behind the stored one in the same upgrade attempt",
+          ),
+        );
+        return "stale";
       }
       case "status": {
         const status = parseStatus(payload, max);
         if (!status.ok) return this.#malformed(m.kind, status.reason, topic, status.message);
         return this.#once(m, ttl, async () => {
-          const applied = await this.devices.applyStatus(m.productName, m.deviceName, status.value, m.messageId, receivedAt);
-          if (!applied) return "stale";
-          await this.#completeUpgrade(m.productName, m.deviceName, status.value.firmware_ver as string | undefined);
+          const applied = await this.devices.applyStatus(m.productName, m.deviceName, status.value, receipt);
+          if (!applied) {
+            this.#throttledLog(`stale:${m.kind}`, (suppressed) =>
+              this.log.warn({ topic, suppressed }, "dropped a status report: one received later is stored"),
+            );
+            return "stale";
+          }
+          await this.#completeUpgrade(m.productName, m.deviceName, status.value.firmware_ver as string | undefined, receipt.at);
           return "accepted";
         });
       }
@@ -134,32 +211,70 @@ export class IngestDispatcher {
     }
   }
 
-  /** Runs `effect` for the first delivery of a messageId; a failed effect frees the id for a redelivery. */
+  /**
+   * Runs `effect` unless the messageId was seen, and remembers it only once the
+   * effect is durable: a failure in between repeats the effect on redelivery
+   * (both effects here are idempotent: a status applied again at the same
+   * receive order, `$set_tags` sent again), and never drops the redelivery.
+   */
   async #once(m: DeviceMessageTopic, ttl: number, effect: () => Promise<Outcome>): Promise<Outcome> {
-    if (!(await this.progress.claim(m.productName, m.deviceName, m.messageId, ttl))) return "duplicate";
-    try {
-      return await effect();
-    } catch (err) {
-      await this.progress.release(m.productName, m.deviceName, m.messageId).catch(() => undefined);
-      throw err;
-    }
+    if (await this.progress.seen(m.productName, m.deviceName, m.messageId)) return "duplicate";
+    const outcome = await effect();
+    await this.progress.remember(m.productName, m.deviceName, m.messageId, ttl);
+    return outcome;
   }
 
-  /** `firmware_ver` equal to the target version completes the upgrade; retried if a report races it. */
-  async #completeUpgrade(productName: string, deviceName: string, firmwareVersion: string | undefined) {
+  /** `firmware_ver` equal to the target version completes the upgrade; tried again if a report races it. */
+  async #completeUpgrade(productName: string, deviceName: string, firmwareVersion: string | undefined, at: number) {
     if (firmwareVersion === undefined) return;
     for (let attempt = 0; attempt < 3; attempt++) {
       const current = await this.progress.get(productName, deviceName);
-      const next = current && succeedIfVersion(current, firmwareVersion);
+      const next = current && succeedIfVersion(current, firmwareVersion, at);
       if (!current || !next) return;
       if (await this.progress.compareAndSet(current, next)) return;
     }
+    throw new Error("progress kept changing while the upgrade was being completed");
+  }
+
+  #unacknowledged(m: DeviceMessageTopic, topic: string, err: unknown): unknown {
+    this.metrics.unacknowledged.inc({ kind: m.kind });
+    this.metrics.ingest.inc({ kind: m.kind, result: "unacknowledged" });
+    this.#throttledLog(`unacknowledged:${m.kind}`, (suppressed) =>
+      this.log.error({ err, topic, suppressed }, "message left unacknowledged: its effect could not be stored; the device sends it again"),
+    );
+    return err;
   }
 
   #malformed(kind: string, reason: string, topic: string, message: string): null {
     this.metrics.malformed.inc({ reason });
     this.metrics.ingest.inc({ kind, result: "malformed" });
-    this.log.warn({ topic, reason }, `dropped malformed message: ${message}`);
+    this.#throttledLog(`malformed:${reason}`, (suppressed) => this.log.warn({ topic, reason, suppressed }, `dropped malformed message: ${message}`));
     return null;
   }
+
+  /** Logs at most once per interval per key, saying how many were not logged since: floods must not flood the log. */
+  #throttledLog(key: string, write: (suppressed: number) => void): void {
+    const now = this.now();
+    const last = this.#lastLog.get(key);
+    if (last && now - last.at < this.options.limits.refusedLogIntervalMs) {
+      last.suppressed++;
+      return;
+    }
+    write(last?.suppressed ?? 0);
+    this.#lastLog.set(key, { at: now, suppressed: 0 });
+  }
+}
+
+/**
+ * Whether an error would recur on every try: PostgreSQL's data exceptions
+ * (SQLSTATE class 22) and integrity violations (class 23), which payload
+ * checks should have prevented. Anything else (a connection lost, a timeout)
+ * may pass: tried again, then left to the device's redelivery.
+ */
+export function isPermanent(err: unknown): boolean {
+  for (let e = err, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === "string" && /^2[23][0-9A-Z]{3}$/.test(code)) return true;
+  }
+  return false;
 }

@@ -1,5 +1,5 @@
 import type { CommandTarget } from "../protocol/topics.js";
-import type { ProgressRecord } from "./progress.model.js";
+import type { OrderDecision, ProgressRecord } from "./progress.model.js";
 
 /** Sends a command to devices: the MQTT client in production, whatever the broker. */
 export interface CommandPublisher {
@@ -15,12 +15,30 @@ export interface DeviceSessions {
   forget(productName: string, deviceName: string): Promise<void>;
 }
 
-export type IngestOutcome = "accepted" | "duplicate" | "stale";
+/** What became of a progress report: stored, a repeat of a messageId, or behind what is stored (see orderReport). */
+export type IngestOutcome =
+  | { outcome: "accepted" | "duplicate" }
+  | { outcome: "stale"; why: Extract<OrderDecision, { apply: false }>["why"]; stored: ProgressRecord };
+
+/** What the progress store needs beside the report. */
+export interface IngestContext {
+  /** How long the report's messageId is remembered (PROTOCOL.md: repeats within 6 hours are dropped). */
+  dedupTtlSeconds: number;
+  /**
+   * The device's tags, for the `$ota_upgrade` commands sent to them; asked only
+   * when the report would otherwise be dropped as behind the stored one.
+   */
+  tagsOf(productName: string, deviceName: string): Promise<readonly string[]>;
+}
 
 /** The latest progress per device (Redis), and the event stream of changes. */
 export interface ProgressStore {
-  /** De-duplicates by messageId and, unless a newer report is stored, stores and publishes, atomically. */
-  ingest(record: ProgressRecord, dedupTtlSeconds: number): Promise<IngestOutcome>;
+  /**
+   * Unless its messageId was seen, orders the report against the stored one
+   * (orderReport) and, when it wins, stores and publishes it; the messageId is
+   * remembered in the same atomic step as the effect, never before it.
+   */
+  ingest(record: ProgressRecord, context: IngestContext): Promise<IngestOutcome>;
   get(productName: string, deviceName: string): Promise<ProgressRecord | null>;
   getMany(productName: string, deviceNames: readonly string[]): Promise<(ProgressRecord | null)[]>;
   /** Replaces `expected` with `next` only if it is still the stored record; publishes on success. */
@@ -33,11 +51,15 @@ export interface ProgressStore {
   startAttempt(target: CommandTarget, at: number): Promise<void>;
 }
 
-/** Claims a messageId once (PROTOCOL.md: "processes a given messageId once"). */
+/**
+ * Remembers device messageIds (PROTOCOL.md: "processes a given messageId
+ * once"). A messageId is remembered only after its effect is durable, so a
+ * failure between the two can only repeat an effect (every effect here is
+ * idempotent), never lose one.
+ */
 export interface MessageDeduplicator {
-  /** True the first time a device's messageId is seen within the TTL. */
-  claim(productName: string, deviceName: string, messageId: string, ttlSeconds: number): Promise<boolean>;
-  release(productName: string, deviceName: string, messageId: string): Promise<void>;
+  seen(productName: string, deviceName: string, messageId: string): Promise<boolean>;
+  remember(productName: string, deviceName: string, messageId: string, ttlSeconds: number): Promise<void>;
 }
 
 /** The app's link to the devices: the embedded broker, or a client of an external one. */

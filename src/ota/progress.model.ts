@@ -67,10 +67,10 @@ export function recordFromReport(
 
 /**
  * The upgrade is complete once the device reports `firmware_ver` equal to the
- * target version (PROTOCOL.md, `update_status`). Returns the new record, or
- * null when nothing changes.
+ * target version (PROTOCOL.md, `update_status`) received `at`. Returns the
+ * new record, or null when nothing changes.
  */
-export function succeedIfVersion(record: ProgressRecord, firmwareVersion: string | undefined): ProgressRecord | null {
+export function succeedIfVersion(record: ProgressRecord, firmwareVersion: string | undefined, at: number): ProgressRecord | null {
   if (firmwareVersion === undefined || record.version === "" || record.version !== firmwareVersion) return null;
   switch (record.state) {
     case "SUCCEEDED":
@@ -78,7 +78,8 @@ export function succeedIfVersion(record: ProgressRecord, firmwareVersion: string
     case "DOWNLOADING":
     case "DOWNLOADED":
     case "FAILED":
-      return { ...record, state: "SUCCEEDED", failureReason: null };
+      // Received now: a command sent before the completing status is not a new attempt (orderReport).
+      return { ...record, state: "SUCCEEDED", failureReason: null, receivedAt: Math.max(record.receivedAt, at) };
     default: {
       const never: never = record;
       return never;
@@ -89,4 +90,49 @@ export function succeedIfVersion(record: ProgressRecord, firmwareVersion: string
 /** The seed's REST shape: the report as the device sent it, plus `ts`, the receive time in Unix seconds. */
 export function restView(record: ProgressRecord): Record<string, unknown> {
   return { ...record.raw, ts: Math.floor(record.receivedAt / 1000) };
+}
+
+/**
+ * How far an upgrade attempt has come, for ordering reports within one
+ * attempt: the download percentage while downloading, then DOWNLOADED, FAILED
+ * and SUCCEEDED. Within an attempt progress never goes backwards, so a late
+ * report never moves SUCCEEDED back to DOWNLOADED.
+ */
+export function rankOf(record: OtaPhase & { progress: number }): number {
+  switch (record.state) {
+    case "DOWNLOADING":
+      return Math.max(0, Math.min(99, record.progress));
+    case "DOWNLOADED":
+      return 100;
+    case "FAILED":
+      return 101;
+    case "SUCCEEDED":
+      return 102;
+    default: {
+      const never: never = record;
+      return never;
+    }
+  }
+}
+
+/** Why a progress report was applied or dropped (counted and logged with the drop). */
+export type OrderDecision =
+  | { apply: true; why: "first" | "new_attempt" | "other_firmware" | "forward" }
+  | { apply: false; why: "behind_in_attempt" };
+
+/**
+ * Whether a progress report replaces the stored one. Device clocks are not to
+ * be trusted (PROTOCOL.md, `update_status`: devices reset them on reboot), so
+ * the order is the server's: an `$ota_upgrade` sent after the stored report
+ * was received starts a new attempt; a report of another firmware (version,
+ * type) than the stored one wins by receive order; within one attempt of one
+ * firmware, a report wins unless it is behind the stored one ({@link rankOf}).
+ * `lastCommandAt`: the latest `$ota_upgrade` sent to the device or one of its
+ * tags, server time, or null when none is known.
+ */
+export function orderReport(incoming: ProgressRecord, stored: ProgressRecord | null, lastCommandAt: number | null): OrderDecision {
+  if (stored === null) return { apply: true, why: "first" };
+  if (lastCommandAt !== null && lastCommandAt > stored.receivedAt) return { apply: true, why: "new_attempt" };
+  if (incoming.version !== stored.version || incoming.type !== stored.type) return { apply: true, why: "other_firmware" };
+  return rankOf(incoming) >= rankOf(stored) ? { apply: true, why: "forward" } : { apply: false, why: "behind_in_attempt" };
 }

@@ -1,7 +1,7 @@
 import { checkTags } from "./names.js";
 import { fail, ok, type Result } from "./result.js";
 
-export type PayloadError = "not_json" | "not_object" | "bad_progress" | "bad_field" | "too_large";
+export type PayloadError = "not_utf8" | "not_json" | "not_object" | "too_deep" | "bad_progress" | "bad_field" | "too_large";
 
 export interface OtaStatusReport {
   version: string;
@@ -20,18 +20,47 @@ export interface TagsReport {
 
 const SHORT = 128;
 
+/** JSON text is UTF-8 (RFC 8259 §8.1): anything else is refused, not patched with U+FFFD. */
+const UTF8 = new TextDecoder("utf-8", { fatal: true });
+/** Deeper JSON is no device's report; refusing it bounds the work of every later step (storing, re-serialising). */
+const MAX_DEPTH = 32;
+/** A UTF-16 surrogate without its pair: JSON.parse takes it, PostgreSQL's jsonb refuses it. */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
 function parseObject(payload: Buffer, maxBytes: number): Result<Record<string, unknown>, PayloadError> {
   if (payload.length > maxBytes) return fail("too_large", `payload of ${payload.length} bytes exceeds ${maxBytes}`);
   let value: unknown;
   try {
-    value = JSON.parse(payload.toString("utf8"));
-  } catch {
-    return fail("not_json", "payload is not JSON");
+    value = JSON.parse(UTF8.decode(payload));
+  } catch (err) {
+    return err instanceof SyntaxError ? fail("not_json", "payload is not JSON") : fail("not_utf8", "payload is not UTF-8");
   }
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     return fail("not_object", "payload is not a JSON object");
   }
+  const unstorable = checkStorable(value, 1);
+  if (unstorable !== null) return unstorable;
   return ok(value as Record<string, unknown>);
+}
+
+/**
+ * Every report is stored (Redis, PostgreSQL jsonb) and re-sent to
+ * subscribers: what could not be stored must be refused here, or it would
+ * fail its store on every redelivery, forever.
+ */
+function checkStorable(value: unknown, depth: number): Result<never, PayloadError> | null {
+  if (typeof value === "string") {
+    if (value.includes("\u0000")) return fail("bad_field", "strings must not contain NUL");
+    if (LONE_SURROGATE.test(value)) return fail("bad_field", "strings must be valid Unicode");
+    return null;
+  }
+  if (typeof value !== "object" || value === null) return null;
+  if (depth > MAX_DEPTH) return fail("too_deep", `payload nests deeper than ${MAX_DEPTH}`);
+  for (const [key, item] of Object.entries(value)) {
+    const bad = checkStorable(key, depth) ?? checkStorable(item, depth + 1);
+    if (bad !== null) return bad;
+  }
+  return null;
 }
 
 function optionalShortString(obj: Record<string, unknown>, key: string): Result<string, PayloadError> {

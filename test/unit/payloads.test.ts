@@ -52,3 +52,40 @@ describe("update_status and $tags payloads", () => {
     expect(parseTagsRequest(buf({ tags: ["a/b"] }), 1024)).toMatchObject({ ok: false });
   });
 });
+
+describe("payloads that could not be stored are refused at the door", () => {
+  it("refuses bytes that are not UTF-8 rather than patching them", () => {
+    const latin1 = Buffer.concat([Buffer.from('{"progress": 1, "desc": "'), Buffer.from([0xe9, 0xff]), Buffer.from('"}')]);
+    expect(parseOtaStatus(latin1, 1024)).toMatchObject({ ok: false, reason: "not_utf8" });
+    expect(parseStatus(Buffer.from([0xc3, 0x28]), 1024)).toMatchObject({ ok: false, reason: "not_utf8" });
+  });
+
+  it.each([
+    ["a NUL in a value", '{"firmware_ver": "1.1", "note": "a\\u0000b"}'],
+    ["a NUL in a key", '{"a\\u0000": 1}'],
+    ["a lone high surrogate", '{"note": "\\ud800"}'],
+    ["a lone low surrogate, deep inside", '{"a": [{"b": "x\\udc00"}]}'],
+  ])("refuses %s, which PostgreSQL's jsonb would refuse on every redelivery", (_name, text) => {
+    expect(parseStatus(Buffer.from(text), 1024)).toMatchObject({ ok: false, reason: "bad_field" });
+  });
+
+  it("keeps a well-formed surrogate pair", () => {
+    expect(parseStatus(Buffer.from('{"note": "\\ud83d\\ude00"}'), 1024)).toMatchObject({ ok: true, value: { note: "😀" } });
+  });
+
+  it("refuses nesting deeper than 32, keeps 32", () => {
+    const nest = (n: number) => `{"a":${"[".repeat(n - 1)}1${"]".repeat(n - 1)}}`;
+    expect(parseStatus(Buffer.from(nest(32)), 1024).ok).toBe(true);
+    expect(parseStatus(Buffer.from(nest(33)), 1024)).toMatchObject({ ok: false, reason: "too_deep" });
+    expect(parseStatus(Buffer.from(nest(30_000)), 65_536)).toMatchObject({ ok: false, reason: "too_deep" });
+  });
+
+  it.each([
+    ["progress huge", '{"progress": 1e400}'],
+    ["progress the string NaN", '{"progress": "NaN"}'],
+    ["progress boolean", '{"progress": true}'],
+    ["progress null", '{"progress": null}'],
+  ])("refuses %s", (_name, text) => {
+    expect(parseOtaStatus(Buffer.from(text), 1024)).toMatchObject({ ok: false, reason: "bad_progress" });
+  });
+});

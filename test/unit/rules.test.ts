@@ -3,7 +3,6 @@ import { loadConfig } from "../../src/config/config.js";
 import { checkFirmware, checkTtl } from "../../src/ota/firmware.js";
 import { phaseOf, recordFromReport, restView, succeedIfVersion } from "../../src/ota/progress.model.js";
 import { checkName, checkTags } from "../../src/protocol/names.js";
-import { reportOrder } from "../../src/protocol/object-id.js";
 
 describe("name rules", () => {
   it("accepts [A-Za-z0-9_.:-] up to 64 characters", () => {
@@ -41,21 +40,15 @@ describe("state derivation", () => {
   );
 
   it("succeeds only on the target version, once", () => {
-    expect(succeedIfVersion(record, "1.0")).toBeNull();
-    expect(succeedIfVersion(record, undefined)).toBeNull();
-    const done = succeedIfVersion(record, "1.1");
-    expect(done).toMatchObject({ state: "SUCCEEDED", failureReason: null, progress: 100 });
-    expect(succeedIfVersion(done!, "1.1")).toBeNull();
+    expect(succeedIfVersion(record, "1.0", 1_700_000_009_000)).toBeNull();
+    expect(succeedIfVersion(record, undefined, 1_700_000_009_000)).toBeNull();
+    const done = succeedIfVersion(record, "1.1", 1_700_000_009_000);
+    expect(done).toMatchObject({ state: "SUCCEEDED", failureReason: null, progress: 100, receivedAt: 1_700_000_009_000 });
+    expect(succeedIfVersion(done!, "1.1", 1_700_000_010_000)).toBeNull();
   });
 
   it("shows REST clients the raw report with ts in Unix seconds", () => {
     expect(restView(record)).toEqual({ version: "1.1", progress: 100, ts: 1_700_000_000 });
-  });
-
-  it("orders reports by ObjectId, else by receive time", () => {
-    expect(reportOrder("65a000000000000000000001", 0) < reportOrder("65a000010000000000000000", 0)).toBe(true);
-    expect(reportOrder("65A000000000000000000002", 0) > reportOrder("65a000000000000000000001", 0)).toBe(true);
-    expect(reportOrder("abc", 1_000) < reportOrder("abc", 2_000)).toBe(true);
   });
 });
 
