@@ -1,5 +1,6 @@
 import type { Redis } from "ioredis";
 import type { Config } from "./config/config.js";
+import { TokenResolver } from "./auth/token.resolver.js";
 import { TokenService } from "./auth/token.service.js";
 import { EmbeddedBroker } from "./broker/embedded.broker.js";
 import { DeviceRepository } from "./devices/device.repository.js";
@@ -18,6 +19,7 @@ import { parseCommandTopic } from "./protocol/topics.js";
 import { ProgressFeed } from "./ota/progress.feed.js";
 import { Database } from "./storage/database.js";
 import { RedisPubSubAdapter } from "./storage/pubsub.js";
+import { RedisIdempotencyStore } from "./storage/idempotency.redis.js";
 import { RedisProgressStore, redisKeys } from "./storage/progress.redis.js";
 import { connectAll, createRedis, quitAll } from "./storage/redis.js";
 
@@ -90,7 +92,12 @@ export class App {
     };
     this.tokens = new TokenService(db, config.adminToken);
     this.devices = new DeviceService(new DeviceRepository(db), commands, sessions, progress);
-    this.ota = new OtaService(this.devices, commands, progress);
+    this.ota = new OtaService(this.devices, commands, progress, {
+      idempotency: new RedisIdempotencyStore(this.#redis, config.redisPrefix),
+      // A first request can still be publishing for this long: marking the attempt (Redis), then the publish itself.
+      inFlightMs: config.limits.redisCommandTimeoutMs + config.limits.publishTimeoutMs,
+      log: this.log,
+    });
     const feed = (this.progressFeed = new ProgressFeed(
       (p) => pubsub.subscribe(keys.progressChannel(p)),
       async (p, d) => (await this.devices.find(p, d))?.tags ?? [],
@@ -124,7 +131,7 @@ export class App {
       );
     }
 
-    const resolvers = [new DeviceResolver(this.devices), new OtaResolver(this.ota)];
+    const resolvers = [new DeviceResolver(this.devices), new OtaResolver(this.ota), new TokenResolver(this.tokens)];
     this.#http = new HttpServer({
       tokens: this.tokens,
       devices: this.devices,
@@ -200,7 +207,7 @@ export class App {
   /** With no token anywhere, makes one and prints it once, so a fresh install is usable. */
   async #bootstrapToken(): Promise<void> {
     if (this.config.adminToken !== undefined || (await this.tokens.count()) > 0) return;
-    const token = await this.tokens.create("bootstrap");
+    const { token } = await this.tokens.create({ name: "bootstrap", access: "admin" });
     process.stderr.write(
       `\n  No API token existed, so one was created. It is shown only this once:\n\n    ${token}\n\n` +
         `  Use it as "Authorization: Bearer <token>". More: iothub-ota token create\n\n`,

@@ -4,7 +4,16 @@ export enum ErrorCode {
   DEVICE_SUSPENDED = "DEVICE_SUSPENDED",
   DEVICE_EXISTS = "DEVICE_EXISTS",
   BAD_USER_INPUT = "BAD_USER_INPUT",
+  /** The request itself could not be read: a body that is not JSON, a wrong content type, batched operations. */
+  BAD_REQUEST = "BAD_REQUEST",
+  /** No such route. */
+  NOT_FOUND = "NOT_FOUND",
+  /** The request body is larger than the configured limit (HTTP_BODY_LIMIT_BYTES). */
+  PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE",
+  /** A configured limit of the connection or the token was reached (subscriptions per connection). */
+  LIMIT_EXCEEDED = "LIMIT_EXCEEDED",
   UNAUTHENTICATED = "UNAUTHENTICATED",
+  /** The API token may not do this (its access level or its products). */
   FORBIDDEN = "FORBIDDEN",
   /** The MQTT broker is unreachable: the command was not sent. Safe to retry. */
   BROKER_UNAVAILABLE = "BROKER_UNAVAILABLE",
@@ -13,6 +22,8 @@ export enum ErrorCode {
    * it may still arrive. Retrying may deliver it twice (use an idempotency key).
    */
   COMMAND_UNCONFIRMED = "COMMAND_UNCONFIRMED",
+  /** An earlier request with the same idempotency key is still being processed: ask again later. */
+  REQUEST_IN_PROGRESS = "REQUEST_IN_PROGRESS",
   INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR",
 }
 
@@ -31,3 +42,21 @@ export class AppError extends Error {
 
 export const badInput = (field: string, message: string) =>
   new AppError(ErrorCode.BAD_USER_INPUT, `${field}: ${message}`, field);
+
+/** HTTP status of each code, for REST answers and GraphQL errors raised outside execution. */
+export const HTTP_STATUS: Record<ErrorCode, number> = {
+  [ErrorCode.DEVICE_NOT_FOUND]: 404,
+  [ErrorCode.DEVICE_SUSPENDED]: 409,
+  [ErrorCode.DEVICE_EXISTS]: 409,
+  [ErrorCode.BAD_USER_INPUT]: 400,
+  [ErrorCode.BAD_REQUEST]: 400,
+  [ErrorCode.NOT_FOUND]: 404,
+  [ErrorCode.PAYLOAD_TOO_LARGE]: 413,
+  [ErrorCode.LIMIT_EXCEEDED]: 429,
+  [ErrorCode.UNAUTHENTICATED]: 401,
+  [ErrorCode.FORBIDDEN]: 403,
+  [ErrorCode.BROKER_UNAVAILABLE]: 503,
+  [ErrorCode.COMMAND_UNCONFIRMED]: 504,
+  [ErrorCode.REQUEST_IN_PROGRESS]: 409,
+  [ErrorCode.INTERNAL_SERVER_ERROR]: 500,
+};

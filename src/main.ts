@@ -1,6 +1,9 @@
 import "reflect-metadata";
 import { Command } from "commander";
 import { App } from "./app.js";
+import { z } from "zod";
+import { ACCESS_LEVELS } from "./auth/principal.js";
+import { ApiTokenAdmin, type TokenAdmin } from "./auth/token.client.js";
 import { TokenService } from "./auth/token.service.js";
 import { ConfigError, loadConfig, type Config } from "./config/config.js";
 import { firmwareServer, simulate, type SimulateOptions } from "./sim/sim.cli.js";
@@ -56,28 +59,86 @@ async function serve(): Promise<void> {
   }
 }
 
-/** Prints a new API token. With embedded PGlite, run it while the server is stopped. */
-async function createToken(name: string): Promise<void> {
+const durationMs = z
+  .string()
+  .regex(/^\d+[smhd]$/, "must be a number and a unit: 90s, 30m, 12h, 30d")
+  .transform((v) => Number(v.slice(0, -1)) * { s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 }[v.slice(-1) as "s" | "m" | "h" | "d"]);
+
+/** Where the token commands act: a running server's API when given --url, else the database of the settings. */
+const apiFlags = z
+  .object({ url: z.string().url("--url must be the GraphQL endpoint, http(s)://host:port/graphql").optional(), token: z.string().optional() })
+  .refine((o) => o.url === undefined || (o.token ?? "") !== "", "--url needs --token (or IOTHUB_OTA_TOKEN): an admin token of every product");
+
+const createFlags = z.object({
+  name: z.string().min(1),
+  access: z.enum(ACCESS_LEVELS, { error: "--access must be read, write or admin" }),
+  products: z
+    .string()
+    .optional()
+    .transform((v) => (v === undefined ? null : v.split(",").map((p) => p.trim()).filter((p) => p !== ""))),
+  expiresIn: durationMs.optional(),
+});
+
+function parseFlags<T extends z.ZodType>(schema: T, flags: unknown): z.infer<T> {
+  const r = schema.safeParse(flags);
+  if (!r.success) exitWith(new Error(r.error.issues.map((i) => i.message).join("\n")));
+  return r.data;
+}
+
+/** Runs `use` with the token service on the database (PGlite: refused while a server holds it), or with the server's API. */
+async function withTokens<T>(flags: { url?: string; token?: string }, use: (admin: TokenAdmin) => Promise<T>): Promise<T> {
+  const api = parseFlags(apiFlags, flags);
+  if (api.url !== undefined) return use(new ApiTokenAdmin(api.url, api.token as string));
   const config = configOrExit();
-  const database = new Database(config.database);
+  const database = new Database(config.database, config.limits);
   await database.start();
   try {
-    const token = await new TokenService(() => database.db, undefined).create(name);
-    process.stdout.write(`${token}\n`);
+    return await use(new TokenService(() => database.db, undefined));
   } finally {
     await database.stop();
   }
 }
 
+const apiOptions = (c: Command) =>
+  c
+    .option("--url <url>", "a running server's GraphQL endpoint (http://host:4000/graphql); without it, the database of the settings")
+    .option("--token <token>", "with --url: an admin API token of every product (or IOTHUB_OTA_TOKEN)", process.env.IOTHUB_OTA_TOKEN);
+
 const program = new Command("iothub-ota").description("Over-the-air firmware upgrades for IoT device fleets.");
 program.command("serve").description("run the server (settings from the environment)").action(serve);
-program
-  .command("token")
-  .description("API tokens")
-  .command("create")
-  .description("create an API token and print it (shown once)")
-  .option("--name <name>", "a label for the token", "cli")
-  .action((opts: { name: string }) => createToken(opts.name).catch(exitWith));
+const token = program.command("token").description("API tokens: create, list, revoke");
+apiOptions(
+  token
+    .command("create")
+    .description("create an API token and print it on stdout (shown once); its id and limits go to stderr")
+    .option("--name <name>", "a label for the token", "cli")
+    .option("--access <level>", "read | write (send, tag, suspend) | admin (register, delete, tokens)", "read")
+    .option("--products <a,b>", "limit the token to these products (default: every product)")
+    .option("--expires-in <duration>", "refuse the token after this long: 90s, 30m, 12h, 30d (default: never)"),
+).action((o: Record<string, string | undefined>) => {
+  const { name, access, products, expiresIn } = parseFlags(createFlags, o);
+  return withTokens(o, async (admin) => {
+    const expiresAt = expiresIn === undefined ? null : new Date(Date.now() + expiresIn);
+    const { token, info } = await admin.create({ name, access, products, expiresAt });
+    process.stdout.write(`${token}\n`);
+    process.stderr.write(`${JSON.stringify(info)}\n`);
+  }).catch(exitWith);
+});
+apiOptions(token.command("list").description("list API tokens as JSON (revoked and expired ones too), never their secrets")).action(
+  (o: Record<string, string | undefined>) =>
+    withTokens(o, async (admin) => void process.stdout.write(`${JSON.stringify(await admin.list(), null, 2)}\n`)).catch(exitWith),
+);
+apiOptions(
+  token
+    .command("revoke")
+    .argument("<id>", "the token's id (from token list)")
+    .description("revoke an API token; its WebSocket connections are closed (4401)"),
+).action((id: string, o: Record<string, string | undefined>) =>
+  withTokens(o, async (admin) => {
+    if (!(await admin.revoke(id))) exitWith(new Error(`no token ${id}, or it was already revoked`));
+    process.stdout.write(`revoked ${id}\n`);
+  }).catch(exitWith),
+);
 
 program
   .command("simulate")

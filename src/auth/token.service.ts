@@ -1,30 +1,114 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
-import { count, eq } from "drizzle-orm";
+import { and, count, desc, eq, inArray, isNull } from "drizzle-orm";
+import { LRUCache } from "lru-cache";
+import { badInput } from "../errors.js";
+import { isValidName } from "../protocol/names.js";
 import type { Db } from "../storage/database.js";
 import { apiTokens } from "../storage/schema.js";
-import { ADMIN_SCOPE, type Principal } from "./principal.js";
+import { isAccess, principalOf, type Access, type Principal } from "./principal.js";
 
 const sha256 = (s: string) => createHash("sha256").update(s).digest();
 
-const CACHE_MS = 10_000;
+/**
+ * How long a verified token is trusted without asking the database again.
+ * A revocation takes effect at once on the instance that made it, and within
+ * this on the others (their caches, and their sweep of live WebSocket connections).
+ */
+export const TOKEN_CACHE_TTL_MS = 5_000;
+const TOKEN_CACHE_MAX = 10_000;
+/** The principal of the `ADMIN_TOKEN` setting: admin on every product, never expires, cannot be revoked. */
+export const ADMIN_TOKEN_ID = "ADMIN_TOKEN";
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+export interface NewToken {
+  name: string;
+  access: Access;
+  /** Limit the token to these products; null or absent: every product. */
+  products?: readonly string[] | null;
+  expiresAt?: Date | null;
+}
+
+/** A token as listed: everything but the secret. */
+export interface TokenInfo {
+  id: string;
+  name: string;
+  access: Access;
+  products: string[] | null;
+  createdAt: Date;
+  expiresAt: Date | null;
+  revokedAt: Date | null;
+}
+
+/** Validates a token request; throws BAD_USER_INPUT naming the field. Pure. */
+export function checkNewToken(input: NewToken, now: number): Required<NewToken> {
+  const name = input.name;
+  if (typeof name !== "string" || name.trim() === "" || name.length > 64 || /[\u0000-\u001f\u007f]/.test(name)) {
+    throw badInput("name", "must be 1..64 printable characters");
+  }
+  if (!isAccess(input.access)) throw badInput("access", "must be read, write or admin");
+  const products = input.products ?? null;
+  if (products !== null) {
+    if (products.length === 0 || products.length > 100) throw badInput("products", "give 1..100 products, or none for every product");
+    if (!products.every((p) => typeof p === "string" && isValidName(p))) {
+      throw badInput("products", "each must be 1..64 characters of [A-Za-z0-9_.:-]");
+    }
+  }
+  const expiresAt = input.expiresAt ?? null;
+  if (expiresAt !== null && !(expiresAt.getTime() > now)) throw badInput("expiresAt", "must be in the future");
+  return { name, access: input.access, products: products && [...new Set(products)].sort(), expiresAt };
+}
+
+type Row = typeof apiTokens.$inferSelect;
+
+const accessOf = (row: Row): Access => {
+  const level = row.scopes[0];
+  // Rows are written by create() only; anything else is refused rather than guessed.
+  return isAccess(level) ? level : "read";
+};
+
+function infoOf(row: Row): TokenInfo {
+  return {
+    id: row.id,
+    name: row.name,
+    access: accessOf(row),
+    products: row.products,
+    createdAt: row.createdAt,
+    expiresAt: row.expiresAt,
+    revokedAt: row.revokedAt,
+  };
+}
 
 /** API tokens: issued once, stored as SHA-256 digests, checked on every request. */
 export class TokenService {
   readonly #adminDigest: Buffer | undefined;
-  readonly #cache = new Map<string, { principal: Principal; until: number }>();
+  /** Verified principals by token digest; only valid tokens are kept. */
+  readonly #cache = new LRUCache<string, Principal>({ max: TOKEN_CACHE_MAX, ttl: TOKEN_CACHE_TTL_MS });
+  readonly #revokedListeners = new Set<(tokenId: string) => void>();
 
   constructor(
     private readonly db: () => Db,
     adminToken: string | undefined,
+    private readonly now: () => number = Date.now,
   ) {
     this.#adminDigest = adminToken === undefined ? undefined : sha256(adminToken);
   }
 
-  /** Creates a token and returns it; this is the only time it is seen in clear. */
-  async create(name: string, scopes: readonly string[] = [ADMIN_SCOPE]): Promise<string> {
+  /** Creates a token; this is the only time it is seen in clear. */
+  async create(request: NewToken): Promise<{ token: string; info: TokenInfo }> {
+    const input = checkNewToken(request, this.now());
     const token = `iot_${randomBytes(32).toString("base64url")}`;
-    await this.db().insert(apiTokens).values({ name, scopes: [...scopes], tokenHash: sha256(token).toString("hex") });
-    return token;
+    const [row] = await this.db()
+      .insert(apiTokens)
+      .values({
+        name: input.name,
+        scopes: [input.access],
+        products: input.products === null ? null : [...input.products],
+        expiresAt: input.expiresAt,
+        tokenHash: sha256(token).toString("hex"),
+      })
+      .returning();
+    return { token, info: infoOf(row as Row) };
   }
 
   async count(): Promise<number> {
@@ -32,19 +116,71 @@ export class TokenService {
     return row?.n ?? 0;
   }
 
-  /** The caller behind a token, or null. */
+  /** Every token, newest first, revoked and expired ones included. */
+  async list(): Promise<TokenInfo[]> {
+    const rows = await this.db().select().from(apiTokens).orderBy(desc(apiTokens.createdAt));
+    return rows.map(infoOf);
+  }
+
+  /**
+   * Revokes a token: refused at once by this instance, and its live
+   * WebSocket connections here are closed (listeners); other instances
+   * refuse it within {@link TOKEN_CACHE_TTL_MS}. False when there is no such
+   * token or it was already revoked.
+   */
+  async revoke(id: string): Promise<boolean> {
+    if (!UUID.test(id)) throw badInput("id", "not a token id");
+    const rows = await this.db()
+      .update(apiTokens)
+      .set({ revokedAt: new Date(this.now()) })
+      .where(and(eq(apiTokens.id, id), isNull(apiTokens.revokedAt)))
+      .returning({ tokenHash: apiTokens.tokenHash });
+    const [row] = rows;
+    if (!row) return false;
+    this.#cache.delete(row.tokenHash);
+    for (const listener of this.#revokedListeners) listener(id);
+    return true;
+  }
+
+  /** Called with the id of every token this instance revokes. */
+  onRevoked(listener: (tokenId: string) => void): () => void {
+    this.#revokedListeners.add(listener);
+    return () => this.#revokedListeners.delete(listener);
+  }
+
+  /** The caller behind a token, or null (unknown, revoked or expired). */
   async verify(token: string | undefined): Promise<Principal | null> {
     if (!token || token.length > 512) return null;
     const digest = sha256(token);
-    if (this.#adminDigest && timingSafeEqual(digest, this.#adminDigest)) return { tokenId: "ADMIN_TOKEN", scopes: [ADMIN_SCOPE] };
+    if (this.#adminDigest && timingSafeEqual(digest, this.#adminDigest)) return principalOf(ADMIN_TOKEN_ID, "admin", null, null);
     const hex = digest.toString("hex");
-    const cached = this.#cache.get(hex);
-    if (cached && cached.until > Date.now()) return cached.principal;
-    const [row] = await this.db().select().from(apiTokens).where(eq(apiTokens.tokenHash, hex));
-    if (!row) return null;
-    const principal = { tokenId: row.id, scopes: row.scopes };
-    if (this.#cache.size > 10_000) this.#cache.clear();
-    this.#cache.set(hex, { principal, until: Date.now() + CACHE_MS });
-    return principal;
+    let principal = this.#cache.get(hex);
+    if (!principal) {
+      const [row] = await this.db()
+        .select()
+        .from(apiTokens)
+        .where(and(eq(apiTokens.tokenHash, hex), isNull(apiTokens.revokedAt)));
+      if (!row) return null;
+      principal = principalOf(row.id, accessOf(row), row.products, row.expiresAt?.getTime() ?? null);
+      this.#cache.set(hex, principal);
+    }
+    return this.isExpired(principal) ? null : principal;
+  }
+
+  isExpired(principal: Principal): boolean {
+    return principal.expiresAt !== null && principal.expiresAt <= this.now();
+  }
+
+  /** Of these token ids, those still usable (not revoked, not expired): for re-checking live connections. */
+  async stillValid(ids: readonly string[]): Promise<Set<string>> {
+    const valid = new Set<string>(ids.filter((id) => id === ADMIN_TOKEN_ID));
+    const stored = ids.filter((id) => UUID.test(id));
+    if (stored.length === 0) return valid;
+    const rows = await this.db()
+      .select({ id: apiTokens.id, expiresAt: apiTokens.expiresAt })
+      .from(apiTokens)
+      .where(and(inArray(apiTokens.id, stored), isNull(apiTokens.revokedAt)));
+    for (const row of rows) if (row.expiresAt === null || row.expiresAt.getTime() > this.now()) valid.add(row.id);
+    return valid;
   }
 }

@@ -6,7 +6,7 @@ import { DeviceConnection, DeviceType, RegisterDeviceInput, RegisteredDevice } f
 export class DeviceResolver {
   constructor(private readonly service: DeviceService) {}
 
-  @Authorized("devices:read")
+  @Authorized("read")
   @Query(() => DeviceType, { nullable: true })
   device(
     @Arg("productName", () => String) productName: string,
@@ -15,7 +15,7 @@ export class DeviceResolver {
     return this.service.find(productName, deviceName);
   }
 
-  @Authorized("devices:read")
+  @Authorized("read")
   @Query(() => DeviceConnection, { description: "Devices of a product, optionally with a tag, by device name." })
   async devices(
     @Arg("productName", () => String) productName: string,
@@ -31,13 +31,13 @@ export class DeviceResolver {
     };
   }
 
-  @Authorized("devices:write")
+  @Authorized("admin")
   @Mutation(() => RegisteredDevice)
   registerDevice(@Arg("input", () => RegisterDeviceInput) input: RegisterDeviceInput): Promise<RegisteredDevice> {
     return this.service.register(input);
   }
 
-  @Authorized("devices:write")
+  @Authorized("write")
   @Mutation(() => DeviceType, { description: "Replaces the tags, bumps tagsVersion and sends `$set_tags` to the device." })
   setDeviceTags(
     @Arg("productName", () => String) productName: string,
@@ -47,7 +47,7 @@ export class DeviceResolver {
     return this.service.setTags(productName, deviceName, tags);
   }
 
-  @Authorized("devices:write")
+  @Authorized("write")
   @Mutation(() => DeviceType, { description: "Disconnects the device and refuses its connections until resumed." })
   suspendDevice(
     @Arg("productName", () => String) productName: string,
@@ -56,7 +56,7 @@ export class DeviceResolver {
     return this.service.setSuspended(productName, deviceName, true);
   }
 
-  @Authorized("devices:write")
+  @Authorized("write")
   @Mutation(() => DeviceType)
   resumeDevice(
     @Arg("productName", () => String) productName: string,
@@ -65,7 +65,7 @@ export class DeviceResolver {
     return this.service.setSuspended(productName, deviceName, false);
   }
 
-  @Authorized("devices:write")
+  @Authorized("admin")
   @Mutation(() => Boolean, { description: "Removes the device and its progress; false when there was none." })
   deleteDevice(
     @Arg("productName", () => String) productName: string,

@@ -1,6 +1,8 @@
 import { unwrapResolverError } from "@apollo/server/errors";
 import { GraphQLError, type GraphQLFormattedError } from "graphql";
-import { AppError, ErrorCode } from "../errors.js";
+import type { ErrorRequestHandler, NextFunction, Request, Response } from "express";
+import { AppError, ErrorCode, HTTP_STATUS } from "../errors.js";
+import type { Logger } from "../logger.js";
 
 const PUBLIC_CODES = new Set<string>([
   ...Object.values(ErrorCode),
@@ -42,3 +44,55 @@ export function maskError(
   onInternal(original);
   return { message: "Internal server error", locations: formatted.locations, path: formatted.path, extensions: { code: ErrorCode.INTERNAL_SERVER_ERROR } };
 }
+
+/** The body of every error answer outside GraphQL execution (REST, 404s, refused bodies): GraphQL's error shape, so one parser reads all. */
+export function errorBody(code: ErrorCode, message: string) {
+  return { errors: [{ message, extensions: { code } }] };
+}
+
+export function sendError(res: Response, code: ErrorCode, message: string, status = HTTP_STATUS[code]): void {
+  res.status(status).json(errorBody(code, message));
+}
+
+/** What body-parser's errors (`err.type`) become: a status, a code and a message that names no internals. */
+function bodyError(type: unknown, status: number, limit: number): [ErrorCode, string, number] | undefined {
+  switch (type) {
+    case "entity.too.large":
+      return [ErrorCode.PAYLOAD_TOO_LARGE, `request body larger than ${limit} bytes`, 413];
+    case "entity.parse.failed":
+      return [ErrorCode.BAD_REQUEST, "request body is not valid JSON", 400];
+    case "encoding.unsupported":
+    case "charset.unsupported":
+      return [ErrorCode.BAD_REQUEST, "request body encoding or charset not supported", 415];
+    default:
+      return status >= 400 && status < 500 ? [ErrorCode.BAD_REQUEST, "bad request", status] : undefined;
+  }
+}
+
+/**
+ * The last Express error handler: every error answer is JSON and leaks
+ * nothing (no stack, no path), whatever NODE_ENV says; unexpected errors are
+ * logged with their `err` and answered 500.
+ */
+export function jsonErrorHandler(bodyLimit: number, log: Logger, refused: (reason: string) => void): ErrorRequestHandler {
+  return (err: unknown, _req: Request, res: Response, _next: NextFunction) => {
+    if (res.headersSent) {
+      log.error({ err }, "error after the answer started");
+      return void res.end();
+    }
+    if (err instanceof AppError) return sendError(res, err.code, err.message);
+    const e = err as { type?: unknown; status?: unknown; statusCode?: unknown };
+    const status = typeof e.status === "number" ? e.status : typeof e.statusCode === "number" ? e.statusCode : 500;
+    const known = bodyError(e.type, status, bodyLimit);
+    if (known) {
+      const [code, message, httpStatus] = known;
+      refused(String(e.type ?? "bad_request"));
+      return sendError(res, code, message, httpStatus);
+    }
+    log.error({ err }, "HTTP request failed");
+    sendError(res, ErrorCode.INTERNAL_SERVER_ERROR, "internal server error");
+  };
+}
+
+/** Any route nobody serves, any method. */
+export const notFound = (_req: Request, res: Response): void => sendError(res, ErrorCode.NOT_FOUND, "no such route");

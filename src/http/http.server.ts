@@ -6,24 +6,28 @@ import { ApolloServerPluginCacheControlDisabled } from "@apollo/server/plugin/di
 import { ApolloServerPluginDrainHttpServer } from "@apollo/server/plugin/drainHttpServer";
 import cors from "cors";
 import express, { type NextFunction, type Request, type Response } from "express";
-import { GraphQLError, type GraphQLSchema } from "graphql";
+import type { GraphQLSchema } from "graphql";
+import { GraphQLError } from "graphql";
 import { useServer } from "graphql-ws/use/ws";
 import { WebSocketServer } from "ws";
 import { bearerToken, type Principal } from "../auth/principal.js";
-import { listen } from "../listen.js";
+import { TOKEN_CACHE_TTL_MS, type TokenService } from "../auth/token.service.js";
 import type { Limits } from "../config/config.js";
-import type { TokenService } from "../auth/token.service.js";
 import type { DeviceService } from "../devices/device.service.js";
 import { ErrorCode } from "../errors.js";
+import { listen } from "../listen.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import type { SubscriptionContext } from "../ota/ota.resolver.js";
 import type { OtaService } from "../ota/ota.service.js";
 import type { ProgressFeed } from "../ota/progress.feed.js";
 import type { Context } from "./context.js";
-import { maskError } from "./errors.js";
+import { jsonErrorHandler, maskError, notFound, sendError } from "./errors.js";
+import { armorRules, listItemsPlugin, wsOperationGate, type OperationRequest } from "./graphql.limits.js";
+import { refusals } from "./refusals.js";
 import { restRoutes } from "./rest.routes.js";
 import { sharedDocuments, sharedSubscribe } from "./shared.subscribe.js";
+import { WsCloseCode, WsConnections } from "./ws.connections.js";
 
 export interface HttpDeps {
   tokens: TokenService;
@@ -38,16 +42,18 @@ export interface HttpDeps {
   readiness: Record<string, () => Promise<void>>;
 }
 
-const unauthenticated = () =>
-  new GraphQLError("missing or invalid API token (Authorization: Bearer <token>)", {
-    extensions: { code: ErrorCode.UNAUTHENTICATED, http: { status: 401 } },
-  });
+const READINESS_TIMEOUT_MS = 2000;
+
+/** What this server keeps per graphql-ws connection (`ctx.extra`, beside graphql-ws' `socket`). */
+type WsExtra = { principal?: Principal };
 
 /** One HTTP server: GraphQL over HTTP and graphql-ws at /graphql, REST, health and metrics. */
 export class HttpServer {
   #server: Server | undefined;
   #apollo: ApolloServer<Context> | undefined;
   #wsCleanup: { dispose(): Promise<void> | void } | undefined;
+  #sweep: NodeJS.Timeout | undefined;
+  #unsubscribeRevoked: (() => void) | undefined;
 
   constructor(private readonly deps: HttpDeps) {}
 
@@ -56,7 +62,8 @@ export class HttpServer {
   }
 
   async start(schema: GraphQLSchema, port: number, host: string): Promise<void> {
-    const { tokens, log, metrics } = this.deps;
+    const { tokens, log, metrics, limits } = this.deps;
+    const refuse = refusals(metrics, log, limits.refusedLogIntervalMs);
     const app = express();
     app.disable("x-powered-by");
     const origins = this.deps.corsOrigins;
@@ -64,44 +71,32 @@ export class HttpServer {
     const server = createServer(app);
     const onInternal = (err: unknown) => log.error({ err }, "unexpected error in a GraphQL operation");
 
-    const wss = new WebSocketServer({ server, path: "/graphql" });
-    this.#wsCleanup = useServer<Record<string, unknown>, { principal?: Principal }>(
-      {
-        schema,
-        ...sharedDocuments(),
-        subscribe: sharedSubscribe(),
-        onConnect: async (ctx) => {
-          const principal = await tokens.verify(bearerToken(ctx.connectionParams?.authorization));
-          if (!principal) {
-            ctx.extra.socket.close(4401, "Unauthorized: missing or invalid API token");
-            return false;
-          }
-          ctx.extra.principal = principal;
-          // Nothing reads the upgrade request later; holding it would cost every connection kilobytes.
-          Reflect.deleteProperty(ctx.extra, "request");
-          return true;
-        },
-        context: (ctx): SubscriptionContext => ({
-          principal: ctx.extra.principal as Principal,
-          progressFeed: this.deps.progressFeed,
-        }),
-        onNext: (_ctx, _id, _payload, _args, result) =>
-          result.errors ? { ...result, errors: result.errors.map((e) => maskError(e.toJSON(), e, onInternal)) } : result,
-        onError: (_ctx, _id, _payload, errors) => errors.map((e) => maskError(e.toJSON(), e, onInternal)),
-      },
-      wss,
-    );
+    /** Every surface authenticates the same way; the token is checked before any body is read. */
+    const authenticate = async (req: Request, res: Response, next: NextFunction) => {
+      const principal = await tokens.verify(bearerToken(req.headers.authorization));
+      if (!principal) return sendError(res, ErrorCode.UNAUTHENTICATED, "missing or invalid API token (Authorization: Bearer <token>)");
+      res.locals.principal = principal;
+      next();
+    };
+
+    this.#startWs(schema, server, refuse);
 
     const apollo = new ApolloServer<Context>({
       schema,
       includeStacktraceInErrorResponses: false,
       // main.ts owns the signals and stops components in order; Apollo's own handler would race it.
       stopOnTerminationSignals: false,
+      // Stated although they are Apollo 5's defaults: a batch is refused (400), and so are requests a browser could send cross-site without a preflight.
+      allowBatchedHttpRequests: false,
+      csrfPrevention: true,
+      parseOptions: { maxTokens: limits.graphqlMaxTokens },
+      validationRules: armorRules(limits, (rule) => refuse("graphql", rule)),
       formatError: (formatted, error) => maskError(formatted, error, onInternal),
       plugins: [
         ApolloServerPluginDrainHttpServer({ httpServer: server }),
         // Cache hints are unused here, and the plugin wraps every field resolver: a list of 1,000 progress records pays for it 11,000 times.
         ApolloServerPluginCacheControlDisabled(),
+        listItemsPlugin<Context>((rule) => refuse("graphql", rule)),
       ],
     });
     await apollo.start();
@@ -112,10 +107,12 @@ export class HttpServer {
       const checks = await Promise.all(
         Object.entries(this.deps.readiness).map(async ([name, check]) => {
           try {
-            await withTimeout(check(), 2000);
+            await withTimeout(check(), READINESS_TIMEOUT_MS);
             return [name, "ok"] as const;
           } catch (err) {
-            return [name, (err as Error).message || "failed"] as const;
+            // The reason stays in the log: an error text can carry hosts, users or paths.
+            log.warn({ err, dependency: name }, "readiness check failed");
+            return [name, "failed"] as const;
           }
         }),
       );
@@ -128,29 +125,106 @@ export class HttpServer {
 
     app.use(
       "/graphql",
-      express.json({ limit: "1mb" }),
-      expressMiddleware(apollo, {
-        context: async ({ req }) => {
-          const principal = await tokens.verify(bearerToken(req.headers.authorization));
-          if (!principal) throw unauthenticated();
-          return { principal };
-        },
-      }),
+      authenticate,
+      express.json({ limit: limits.httpBodyBytes }),
+      // Apollo answers a body that is missing or of another content type (CSRF prevention, "POST body missing"), as JSON; it only needs `req.body` defined.
+      (req: Request, _res: Response, next: NextFunction) => {
+        if (!("body" in req)) (req as { body?: unknown }).body = undefined;
+        next();
+      },
+      expressMiddleware(apollo, { context: async ({ res }) => ({ principal: res.locals.principal as Principal }) }),
     );
-
-    const requireToken = async (req: Request, res: Response, next: NextFunction) => {
-      if (await tokens.verify(bearerToken(req.headers.authorization))) return next();
-      res.status(401).type("text/plain").send("missing or invalid API token");
-    };
-    app.use(requireToken, restRoutes(this.deps.devices, this.deps.ota, log));
+    app.use(restRoutes(this.deps.devices, this.deps.ota, authenticate, limits.httpBodyBytes));
+    app.use(notFound);
+    app.use(jsonErrorHandler(limits.httpBodyBytes, log, (reason) => refuse("http", reason)));
 
     await listen(server, host, port, "PORT", (err) => log.error({ err: err.message }, "http listener error"));
     this.#server = server;
     log.info({ port: this.port }, "http listening");
   }
 
+  /** graphql-ws on /graphql: the HTTP limits, and per-connection and per-token ones. */
+  #startWs(schema: GraphQLSchema, server: Server, refuse: ReturnType<typeof refusals>): void {
+    const { tokens, log, limits } = this.deps;
+    const onInternal = (err: unknown) => log.error({ err }, "unexpected error in a GraphQL operation");
+    // ws refuses a larger frame from its header (close 1009), before reading it: before authentication too.
+    const wss = new WebSocketServer({ server, path: "/graphql", maxPayload: limits.wsMaxPayloadBytes });
+    wss.on("connection", (socket) => socket.on("close", (code) => code === 1009 && refuse("ws", "frame_too_large")));
+    const connections = new WsConnections(limits.wsMaxConnectionsPerToken);
+    const refuseWs = (rule: string) => refuse("ws", rule);
+    const shared = sharedDocuments({ maxTokens: limits.graphqlMaxTokens, rules: armorRules(limits, refuseWs) });
+    const gate = wsOperationGate(schema, shared.parse, shared.validate, refuseWs);
+    this.#wsCleanup = useServer<Record<string, unknown>, WsExtra>(
+      {
+        schema,
+        connectionInitWaitTimeout: limits.wsInitTimeoutMs,
+        subscribe: sharedSubscribe(),
+        onConnect: async (ctx) => {
+          const socket = ctx.extra.socket;
+          const principal = await tokens.verify(bearerToken(ctx.connectionParams?.authorization));
+          if (!principal) {
+            socket.close(WsCloseCode.Unauthorized, "Unauthorized: missing or invalid API token");
+            return false;
+          }
+          if (!connections.add(principal.tokenId, socket)) {
+            refuse("ws", "connections_per_token");
+            socket.close(WsCloseCode.TooManyConnections, `this API token already has ${limits.wsMaxConnectionsPerToken} connections`);
+            return false;
+          }
+          ctx.extra.principal = principal;
+          // Nothing reads the upgrade request later; holding it would cost every connection kilobytes.
+          Reflect.deleteProperty(ctx.extra, "request");
+          return true;
+        },
+        onClose: (ctx) => {
+          const principal = ctx.extra.principal;
+          if (principal) connections.remove(principal.tokenId, ctx.extra.socket);
+        },
+        onSubscribe: (ctx, id, payload) => {
+          shared.onSubscribe(ctx, id, payload);
+          // graphql-ws has already entered this one in ctx.subscriptions.
+          if (Object.keys(ctx.subscriptions).length > limits.wsMaxSubscriptionsPerConnection) {
+            refuse("ws", "subscriptions_per_connection");
+            return [
+              new GraphQLError(`at most ${limits.wsMaxSubscriptionsPerConnection} operations at once per connection`, {
+                extensions: { code: ErrorCode.LIMIT_EXCEEDED },
+              }),
+            ];
+          }
+          return gate(payload as OperationRequest);
+        },
+        context: (ctx): SubscriptionContext => ({
+          principal: ctx.extra.principal as Principal,
+          progressFeed: this.deps.progressFeed,
+        }),
+        onNext: (_ctx, _id, _payload, _args, result) =>
+          result.errors ? { ...result, errors: result.errors.map((e) => maskError(e.toJSON(), e, onInternal)) } : result,
+        onError: (_ctx, _id, _payload, errors) => errors.map((e) => maskError(e.toJSON(), e, onInternal)),
+      },
+      wss,
+    );
+
+    // Revoked here: closed now. Revoked on another instance, or expired: closed by the next sweep.
+    this.#unsubscribeRevoked = tokens.onRevoked((tokenId) => connections.closeToken(tokenId, "API token revoked"));
+    this.#sweep = setInterval(() => {
+      const ids = connections.tokenIds;
+      if (ids.length === 0) return;
+      tokens.stillValid(ids).then(
+        (valid) => {
+          for (const id of ids) if (!valid.has(id)) connections.closeToken(id, "API token revoked or expired");
+        },
+        // A database blip must not drop every dashboard: they are checked again next time.
+        (err: unknown) => log.warn({ err }, "could not re-check the tokens of live WebSocket connections"),
+      );
+    }, TOKEN_CACHE_TTL_MS);
+    this.#sweep.unref();
+  }
+
   /** Stops accepting, lets requests in flight finish, closes subscriptions. */
   async stop(): Promise<void> {
+    clearInterval(this.#sweep);
+    this.#unsubscribeRevoked?.();
+    this.#unsubscribeRevoked = undefined;
     const apollo = this.#apollo;
     this.#apollo = undefined;
     await this.#wsCleanup?.dispose();

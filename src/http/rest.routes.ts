@@ -1,64 +1,80 @@
-import express, { type NextFunction, type Request, type Response, type Router } from "express";
+import express, { type NextFunction, type Request, type RequestHandler, type Response, type Router } from "express";
+import { requireAccess, type Access, type Principal } from "../auth/principal.js";
 import type { DeviceService } from "../devices/device.service.js";
 import { AppError, ErrorCode } from "../errors.js";
-import type { Logger } from "../logger.js";
 import type { OtaService } from "../ota/ota.service.js";
 import { restView } from "../ota/progress.model.js";
+import { sendError } from "./errors.js";
 
 /** Form fields arrive as strings; the seed parsed `size` with parseInt. */
 function toSize(value: unknown): unknown {
   return typeof value === "string" && /^\d+$/.test(value.trim()) ? Number(value) : value;
 }
 
-const STATUS: Record<ErrorCode, number> = {
-  [ErrorCode.DEVICE_NOT_FOUND]: 400,
-  [ErrorCode.DEVICE_SUSPENDED]: 400,
-  [ErrorCode.DEVICE_EXISTS]: 409,
-  [ErrorCode.BAD_USER_INPUT]: 400,
-  [ErrorCode.UNAUTHENTICATED]: 401,
-  [ErrorCode.FORBIDDEN]: 403,
-  [ErrorCode.BROKER_UNAVAILABLE]: 503,
-  [ErrorCode.COMMAND_UNCONFIRMED]: 504,
-  [ErrorCode.INTERNAL_SERVER_ERROR]: 500,
-};
+const principal = (res: Response) => res.locals.principal as Principal;
+
+/** The permission check on the product in the path, before any body is read. */
+const may =
+  (need: Access): RequestHandler =>
+  (req: Request, res: Response, next: NextFunction) => {
+    requireAccess(principal(res), need, req.params.productName as string);
+    next();
+  };
 
 /**
- * The IotHub business REST API (PROTOCOL.md), answering as the seed server
- * did, on the same services as the GraphQL resolvers.
+ * The IotHub business REST API (PROTOCOL.md), on the same services as the
+ * GraphQL resolvers and under the same permission check.
+ *
+ * Answers: what PROTOCOL.md spells out stays as the seed server sent it:
+ * `POST /ota` answers `200 ok` and `400 device not found` in plain text.
+ * Every other error, on every route, is JSON in GraphQL's error shape
+ * (`{"errors":[{"message","extensions":{"code"}}]}`), with the status of its code.
  */
-export function restRoutes(devices: DeviceService, ota: OtaService, log: Logger): Router {
+export function restRoutes(devices: DeviceService, ota: OtaService, authenticate: RequestHandler, bodyLimit: number): Router {
   const router = express.Router();
-  router.use(express.json({ limit: "64kb" }), express.urlencoded({ extended: false, limit: "64kb" }));
+  const body = [express.json({ limit: bodyLimit }), express.urlencoded({ extended: false, limit: bodyLimit })];
 
-  router.post("/ota/:productName/:deviceName", async (req, res) => {
-    const body = (req.body ?? {}) as Record<string, unknown>;
-    await ota.send({
-      productName: req.params.productName as string,
-      deviceName: req.params.deviceName as string,
-      firmware: { url: body.url, version: body.version, size: toSize(body.size), md5: body.md5, type: body.type },
-    });
+  router.post("/ota/:productName/:deviceName", authenticate, may("write"), ...body, async (req, res) => {
+    const { productName, deviceName } = req.params as { productName: string; deviceName: string };
+    const fields = (req.body ?? {}) as Record<string, unknown>;
+    try {
+      await ota.send({
+        productName,
+        deviceName,
+        firmware: { url: fields.url, version: fields.version, size: toSize(fields.size), md5: fields.md5, type: fields.type },
+        idempotencyKey: req.get("idempotency-key"),
+      });
+    } catch (err) {
+      // The seed answered an unknown device with exactly this.
+      if (err instanceof AppError && err.code === ErrorCode.DEVICE_NOT_FOUND) return void res.status(400).type("text/plain").send("device not found");
+      throw err;
+    }
     res.status(200).type("text/plain").send("ok");
   });
 
-  router.get("/ota/:productName/:deviceName", async (req, res) => {
-    const record = await ota.progressOf(req.params.productName as string, req.params.deviceName as string);
+  router.get("/ota/:productName/:deviceName", authenticate, may("read"), async (req, res) => {
+    const { productName, deviceName } = req.params as { productName: string; deviceName: string };
+    const record = await ota.progressOf(productName, deviceName);
     res.status(200).json(record ? restView(record) : {});
   });
 
-  router.post("/devices", async (req, res) => {
-    const body = (req.body ?? {}) as Record<string, unknown>;
-    const tags = body.tags === undefined ? undefined : Array.isArray(body.tags) ? body.tags : [body.tags];
+  router.post("/devices", authenticate, ...body, async (req, res) => {
+    const fields = (req.body ?? {}) as Record<string, unknown>;
+    const productName = fields.product_name;
+    requireAccess(principal(res), "admin", typeof productName === "string" ? productName : undefined);
+    const tags = fields.tags === undefined ? undefined : Array.isArray(fields.tags) ? fields.tags : [fields.tags];
     const { device, secret } = await devices.register({
-      productName: body.product_name as string,
-      deviceName: body.device_name as string | undefined,
+      productName: productName as string,
+      deviceName: fields.device_name as string | undefined,
       tags: tags as string[] | undefined,
     });
     res.status(200).json({ product_name: device.productName, device_name: device.deviceName, secret });
   });
 
-  router.get("/devices/:productName/:deviceName", async (req, res) => {
-    const d = await devices.find(req.params.productName as string, req.params.deviceName as string);
-    if (!d) return void res.status(404).type("text/plain").send("device not found");
+  router.get("/devices/:productName/:deviceName", authenticate, may("read"), async (req, res) => {
+    const { productName, deviceName } = req.params as { productName: string; deviceName: string };
+    const d = await devices.find(productName, deviceName);
+    if (!d) return sendError(res, ErrorCode.DEVICE_NOT_FOUND, `device ${productName}/${deviceName} not found`);
     res.status(200).json({
       product_name: d.productName,
       device_name: d.deviceName,
@@ -72,18 +88,5 @@ export function restRoutes(devices: DeviceService, ota: OtaService, log: Logger)
     });
   });
 
-  router.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
-    if (err instanceof AppError) {
-      // The seed answered an unknown device with exactly this text.
-      const text = err.code === ErrorCode.DEVICE_NOT_FOUND ? "device not found" : err.message;
-      return void res.status(STATUS[err.code]).type("text/plain").send(text);
-    }
-    const status = (err as { status?: unknown }).status;
-    if (typeof status === "number" && status >= 400 && status < 500) {
-      return void res.status(status).type("text/plain").send("bad request body");
-    }
-    log.error({ err }, "REST request failed");
-    res.status(500).type("text/plain").send("internal server error");
-  });
   return router;
 }

@@ -1,12 +1,31 @@
 import "reflect-metadata";
 import { lexicographicSortSchema, printSchema, type GraphQLSchema } from "graphql";
 import { buildSchema, type AuthChecker, type PubSub } from "type-graphql";
-import { hasScopes } from "../auth/principal.js";
+import { isAccess, requireAccess } from "../auth/principal.js";
+import { TokenResolver } from "../auth/token.resolver.js";
 import { DeviceResolver } from "../devices/device.resolver.js";
 import { OtaResolver } from "../ota/ota.resolver.js";
 import type { Context } from "./context.js";
 
-const authChecker: AuthChecker<Context> = ({ context }, scopes) => hasScopes(context.principal, scopes);
+/** The product an operation acts on: its `productName` argument, or its input's. */
+function productOf(args: Record<string, unknown>): string | undefined {
+  const input = args.input as { productName?: unknown } | undefined;
+  const product = args.productName ?? input?.productName;
+  return typeof product === "string" ? product : undefined;
+}
+
+/**
+ * `@Authorized("read" | "write" | "admin")` on every operation; the check is
+ * the one REST and graphql-ws use too ({@link requireAccess}), refusing with FORBIDDEN.
+ * type-graphql runs it on a subscription's subscribe as well, so a
+ * subscriber only ever watches products its token may read.
+ */
+const authChecker: AuthChecker<Context> = ({ context, args }, roles) => {
+  const [need] = roles;
+  if (roles.length !== 1 || !isAccess(need)) throw new Error(`@Authorized takes one access level, got ${JSON.stringify(roles)}`);
+  requireAccess(context.principal, need, productOf(args));
+  return true;
+};
 
 /**
  * The GraphQL schema from the type-graphql classes. Resolver instances come
@@ -15,7 +34,7 @@ const authChecker: AuthChecker<Context> = ({ context }, scopes) => hasScopes(con
 export function buildGraphqlSchema(pubSub: PubSub, resolvers: object[] = []): Promise<GraphQLSchema> {
   const instances = new Map<unknown, object>(resolvers.map((r) => [r.constructor, r]));
   return buildSchema({
-    resolvers: [DeviceResolver, OtaResolver],
+    resolvers: [DeviceResolver, OtaResolver, TokenResolver],
     container: { get: (cls) => instances.get(cls) },
     pubSub,
     authChecker,

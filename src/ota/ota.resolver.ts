@@ -14,13 +14,13 @@ export interface SubscriptionContext extends Context {
 export class OtaResolver {
   constructor(private readonly ota: OtaService) {}
 
-  @Authorized("ota:write")
+  @Authorized("write")
   @Mutation(() => SendOtaResult, { description: "Publishes `$ota_upgrade` (QoS 1) to one device or to every device with a tag." })
   sendOta(@Arg("input", () => SendOtaInput) input: SendOtaInput): Promise<SendOtaResult> {
     return this.ota.send({ ...input, firmware: { ...input.firmware } });
   }
 
-  @Authorized("ota:read")
+  @Authorized("read")
   @Query(() => OtaProgress, { nullable: true, description: "The device's latest report, or null." })
   async otaProgress(
     @Arg("productName", () => String) productName: string,
@@ -30,7 +30,7 @@ export class OtaResolver {
     return record && toOtaProgress(record);
   }
 
-  @Authorized("ota:read")
+  @Authorized("read")
   @Query(() => [OtaProgress], { nullable: "items", description: "Latest reports in the order asked (null where none), in one Redis round trip." })
   async otaProgresses(
     @Arg("productName", () => String) productName: string,
@@ -40,7 +40,7 @@ export class OtaResolver {
     return records.map((r) => r && toOtaProgress(r));
   }
 
-  @Authorized("ota:read")
+  @Authorized("read")
   @Subscription(() => OtaProgress, {
     description: "Every progress report of a product, of one device, or of the devices with a tag, as it arrives.",
     subscribe: ({ args, context }) => (context as SubscriptionContext).progressFeed.watch(args),

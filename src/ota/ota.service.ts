@@ -1,9 +1,18 @@
 import type { DeviceService } from "../devices/device.service.js";
 import { requireName } from "../devices/device.service.js";
-import { badInput } from "../errors.js";
+import { AppError, ErrorCode, badInput } from "../errors.js";
+import type { Logger } from "../logger.js";
 import { newObjectId } from "../protocol/object-id.js";
 import { buildCommandTopic, type CommandTarget } from "../protocol/topics.js";
 import { checkFirmware, checkTtl } from "./firmware.js";
+import {
+  checkIdempotencyKey,
+  fingerprintOf,
+  IDEMPOTENCY_TTL_SECONDS,
+  replay,
+  type IdempotencyStore,
+  type SentCommand,
+} from "./idempotency.js";
 import type { CommandPublisher, ProgressStore } from "./ports.js";
 import type { ProgressRecord } from "./progress.model.js";
 
@@ -13,22 +22,32 @@ export interface SendOtaInput {
   tag?: string | null;
   firmware: Record<string, unknown>;
   ttlSeconds?: number | null;
+  /** A retried request with the same key never sends twice: it gets the first result, or an error saying why not. */
+  idempotencyKey?: string | null;
 }
 
-export interface SendOtaResult {
-  requestId: string;
-  topic: string;
-  expiresAt: number | null;
+export type SendOtaResult = SentCommand;
+
+export interface OtaServiceOptions {
+  idempotency: IdempotencyStore;
+  /** How long a first request with a key may still be publishing (past it, a retry is told it ended unconfirmed). */
+  inFlightMs: number;
+  log: Logger;
+  now?: () => number;
 }
 
 /** Sending upgrades and reading their progress. */
 export class OtaService {
+  private readonly now: () => number;
+
   constructor(
     private readonly devices: DeviceService,
     private readonly commands: CommandPublisher,
     private readonly progress: ProgressStore,
-    private readonly now: () => number = Date.now,
-  ) {}
+    private readonly options: OtaServiceOptions,
+  ) {
+    this.now = options.now ?? Date.now;
+  }
 
   /** Publishes `$ota_upgrade` at QoS 1 to one device or to a tag (PROTOCOL.md, `$ota_upgrade`). */
   async send(input: SendOtaInput): Promise<SendOtaResult> {
@@ -42,12 +61,51 @@ export class OtaService {
     if (!firmware.ok) throw badInput(`firmware.${firmware.reason}`, firmware.message);
     const ttl = checkTtl(input.ttlSeconds, this.now());
     if (!ttl.ok) throw badInput("ttlSeconds", ttl.message);
+    const key = input.idempotencyKey == null ? undefined : checkIdempotencyKey(input.idempotencyKey);
     if (target.deviceName !== undefined) await this.devices.requireActive(productName, target.deviceName);
 
+    const publish = async (requestId: string): Promise<SendOtaResult> => {
+      const topic = buildCommandTopic({ target, command: "$ota_upgrade", encoding: "plain", requestId, expiresAt: ttl.value });
+      await this.commands.publishCommand(topic, JSON.stringify(firmware.value));
+      return { requestId, topic, expiresAt: ttl.value ?? null };
+    };
+    if (key === undefined) return publish(newObjectId());
+    return this.#sendOnce(productName, key, fingerprintOf({ target, firmware: firmware.value, ttlSeconds: input.ttlSeconds ?? null }), publish);
+  }
+
+  /**
+   * Publishes at most once per idempotency key (kept 24 h, per product): the
+   * key is claimed before publishing; nothing sent (BROKER_UNAVAILABLE)
+   * frees it for a retry, anything else that is not a confirmed send is kept
+   * as "unconfirmed", so that a retry never sends a second time.
+   */
+  async #sendOnce(productName: string, key: string, fingerprint: string, publish: (requestId: string) => Promise<SendOtaResult>): Promise<SendOtaResult> {
+    const { idempotency, inFlightMs, log } = this.options;
+    const scope = `sendOta/${productName}`;
+    const held = await idempotency.claim(scope, key, { state: "pending", fingerprint, since: this.now() }, IDEMPOTENCY_TTL_SECONDS);
+    if (held) return replay(held, fingerprint, this.now(), inFlightMs);
     const requestId = newObjectId();
-    const topic = buildCommandTopic({ target, command: "$ota_upgrade", encoding: "plain", requestId, expiresAt: ttl.value });
-    await this.commands.publishCommand(topic, JSON.stringify(firmware.value));
-    return { requestId, topic, expiresAt: ttl.value ?? null };
+    let result: SendOtaResult;
+    try {
+      result = await publish(requestId);
+    } catch (err) {
+      const nothingSent = err instanceof AppError && err.code === ErrorCode.BROKER_UNAVAILABLE;
+      try {
+        if (nothingSent) await idempotency.release(scope, key);
+        else await idempotency.settle(scope, key, { state: "unconfirmed", fingerprint, requestId }, IDEMPOTENCY_TTL_SECONDS);
+      } catch (storeErr) {
+        // The key stays "pending": a retry is told the first did not finish, and nothing is sent twice.
+        log.error({ err: storeErr, productName, requestId }, "could not record the outcome of an idempotent sendOta");
+      }
+      throw err;
+    }
+    try {
+      await idempotency.settle(scope, key, { state: "sent", fingerprint, result }, IDEMPOTENCY_TTL_SECONDS);
+    } catch (err) {
+      // The command went out: answer it. A retry finds the key "pending" and is refused, never sent twice.
+      log.error({ err, productName, requestId }, "could not record a sent idempotent sendOta");
+    }
+    return result;
   }
 
   async progressOf(productName: string, deviceName: string): Promise<ProgressRecord | null> {

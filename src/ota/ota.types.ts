@@ -92,6 +92,15 @@ export class SendOtaInput {
 
   @Field(() => Int, { nullable: true, description: "Devices ignore the command after this many seconds." })
   ttlSeconds?: number | null;
+
+  @Field(() => String, {
+    nullable: true,
+    description:
+      "Retrying with the same key (1..128 printable ASCII, kept 24 h per product) never sends twice: it answers the first result; " +
+      "REQUEST_IN_PROGRESS while the first is still being sent; COMMAND_UNCONFIRMED if the first was not confirmed (it may still arrive). " +
+      "A first attempt that ended in BROKER_UNAVAILABLE (nothing sent) leaves the key free.",
+  })
+  idempotencyKey?: string | null;
 }
 
 @ObjectType()

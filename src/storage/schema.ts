@@ -27,6 +27,11 @@ export const apiTokens = pgTable("api_tokens", {
   name: text("name").notNull(),
   /** SHA-256 of the token: tokens are 256 random bits, so a fast hash is enough. */
   tokenHash: text("token_hash").notNull().unique(),
+  /** One access level, `read`, `write` or `admin` (src/auth/principal.ts), as a one-element list. */
   scopes: text("scopes").array().notNull(),
+  /** The products the token is limited to; null: every product. */
+  products: text("products").array(),
   createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+  expiresAt: timestamp("expires_at", { withTimezone: true }),
+  revokedAt: timestamp("revoked_at", { withTimezone: true }),
 });

@@ -66,7 +66,7 @@ describe("the API", () => {
     });
 
     it("accepts tokens made with the token service, and counts them", async () => {
-      const token = await t.app.tokens.create("test");
+      const { token } = await t.app.tokens.create({ name: "test", access: "read" });
       const r = await gql({ httpUrl: t.httpUrl, token }, DeviceDocument, { productName, deviceName });
       expect(r.data?.device?.deviceName).toBe(deviceName);
       expect(await t.app.tokens.count()).toBeGreaterThanOrEqual(1);
