@@ -1,6 +1,6 @@
-import { createServer, type AddressInfo, type Server } from "node:net";
+import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { createServer as createTlsServer } from "node:tls";
-import { Aedes, type AuthenticateError, type Client } from "aedes";
+import { Aedes, type AedesPublishPacket, type AuthenticateError, type Client, type PublishPacket } from "aedes";
 import persistence from "aedes-persistence-redis";
 import type { Redis } from "ioredis";
 import type { Limits } from "../config/config.js";
@@ -11,13 +11,17 @@ import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import type { BrokerLink } from "../ota/ports.js";
 import {
+  authorizedPublish,
   canPublish,
   canSubscribe,
+  clientIdentity,
   clientIdMatches,
   parseUsername,
   type DeviceIdentity,
 } from "../protocol/acl.js";
-import { deviceCommandFilter, INGEST_FILTERS } from "../protocol/topics.js";
+import { deviceAutoSubscriptions } from "../protocol/topics.js";
+import { guardFrames } from "./frame.guard.js";
+import { Refusals } from "./refusals.js";
 import { loadTls } from "./tls.js";
 
 export interface EmbeddedBrokerOptions {
@@ -31,40 +35,127 @@ export interface EmbeddedBrokerOptions {
   /** Prepended to the broker's Redis keys (REDIS_PREFIX). */
   redisPrefix: string;
   limits: Limits;
+  /** aedes' heartbeat; stored wills of a broker silent for 3 of these are replayed every 4 (aedes default: 60 s). */
+  heartbeatIntervalMs?: number;
 }
 
-
 // MQTT 3.1.1 §3.2.2.3 CONNACK return codes.
+const IDENTIFIER_REJECTED = 2;
+const SERVER_UNAVAILABLE = 3;
 const BAD_CREDENTIALS = 4;
 const NOT_AUTHORIZED = 5;
-const IDENTIFIER_REJECTED = 2;
+
+/** aedes-persistence-redis's key names (asyncPersistence.js): the set of client ids with a stored session, and retained messages. */
+const CLIENTS_KEY = "clients";
+const RETAINED_KEY = "retained";
 
 function refuse(returnCode: number, message: string): AuthenticateError {
   return Object.assign(new Error(message), { returnCode }) as AuthenticateError;
 }
 
+type Done = (err?: Error | null) => void;
+/** aedes' typings omit its 'error' event. */
+type EventEmitterLike = { on(event: "error", listener: (err: Error) => void): unknown };
+type Subscription = { topic: string; qos: 0 | 1 | 2 };
+
+/** The parts of aedes-persistence-redis this broker wraps or calls (its own typings stop short). */
+interface Store {
+  destroy(): Promise<void>;
+  addSubscriptions(client: { id: string }, subs: Subscription[]): Promise<unknown>;
+  subscriptionsByClient(client: { id: string }): Promise<Subscription[]>;
+  cleanSubscriptions(client: { id: string }): Promise<unknown>;
+  putWill(client: { id: string }, packet: unknown): Promise<unknown>;
+  delWill(client: { id: string; brokerId?: string }): Promise<unknown>;
+}
+
+/** A device connection as the broker knows it, from the moment its login is being checked. */
+interface DeviceClient {
+  readonly identity: DeviceIdentity;
+  /** Suspended or deleted (set by {@link EmbeddedBroker.disconnect}, even mid-login): nothing more in or out. */
+  cutOff: boolean;
+  /** Settles when every earlier PUBLISH of this connection has been answered: PUBACKs keep arrival order. */
+  ackTurn: Promise<unknown>;
+}
+
+const SETTLED: Promise<unknown> = Promise.resolve();
+const noop = () => undefined;
+
+/**
+ * aedes, plus one thing it cannot do: acknowledge a PUBLISH and drop it
+ * (MQTT 3.1.1 §3.3.5 allows "a positive acknowledgement" to a publish the
+ * server does not authorize; aedes only knows closing the connection, moscajs/aedes#210).
+ * authorizePublish marks such a packet consumed; aedes then writes the PUBACK
+ * and calls publish(), which goes no further.
+ */
+class DeviceAedes extends Aedes {
+  readonly consumed = new WeakSet<object>();
+
+  override publish(packet: PublishPacket, clientOrDone: unknown, done?: Done): void {
+    if (this.consumed.has(packet)) {
+      const callback = typeof clientOrDone === "function" ? (clientOrDone as Done) : done;
+      callback?.(null);
+      return;
+    }
+    (Aedes.prototype.publish as (...args: unknown[]) => void).call(this, packet, clientOrDone, done);
+  }
+}
+
+/**
+ * aedes-persistence-redis leaves some Redis commands unawaited (putWill,
+ * delWill, the clean-up in its list readers): in a Redis outage their
+ * rejections would be unhandled and end the process. Every command's promise
+ * gets a handler here; callers that await still see the error, and the
+ * connection's 'error' listener logs the outage.
+ */
+function withHandledRejections(redis: Redis): Redis {
+  return new Proxy(redis, {
+    get(target, prop) {
+      const value = Reflect.get(target, prop, target) as unknown;
+      if (typeof value !== "function") return value;
+      return (...args: unknown[]) => {
+        const result = (value as (...a: unknown[]) => unknown).apply(target, args);
+        if (result instanceof Promise) result.catch(noop);
+        return result;
+      };
+    },
+  });
+}
+
+/** Whether a will came from Redis (aedes-persistence-redis putWill stamps the broker that stored it). */
+const isStoredWill = (packet: PublishPacket) => (packet as { brokerId?: unknown }).brokerId !== undefined;
+
 /**
  * The embedded aedes broker: authenticates devices against the registry,
- * enforces PROTOCOL.md's access control, auto-subscribes each device to its
- * command topic, and keeps sessions in Redis so queued QoS 1 commands
- * survive a restart.
+ * enforces PROTOCOL.md's access control, auto-subscribes each device, takes
+ * its reports in process (acknowledged once ingest has made them durable) and
+ * keeps sessions in Redis so queued QoS 1 commands survive a restart.
  */
 export class EmbeddedBroker implements BrokerLink {
-  #aedes: Aedes | undefined;
-  #persistence: ReturnType<typeof persistence> | undefined;
+  #aedes: DeviceAedes | undefined;
+  #store: Store | undefined;
+  #db: Redis | undefined;
   #servers: Server[] = [];
-  readonly #principals = new WeakMap<Client, DeviceIdentity>();
-  readonly #online = new Map<string, Set<Client>>();
+  readonly #clients = new WeakMap<Client, DeviceClient>();
+  /** Connections per device (`<product>/<device>`), from login to close. */
+  readonly #byDevice = new Map<string, Set<Client>>();
+  /** Client ids whose persistent session this CONNECT created (sessionPresent false): subscribed live once registered. */
+  readonly #freshSessions = new Set<string>();
+  readonly #refusals: Refusals;
 
   constructor(
     private readonly options: EmbeddedBrokerOptions,
-    /** Takes every device report, in process: no client, no loopback hop, no per-message session writes. */
-    private readonly onMessage: (topic: string, payload: Buffer) => void,
+    /**
+     * Takes a device report, in process. Resolves once its effect is durable
+     * (or it was deliberately dropped); only then is it acknowledged.
+     */
+    private readonly onMessage: (topic: string, payload: Buffer) => Promise<void> | void,
     private readonly devices: DeviceService,
     private readonly redis: Redis,
     private readonly metrics: Metrics,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.#refusals = new Refusals(metrics, log, options.limits.refusedLogIntervalMs);
+  }
 
   readonly #listenerError = (err: Error) => this.log.error({ err: err.message }, "mqtt listener error");
 
@@ -85,70 +176,71 @@ export class EmbeddedBroker implements BrokerLink {
   }
 
   async #start(): Promise<void> {
-    const store = persistence({ conn: this.redis, maxSessionDelivery: 10_000 });
-    // aedes stores every filter of a SUBSCRIBE packet in a persistent session,
-    // the refused ones too (its storeSubscriptions takes packet.subscriptions
-    // whole). A stored `#` would queue every message for the device while it
-    // is offline and hand them over when it reconnects: store only what the
-    // access control grants.
-    const addSubscriptions = store.addSubscriptions.bind(store);
-    store.addSubscriptions = (client, subs) => addSubscriptions(client, subs.filter((s) => this.#mayHold(client, s.topic)));
-    this.#persistence = store;
-    const aedes = await Aedes.createBroker({
+    const { limits, redisPrefix } = this.options;
+    // aedes-persistence-redis uses no Lua, no key patterns and no Redis pub/sub (its only
+    // scans match hash fields), so ioredis' keyPrefix namespaces every key it touches.
+    const db = this.redis.duplicate({ keyPrefix: redisPrefix, lazyConnect: true });
+    this.#db = db;
+    db.on("error", (err: Error) => {
+      if (this.#refusals.shouldLog("redis")) this.log.warn({ err: err.message }, "broker redis connection error");
+    });
+    await db.connect();
+    await this.#dropRetained(db);
+
+    const store = persistence({
+      conn: withHandledRejections(db),
+      maxSessionDelivery: 10_000,
+      // Offline QoS 1 commands expire instead of piling up for devices that never return.
+      packetTTL: () => limits.offlineCommandTtlSeconds,
+    }) as unknown as Store;
+    this.#wrapStore(store);
+    this.#store = store;
+
+    const aedes = new DeviceAedes({
       persistence: store,
+      connectTimeout: limits.mqttConnectTimeoutMs,
+      ...(this.options.heartbeatIntervalMs === undefined ? {} : { heartbeatInterval: this.options.heartbeatIntervalMs }),
       authenticate: (client, username, password, done) => {
-        this.#authenticate(client, username, password)
-          .then(async (principal) => {
-            this.#principals.set(client, principal);
-            await this.#autoSubscribe(client, principal);
-          })
-          .then(
-            () => done(null, true),
-            (err: AuthenticateError) => done(err, false),
-          );
+        this.#login(client, username, password).then(
+          () => done(null, true),
+          (err: AuthenticateError) => done(err, false),
+        );
       },
-      authorizePublish: (client, packet, done) => {
-        const p = client && this.#principals.get(client);
-        if (!client) return done(null); // the server's own commands (publishCommand)
-        if (p && canPublish(p, packet.topic)) return done(null);
-        this.log.warn({ clientId: client.id, topic: packet.topic }, "refused publish");
-        done(new Error("publish not allowed"));
-      },
+      authorizePublish: (client, packet, done) => this.#authorizePublish(client, packet, done),
       authorizeSubscribe: (client, sub, done) => {
         if (this.#mayHold(client, sub.topic)) return done(null, sub);
-        this.log.warn({ clientId: client.id, topic: sub.topic }, "refused subscription");
-        done(null, null); // SUBACK 0x80 for this filter (MQTT 3.1.1 §3.9.3)
+        this.#refusals.refuse("subscribe", "not_allowed", this.#keyOf(client), { clientId: client.id, topic: sub.topic });
+        done(null, null); // SUBACK 0x80 for this filter (MQTT 3.1.1 §3.9.3), the connection stays
       },
+      authorizeForward: (client, packet) => this.#authorizeForward(client, packet),
     });
     this.#aedes = aedes;
-    aedes.on("client", (client) => this.#onConnect(client));
-    aedes.on("clientDisconnect", (client) => this.#onDisconnect(client));
+    await aedes.listen();
+    // aedes reports persistence failures (a Redis outage) as 'error' on itself: unheard, that ends the process.
+    (aedes as unknown as EventEmitterLike).on("error", (err: Error) => {
+      if (this.#refusals.shouldLog("aedes")) this.log.error({ err }, "broker error (persistence unavailable?)");
+    });
+    aedes.on("client", (client) => this.#onRegistered(client));
+    aedes.on("clientDisconnect", (client) => {
+      if (this.#clients.has(client)) this.metrics.connectedDevices.dec();
+    });
     aedes.on("clientError", (client, err) => this.log.debug({ clientId: client.id, err: err.message }, "client error"));
 
-    await Promise.all(
-      INGEST_FILTERS.map(
-        (filter) =>
-          new Promise<void>((resolve) =>
-            aedes.subscribe(
-              filter,
-              (packet, done) => {
-                this.onMessage(packet.topic, Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload));
-                done();
-              },
-              resolve,
-            ),
-          ),
-      ),
-    );
     const { host, port, tlsPort, tlsCertFile, tlsKeyFile, dataDir } = this.options;
+    const handle = (socket: Socket) => {
+      aedes.handle(socket);
+      guardFrames(socket, limits.mqttMaxPacketBytes, (verdict) =>
+        this.#refusals.refuse("packet", verdict.reason, `addr:${socket.remoteAddress}`, { remoteAddress: socket.remoteAddress, ...verdict }),
+      );
+    };
     if (port !== null) {
-      const server = await listen(createServer(aedes.handle), host, port, "MQTT_PORT", this.#listenerError);
+      const server = await listen(createServer(handle), host, port, "MQTT_PORT", this.#listenerError);
       this.#servers.push(server);
       this.ports.mqtt = (server.address() as AddressInfo).port;
     }
     if (tlsPort !== null) {
       const tls = await loadTls(tlsCertFile, tlsKeyFile, dataDir);
-      const server = await listen(createTlsServer({ cert: tls.cert, key: tls.key }, aedes.handle), host, tlsPort, "MQTTS_PORT", this.#listenerError);
+      const server = await listen(createTlsServer({ cert: tls.cert, key: tls.key }, handle), host, tlsPort, "MQTTS_PORT", this.#listenerError);
       this.#servers.push(server);
       this.ports.mqtts = (server.address() as AddressInfo).port;
     }
@@ -164,24 +256,48 @@ export class EmbeddedBroker implements BrokerLink {
    */
   publishCommand(topic: string, payload: string): Promise<void> {
     const aedes = this.#aedes;
-    if (!aedes) return Promise.reject(new AppError(ErrorCode.BROKER_UNAVAILABLE, "the broker is not running"));
-    return new Promise((resolve, reject) =>
-      aedes.publish({ cmd: "publish", topic, payload: Buffer.from(payload), qos: 1, retain: false, dup: false }, (err) =>
-        err ? reject(err) : resolve(),
-      ),
-    );
+    if (!aedes || aedes.closed) return Promise.reject(new AppError(ErrorCode.BROKER_UNAVAILABLE, "the broker is not running"));
+    const ms = this.options.limits.publishTimeoutMs;
+    return new Promise((resolve, reject) => {
+      const unconfirmed = (why: string) =>
+        reject(new AppError(ErrorCode.COMMAND_UNCONFIRMED, `the broker did not confirm the command (${why}); it may still arrive`));
+      const timer = setTimeout(() => unconfirmed(`no answer within ${ms} ms`), ms);
+      // The server's own commands are the only publishes without a client; aedes does not pass them
+      // through authorizePublish, whose client-less calls are therefore stored wills only.
+      aedes.publish({ cmd: "publish", topic, payload: Buffer.from(payload), qos: 1, retain: false, dup: false }, (err?: Error) => {
+        clearTimeout(timer);
+        if (!err) return resolve();
+        // Queued for some offline sessions perhaps, delivered to none yet.
+        this.log.error({ err, topic }, "command publish failed");
+        unconfirmed("queueing failed");
+      });
+    });
   }
 
+  /** Closes every connection of the device, those still logging in too, and stops its traffic at once. */
   disconnect(productName: string, deviceName: string): void {
-    for (const client of this.#online.get(`${productName}/${deviceName}`) ?? []) client.close();
+    for (const client of this.#byDevice.get(`${productName}/${deviceName}`) ?? []) {
+      const device = this.#clients.get(client);
+      if (device) device.cutOff = true;
+      client.close();
+    }
   }
 
-  /** Disconnects the device and drops its sessions (the canonical client id and any connected now). */
+  /** Disconnects the device and drops every persistent session of it: all client ids `<p>/<d>[/<suffix>]`, online or not. */
   async forget(productName: string, deviceName: string): Promise<void> {
-    const ids = new Set([`${productName}/${deviceName}`]);
-    for (const client of this.#online.get(`${productName}/${deviceName}`) ?? []) ids.add(client.id);
     this.disconnect(productName, deviceName);
-    await Promise.all([...ids].map((id) => this.#persistence?.cleanSubscriptions({ id })));
+    const store = this.#store;
+    const db = this.#db;
+    if (!store || !db) return;
+    const ids = new Set([`${productName}/${deviceName}`]);
+    // Names are [A-Za-z0-9_.:-]: nothing in them is a glob character.
+    for await (const batch of db.sscanStream(CLIENTS_KEY, { match: `${productName}/${deviceName}*`, count: 1000 }) as AsyncIterable<string[]>) {
+      for (const id of batch) {
+        const owner = clientIdentity(id);
+        if (owner?.productName === productName && owner.deviceName === deviceName) ids.add(id);
+      }
+    }
+    await Promise.all([...ids].map((id) => store.cleanSubscriptions({ id })));
   }
 
   async stop(): Promise<void> {
@@ -190,70 +306,252 @@ export class EmbeddedBroker implements BrokerLink {
     for (const server of this.#servers) server.close();
     this.#servers = [];
     if (aedes) await new Promise<void>((resolve) => aedes.close(() => resolve()));
-    const store = this.#persistence;
-    this.#persistence = undefined;
-    await store?.destroy().catch(() => undefined);
+    const store = this.#store;
+    this.#store = undefined;
+    const db = this.#db;
+    this.#db = undefined;
+    if (store) {
+      // Disconnects the connection it was given.
+      await store.destroy().catch((err: unknown) => this.log.warn({ err }, "broker persistence did not close cleanly"));
+    } else {
+      db?.disconnect();
+    }
   }
 
-  async #authenticate(client: Client, username: string | undefined, password: Buffer | undefined): Promise<DeviceIdentity> {
+  /**
+   * aedes-persistence-redis, adjusted:
+   * - a SUBSCRIBE is stored whole, refused filters too (aedes' storeSubscriptions takes
+   *   packet.subscriptions): keep only what access control grants, and never an
+   *   auto-subscription, which the connect path below owns;
+   * - the session a CONNECT finds (fetchSubs) always holds the auto-subscriptions, stored
+   *   before the CONNACK so commands queue even if the device drops at once; a session
+   *   that had nothing before reads as absent, so the CONNACK's sessionPresent is true
+   *   only for a session older than this CONNECT (MQTT 3.1.1 §3.2.2.2);
+   * - wills are never stored: only the connection that set one may publish it (a stored
+   *   will is published with no client after a crash, past access control). The
+   *   CONNECT-time delWill carries no broker id, so it can never match a stored will.
+   */
+  #wrapStore(store: Store): void {
+    const addSubscriptions = store.addSubscriptions.bind(store);
+    const subscriptionsByClient = store.subscriptionsByClient.bind(store);
+    const delWill = store.delWill.bind(store);
+    store.addSubscriptions = (client, subs) => {
+      const id = this.#clients.get(client as Client)?.identity;
+      const auto = id ? deviceAutoSubscriptions(id.productName, id.deviceName) : [];
+      const kept = subs.filter((s) => this.#mayHold(client, s.topic) && !auto.includes(s.topic));
+      return kept.length === 0 ? Promise.resolve() : addSubscriptions(client, kept);
+    };
+    store.subscriptionsByClient = async (client) => {
+      const subs = await subscriptionsByClient(client);
+      const id = clientIdentity(client.id);
+      if (!id) return subs;
+      const missing = deviceAutoSubscriptions(id.productName, id.deviceName)
+        .filter((topic) => !subs.some((s) => s.topic === topic))
+        .map((topic) => ({ topic, qos: 1 as const }));
+      if (missing.length > 0) await addSubscriptions(client, missing);
+      if (subs.length === 0) {
+        this.#freshSessions.add(client.id);
+        return [];
+      }
+      return [...subs, ...missing];
+    };
+    store.putWill = () => Promise.resolve();
+    store.delWill = (client) => (client.brokerId === undefined ? Promise.resolve(null) : delWill(client));
+  }
+
+  /** Retained messages have no use in the protocol and only devices could have left them (before their retain flag was cleared). */
+  async #dropRetained(db: Redis): Promise<void> {
+    const count = await db.hlen(RETAINED_KEY);
+    if (count === 0) return;
+    await db.del(RETAINED_KEY);
+    this.log.warn({ count }, "dropped retained messages left in Redis (devices may not retain)");
+  }
+
+  async #login(client: Client, username: string | undefined, password: Buffer | undefined): Promise<void> {
     const id = parseUsername(username);
-    if (!id.ok || !password) throw refuse(BAD_CREDENTIALS, "bad username or password");
-    if (!clientIdMatches(client.id, id.value)) throw refuse(IDENTIFIER_REJECTED, "client id must be <product>/<device>[/<suffix>]");
-    const result = await this.devices.authenticate(id.value.productName, id.value.deviceName, password.toString("utf8"));
+    if (!id.ok || !password) throw this.#refuseConnect(client, BAD_CREDENTIALS, "bad_username");
+    const identity = id.value;
+    if (!clientIdMatches(client.id, identity)) throw this.#refuseConnect(client, IDENTIFIER_REJECTED, "client_id");
+    // Known as the device's from now on, so that a suspension while the secret is being
+    // checked (scrypt: tens of ms) reaches this connection too.
+    const device: DeviceClient = { identity, cutOff: false, ackTurn: SETTLED };
+    this.#clients.set(client, device);
+    this.#track(client, `${identity.productName}/${identity.deviceName}`);
+    let result;
+    try {
+      result = await this.devices.authenticate(identity.productName, identity.deviceName, password.toString("utf8"));
+    } catch (err) {
+      this.log.error({ err, clientId: client.id }, "device login failed: registry unavailable");
+      throw this.#refuseConnect(client, SERVER_UNAVAILABLE, "registry_unavailable");
+    }
+    if (device.cutOff) result = "suspended" as const;
     switch (result) {
       case "ok":
-        return id.value;
+        break;
       case "suspended":
-        throw refuse(NOT_AUTHORIZED, "device suspended");
+        throw this.#refuseConnect(client, NOT_AUTHORIZED, "suspended");
       case "bad_credentials":
-        this.log.info({ clientId: client.id }, "refused connection: bad credentials");
-        throw refuse(BAD_CREDENTIALS, "bad username or password");
+        throw this.#refuseConnect(client, BAD_CREDENTIALS, "bad_credentials");
       default: {
         const never: never = result;
         return never;
       }
     }
+    this.#checkWill(client, device);
   }
 
-  /** PROTOCOL.md, "Access control": a device may subscribe to its own commands and its product's tags. */
-  #mayHold(client: { id: string }, filter: string): boolean {
-    const p = this.#principals.get(client as Client);
-    return p !== undefined && canSubscribe(p, filter);
+  #refuseConnect(client: Client, returnCode: number, reason: string): AuthenticateError {
+    this.#refusals.refuse("connect", reason, this.#keyOf(client), { clientId: client.id });
+    return refuse(returnCode, reason.replace(/_/g, " "));
   }
 
-  #onConnect(client: Client): void {
-    const p = this.#principals.get(client);
-    if (!p) return;
-    const key = `${p.productName}/${p.deviceName}`;
-    const set = this.#online.get(key) ?? new Set<Client>();
+  /** Until the connection closes, `disconnect()` can find it. */
+  #track(client: Client, key: string): void {
+    const set = this.#byDevice.get(key) ?? new Set<Client>();
     set.add(client);
-    this.#online.set(key, set);
-    this.metrics.connectedDevices.inc();
-    if (client.clean) {
-      client.subscribe({ topic: deviceCommandFilter(p.productName, p.deviceName), qos: 1 }, (err) => {
-        if (err) this.log.error({ clientId: client.id, err: err.message }, "auto-subscription failed");
-      });
+    this.#byDevice.set(key, set);
+    client.conn.once("close", () => {
+      if (set.delete(client) && set.size === 0 && this.#byDevice.get(key) === set) this.#byDevice.delete(key);
+    });
+  }
+
+  /**
+   * A will is a publish the device makes in advance: held to the same rules
+   * (PROTOCOL.md, "Access control"). One outside them is dropped, the
+   * connection kept (friendlier to firmware than refusing it); the retain
+   * flag goes as for any device publish. aedes keeps the CONNECT's will in
+   * `_will` until its storeWill step (lib/handlers/connect.js), after this.
+   */
+  #checkWill(client: Client, device: DeviceClient): void {
+    const c = client as Client & { _will?: PublishPacket | null };
+    const will = c._will;
+    if (!will) return;
+    if (!canPublish(device.identity, will.topic)) {
+      c._will = null;
+      this.#refusals.refuse("will", "not_allowed", this.#keyOf(client), { clientId: client.id, topic: will.topic });
+    } else if (will.retain) {
+      will.retain = false;
+      this.metrics.refused.inc({ kind: "retain", reason: "cleared" });
     }
   }
 
   /**
-   * EMQX-style auto-subscription: devices never subscribe to their own
-   * command topic (PROTOCOL.md). For a persistent session it is stored before
-   * the CONNACK, so aedes restores it with the session and commands queue
-   * for the device even if it drops straight after connecting; a clean
-   * session is subscribed once it is registered (#onConnect).
+   * aedes asks here before it acknowledges a device's PUBLISH (QoS 1: the
+   * PUBACK follows `done(null)`; an error closes the connection unacknowledged)
+   * and before it publishes a will. Reports are ingested here, so that the
+   * PUBACK means "stored" (aedes writes it before delivering to any
+   * subscriber: a subscriber's callback could not hold it back).
    */
-  async #autoSubscribe(client: Client, id: DeviceIdentity): Promise<void> {
-    if (client.clean || !this.#persistence) return;
-    await this.#persistence.addSubscriptions(client, [{ topic: deviceCommandFilter(id.productName, id.deviceName), qos: 1 }]);
+  #authorizePublish(client: Client | null, packet: PublishPacket, done: Done): void {
+    const device = client ? this.#clients.get(client) : undefined;
+    if (!client || !device || isStoredWill(packet)) {
+      // No client: aedes replaying a will stored by a broker that died (aedes.js _clearWills).
+      // This broker stores none, so it predates that rule: never published, deleted by aedes.
+      this.#refusals.refuse("will", "stored", client?.id ?? "stored", { topic: packet.topic });
+      return this.#consume(packet, done);
+    }
+    if (device.cutOff) {
+      this.metrics.refused.inc({ kind: "publish", reason: "suspended" });
+      return this.#consume(packet, done);
+    }
+    if (packet.retain) {
+      // The protocol has no use for retained messages; kept, they would outlive every check.
+      packet.retain = false;
+      this.metrics.refused.inc({ kind: "retain", reason: "cleared" });
+    }
+    const topic = authorizedPublish(device.identity, packet.topic);
+    if (!topic) {
+      // Acknowledged and dropped, not disconnected: a refused publish must not become a
+      // reconnect-and-resend loop (PROTOCOL.md, "Access control"; MQTT 3.1.1 §3.3.5).
+      this.#refusals.refuse("publish", "not_allowed", this.#keyOf(client), { clientId: client.id, topic: packet.topic });
+      return this.#consume(packet, done);
+    }
+    switch (topic.kind) {
+      case "ota_status":
+      case "status":
+      case "get":
+        return this.#ingest(client, device, packet, done);
+      case "m2m":
+        return done(null); // delivered through the target's m2m auto-subscription
+      case "upload_data":
+      case "cmd_resp":
+      case "rpc_resp":
+        // Part of the IotHub contract, not this server's business: accepted, not acted on.
+        this.metrics.ingest.inc({ kind: topic.kind, result: "ignored" });
+        return this.#consume(packet, done);
+      default: {
+        const never: never = topic;
+        return never;
+      }
+    }
   }
 
-  #onDisconnect(client: Client): void {
-    const p = this.#principals.get(client);
-    if (!p) return;
-    const key = `${p.productName}/${p.deviceName}`;
-    const set = this.#online.get(key);
-    if (set?.delete(client)) this.metrics.connectedDevices.dec();
-    if (set && set.size === 0) this.#online.delete(key);
+  /**
+   * Hands the report to ingest at once (its per-device order is arrival
+   * order) and acknowledges it once the effect is durable, in arrival order.
+   * A failed effect is not acknowledged: the connection is closed, and the
+   * device sends the report again when it reconnects (MQTT 3.1.1 §4.4).
+   */
+  #ingest(client: Client, device: DeviceClient, packet: PublishPacket, done: Done): void {
+    const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
+    let effect: Promise<void>;
+    try {
+      effect = Promise.resolve(this.onMessage(packet.topic, payload));
+    } catch (err) {
+      effect = Promise.reject(err);
+    }
+    const turn = Promise.all([device.ackTurn, effect]);
+    device.ackTurn = turn.catch(noop);
+    turn.then(
+      () => this.#consume(packet, done),
+      (err: unknown) => {
+        // Ingest counted and logged it (unacknowledged{kind}); closing the connection is what is left.
+        this.log.debug({ err, clientId: client.id, topic: packet.topic }, "report not stored: connection closed unacknowledged");
+        done(err instanceof Error ? err : new Error(String(err)));
+      },
+    );
+  }
+
+  /** Lets aedes acknowledge the packet as usual, and publish it nowhere (see {@link DeviceAedes}). */
+  #consume(packet: PublishPacket, done: Done): void {
+    this.#aedes?.consumed.add(packet);
+    done(null);
+  }
+
+  #authorizeForward(client: Client, packet: AedesPublishPacket): AedesPublishPacket | null {
+    const device = this.#clients.get(client);
+    if (!device || device.cutOff) return null;
+    // Only the retained store yields retained packets here, and only devices could have filled it.
+    if (packet.retain) return null;
+    return packet;
+  }
+
+  /** PROTOCOL.md, "Access control": a device may subscribe to its product's tags (and its own auto-subscriptions). */
+  #mayHold(client: { id: string }, filter: string): boolean {
+    const device = this.#clients.get(client as Client);
+    return device !== undefined && canSubscribe(device.identity, filter);
+  }
+
+  #keyOf(client: Client): string {
+    const id = this.#clients.get(client)?.identity;
+    return id ? `${id.productName}/${id.deviceName}` : `client:${client.id}`;
+  }
+
+  /**
+   * Registered (just before the CONNACK). A clean session, or a persistent one
+   * this CONNECT created, is subscribed live here: the persistent one's
+   * filters are already stored, so nothing waits on Redis and the
+   * subscription is live before anything can be published to it.
+   */
+  #onRegistered(client: Client): void {
+    const device = this.#clients.get(client);
+    if (!device) return;
+    this.metrics.connectedDevices.inc();
+    if (!client.clean && !this.#freshSessions.delete(client.id)) return;
+    const { productName, deviceName } = device.identity;
+    const subscriptions = deviceAutoSubscriptions(productName, deviceName).map((topic) => ({ topic, qos: 1 as const }));
+    client.subscribe(subscriptions, (err) => {
+      if (err) this.log.error({ clientId: client.id, err }, "auto-subscription failed");
+    });
   }
 }

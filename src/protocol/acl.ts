@@ -1,5 +1,6 @@
 import { isValidName } from "./names.js";
 import { fail, ok, type Result } from "./result.js";
+import { deviceAutoSubscriptions, parseDevicePublish, type DevicePublishTopic } from "./topics.js";
 
 export interface DeviceIdentity {
   productName: string;
@@ -24,14 +25,37 @@ export function clientIdMatches(clientId: string, id: DeviceIdentity): boolean {
   return suffix.length > 0 && !/[/+#\u0000]/.test(suffix);
 }
 
-/** PROTOCOL.md, "Access control": what a device may publish to. */
-export function publishFilters({ productName: p, deviceName: d }: DeviceIdentity): string[] {
-  return [`update_status/${p}/${d}/+`, `update_ota_status/${p}/${d}/+`, `get/${p}/${d}/+/+`, `cmd_resp/${p}/${d}/+/+/+`];
+/**
+ * The device a client id belongs to, for an id {@link clientIdMatches} accepted
+ * (`<product>/<device>[/<suffix>]`); undefined for any other id.
+ */
+export function clientIdentity(clientId: string): DeviceIdentity | undefined {
+  const [productName, deviceName] = clientId.split("/", 2);
+  if (productName === undefined || deviceName === undefined) return undefined;
+  const id = { productName, deviceName };
+  return isValidName(productName) && isValidName(deviceName) && clientIdMatches(clientId, id) ? id : undefined;
 }
 
-/** PROTOCOL.md, "Access control": what a device may subscribe to. */
+/** PROTOCOL.md, "Access control": what a device may publish to (as filters, for documentation and tests). */
+export function publishFilters({ productName: p, deviceName: d }: DeviceIdentity): string[] {
+  return [
+    `upload_data/${p}/${d}/+/+`,
+    `update_status/${p}/${d}/+`,
+    `cmd_resp/${p}/${d}/+/+/+`,
+    `rpc_resp/${p}/${d}/+/+/+`,
+    `get/${p}/${d}/+/+`,
+    `m2m/${p}/+/${d}/+`,
+    `update_ota_status/${p}/${d}/+`,
+  ];
+}
+
+/**
+ * PROTOCOL.md, "Access control": what a device may subscribe to. The
+ * auto-subscriptions are the broker's, but a device repeating one of its own
+ * gains nothing it does not have.
+ */
 export function subscribeFilters({ productName: p, deviceName: d }: DeviceIdentity): string[] {
-  return [`tags/${p}/+/cmd/+/+/+/#`, `cmd/${p}/${d}/+/+/+/#`];
+  return [`tags/${p}/+/cmd/+/+/+/#`, ...deviceAutoSubscriptions(p, d)];
 }
 
 /** Whether a concrete topic name matches a filter (MQTT 3.1.1 §4.7). */
@@ -68,9 +92,20 @@ export function filterCovered(allowed: string, requested: string): boolean {
   return r.length === a.length;
 }
 
+/**
+ * The contract topic a device may publish, or null when the topic is outside
+ * the contract or names another device (as the sender, for `m2m`). The
+ * parser's name rules leave no room for wildcards, NUL or `$` levels.
+ */
+export function authorizedPublish(id: DeviceIdentity, topic: string): DevicePublishTopic | null {
+  const parsed = parseDevicePublish(topic);
+  if (!parsed.ok) return null;
+  const m = parsed.value;
+  return m.productName === id.productName && m.deviceName === id.deviceName ? m : null;
+}
+
 export function canPublish(id: DeviceIdentity, topic: string): boolean {
-  if (/[+#]/.test(topic)) return false;
-  return publishFilters(id).some((f) => topicMatches(f, topic));
+  return authorizedPublish(id, topic) !== null;
 }
 
 export function canSubscribe(id: DeviceIdentity, filter: string): boolean {

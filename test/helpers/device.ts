@@ -16,6 +16,8 @@ export interface Received {
  */
 export class TestDevice {
   readonly inbox = new Inbox<Received>();
+  /** The CONNACK's Session Present flag (MQTT 3.1.1 §3.2.2.2) of the first connection. */
+  sessionPresent = false;
 
   private constructor(
     readonly client: MqttClient,
@@ -53,7 +55,10 @@ export class TestDevice {
     // Listen before the CONNACK: a resumed session's queued commands follow it at once.
     const device = new TestDevice(client, productName, deviceName);
     await new Promise<void>((resolve, reject) => {
-      client.once("connect", () => resolve());
+      client.once("connect", (connack) => {
+        device.sessionPresent = connack.sessionPresent;
+        resolve();
+      });
       client.once("error", reject);
       client.once("close", () => reject(new Error("connection closed before CONNACK")));
     });

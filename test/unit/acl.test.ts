@@ -1,5 +1,14 @@
 import { describe, expect, it } from "vitest";
-import { canPublish, canSubscribe, clientIdMatches, filterCovered, parseUsername, topicMatches } from "../../src/protocol/acl.js";
+import {
+  canPublish,
+  canSubscribe,
+  clientIdentity,
+  clientIdMatches,
+  filterCovered,
+  parseUsername,
+  publishFilters,
+  topicMatches,
+} from "../../src/protocol/acl.js";
 
 const me = { productName: "p", deviceName: "d" };
 
@@ -17,6 +26,12 @@ describe("identity", () => {
     expect(clientIdMatches("p/dd", me)).toBe(false);
     expect(clientIdMatches("p/e", me)).toBe(false);
     expect(clientIdMatches("random", me)).toBe(false);
+  });
+
+  it("names the device of an accepted client id, of no other", () => {
+    expect(clientIdentity("p/d")).toEqual(me);
+    expect(clientIdentity("p/d/sdk1")).toEqual(me);
+    for (const bad of ["p", "p/d/", "p/d/a/b", "p/$d", "p/+", "", "p/d/x\u0000"]) expect(clientIdentity(bad)).toBeUndefined();
   });
 });
 
@@ -38,19 +53,52 @@ describe("topic matching", () => {
 });
 
 describe("device access control (PROTOCOL.md)", () => {
-  it("lets a device publish only its own reports", () => {
-    expect(canPublish(me, "update_status/p/d/m1")).toBe(true);
-    expect(canPublish(me, "update_ota_status/p/d/m1")).toBe(true);
-    expect(canPublish(me, "get/p/d/$tags/m1")).toBe(true);
-    expect(canPublish(me, "cmd_resp/p/d/c/r/m")).toBe(true);
-    expect(canPublish(me, "update_status/p/other/m1")).toBe(false);
-    expect(canPublish(me, "update_status/q/d/m1")).toBe(false);
-    expect(canPublish(me, "cmd/p/d/$ota_upgrade/plain/r")).toBe(false);
-    expect(canPublish(me, "update_status/p/d/+")).toBe(false);
+  it("lets a device publish the whole IotHub contract, as itself", () => {
+    for (const topic of [
+      "update_status/p/d/m1",
+      "update_ota_status/p/d/m1",
+      "get/p/d/$tags/m1",
+      "get/p/d/$shadow/m1",
+      "upload_data/p/d/sample/m1",
+      "upload_data/p/d/$shadow_reported/m1",
+      "cmd_resp/p/d/$ota_upgrade/5f1d7ae1c3b2a1f0e9d8c7b6/m",
+      "rpc_resp/p/d/reboot/r/m",
+      "m2m/p/other/d/m1",
+    ]) {
+      expect(canPublish(me, topic), topic).toBe(true);
+      expect(publishFilters(me).some((f) => topicMatches(f, topic)), topic).toBe(true);
+    }
+  });
+
+  it("refuses another device's topics, other products, commands and malformed levels", () => {
+    for (const topic of [
+      "update_status/p/other/m1",
+      "update_status/q/d/m1",
+      "m2m/p/d/other/m1",
+      "m2m/q/other/d/m1",
+      "upload_data/p/other/sample/m1",
+      "cmd/p/d/$ota_upgrade/plain/r",
+      "tags/p/beta/cmd/$ota_upgrade/plain/r",
+      "rpc/p/d/x/plain/r",
+      "update_status/p/d/+",
+      "update_status/p/d/#",
+      "update_status/p/d/m\u0000",
+      "update_status/p/d/",
+      "update_status/p/d/m/extra",
+      "update_status//d/m",
+      "$SYS/broker/x",
+      "upload_data/p/d/a b/m",
+    ]) {
+      expect(canPublish(me, topic), topic).toBe(false);
+    }
   });
 
   it("lets a device subscribe only to its commands and its product's tags", () => {
     expect(canSubscribe(me, "cmd/p/d/+/+/+/#")).toBe(true);
+    expect(canSubscribe(me, "rpc/p/d/+/+/+/#")).toBe(true);
+    expect(canSubscribe(me, "m2m/p/d/+/+")).toBe(true);
+    expect(canSubscribe(me, "m2m/p/other/+/+")).toBe(false);
+    expect(canSubscribe(me, "rpc/p/+/+/+/+/#")).toBe(false);
     expect(canSubscribe(me, "tags/p/beta/cmd/+/+/+/#")).toBe(true);
     expect(canSubscribe(me, "cmd/p/other/+/+/+/#")).toBe(false);
     expect(canSubscribe(me, "tags/q/beta/cmd/+/+/+/#")).toBe(false);

@@ -1,5 +1,13 @@
 import { describe, expect, it } from "vitest";
-import { buildCommandTopic, deviceCommandFilter, parseCommandTopic, parseDeviceTopic, sharedFilter } from "../../src/protocol/topics.js";
+import {
+  buildCommandTopic,
+  deviceAutoSubscriptions,
+  deviceCommandFilter,
+  parseCommandTopic,
+  parseDevicePublish,
+  parseDeviceTopic,
+  sharedFilter,
+} from "../../src/protocol/topics.js";
 
 describe("command topics", () => {
   it("builds the device form with and without expiresAt", () => {
@@ -34,6 +42,7 @@ describe("command topics", () => {
 
   it("names the auto-subscription filter and the shared form", () => {
     expect(deviceCommandFilter("p", "d")).toBe("cmd/p/d/+/+/+/#");
+    expect(deviceAutoSubscriptions("p", "d")).toEqual(["cmd/p/d/+/+/+/#", "rpc/p/d/+/+/+/#", "m2m/p/d/+/+"]);
     expect(sharedFilter("g", "update_status/+/+/+")).toBe("$share/g/update_status/+/+/+");
   });
 });
@@ -62,5 +71,35 @@ describe("device topics", () => {
     "",
   ])("refuses %j", (topic) => {
     expect(parseDeviceTopic(topic)).toMatchObject({ ok: false, reason: "unknown_topic" });
+  });
+});
+
+describe("the device contract (PROTOCOL.md, \"Other device traffic\")", () => {
+  it("reads data, replies and device-to-device messages, the sender as the device", () => {
+    expect(parseDevicePublish("upload_data/p/d/$shadow_updated/m1")).toEqual({
+      ok: true,
+      value: { kind: "upload_data", productName: "p", deviceName: "d", type: "$shadow_updated", messageId: "m1" },
+    });
+    expect(parseDevicePublish("cmd_resp/p/d/$ota_upgrade/r1/m1")).toEqual({
+      ok: true,
+      value: { kind: "cmd_resp", productName: "p", deviceName: "d", command: "$ota_upgrade", requestId: "r1", messageId: "m1" },
+    });
+    expect(parseDevicePublish("rpc_resp/p/d/reboot/r1/m1")).toMatchObject({ ok: true, value: { kind: "rpc_resp", command: "reboot" } });
+    expect(parseDevicePublish("m2m/p/target/sender/m1")).toEqual({
+      ok: true,
+      value: { kind: "m2m", productName: "p", deviceName: "sender", target: "target", messageId: "m1" },
+    });
+  });
+
+  it.each(["upload_data/p/d/m1", "cmd_resp/p/d/c/m1", "m2m/p/t/m1", "m2m/p/t/$s/m1", "rpc_resp/p/d/c/r/m/x"])("refuses %j", (topic) => {
+    expect(parseDevicePublish(topic).ok).toBe(false);
+  });
+
+  it("keeps ingest to the topics it handles: the rest of the contract is not an ingest topic", () => {
+    for (const topic of ["upload_data/p/d/sample/m1", "cmd_resp/p/d/c/r/m1", "rpc_resp/p/d/c/r/m1", "m2m/p/t/d/m1"]) {
+      expect(parseDevicePublish(topic).ok).toBe(true);
+      expect(parseDeviceTopic(topic).ok).toBe(false);
+    }
+    expect(parseDeviceTopic("get/p/d/$ntp/m1")).toMatchObject({ ok: true, value: { kind: "get", resource: "$ntp" } });
   });
 });
