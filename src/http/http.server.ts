@@ -149,7 +149,14 @@ export class HttpServer {
     const onInternal = (err: unknown) => log.error({ err }, "unexpected error in a GraphQL operation");
     // ws refuses a larger frame from its header (close 1009), before reading it: before authentication too.
     const wss = new WebSocketServer({ server, path: "/graphql", maxPayload: limits.wsMaxPayloadBytes });
-    wss.on("connection", (socket) => socket.on("close", (code) => code === 1009 && refuse("ws", "frame_too_large")));
+    wss.on("connection", (socket) =>
+      // After graphql-ws has added its own listener, which prints each error's stack on stderr: a flood of
+      // bad frames must not be a flood of stacks. ws closes the socket itself on these (1009 for a large frame).
+      queueMicrotask(() => {
+        socket.removeAllListeners("error");
+        socket.on("error", (err: Error & { code?: string }) => refuse("ws", err.code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH" ? "frame_too_large" : "bad_frame"));
+      }),
+    );
     const connections = new WsConnections(limits.wsMaxConnectionsPerToken);
     const refuseWs = (rule: string) => refuse("ws", rule);
     const shared = sharedDocuments({ maxTokens: limits.graphqlMaxTokens, rules: armorRules(limits, refuseWs) });
