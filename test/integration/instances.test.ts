@@ -23,14 +23,17 @@ describe.skipIf(!DATABASE_URL)("two instances sharing Redis, PostgreSQL and one 
     const onA = await subscribe(wsClient(a), OtaProgressChangedDocument, { productName });
 
     const dev = await TestDevice.connect(MOSQUITTO_URL, productName, deviceName, "");
-    const ids = Array.from({ length: 40 }, () => new ObjectId().toHexString());
+    // The device's clock runs backwards (ids made a minute earlier each time): order is the server's, not the ids'.
+    const now = Math.floor(Date.now() / 1000);
+    const ids = Array.from({ length: 40 }, (_, i) => new ObjectId(ObjectId.generate(now - 60 * i)).toHexString());
     for (const [i, id] of ids.entries()) await dev.reportProgress({ version: "9.9", type: "firmware", progress: i }, id);
     for (const id of ids.slice(0, 10)) await dev.reportProgress({ version: "9.9", type: "firmware", progress: 99 }, id);
 
     const count = async (result: string) =>
       (await metric(a, "iothub_ota_ingest_messages_total", { kind: "ota_status", result })) +
       (await metric(b, "iothub_ota_ingest_messages_total", { kind: "ota_status", result }));
-    // Each report is processed once, by one instance; one overtaken by a newer report on the other is stale.
+    // Each report is processed once, by one instance; one that arrives after a higher report of the same
+    // upgrade was stored (the other instance overtook it) is stale.
     await eventually(async () => expect((await count("accepted")) + (await count("stale"))).toBe(40));
     await eventually(async () => expect(await count("duplicate")).toBe(10));
     expect(await metric(a, "iothub_ota_ingest_messages_total", { kind: "ota_status" })).toBeGreaterThan(0);
