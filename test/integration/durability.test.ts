@@ -57,17 +57,20 @@ async function register(t: { httpUrl: string; token: string }, productName: stri
   return registerDevice;
 }
 
-function killed(server: ServerProcess): Promise<void> {
-  const exited = new Promise<void>((r) => server.process.once("exit", () => r()));
-  server.process.kill("SIGKILL");
+function killed(server: ServerProcess, signal: NodeJS.Signals): Promise<number | null> {
+  const exited = new Promise<number | null>((r) => server.process.once("exit", (code) => r(code)));
+  server.process.kill(signal);
   return exited;
 }
 
 describe.each([
   ["the embedded broker", false],
   ["an external Mosquitto", true],
-])("a server killed with SIGKILL mid-ingest, with %s", (_name, external) => {
-  it("loses no acknowledged report, and stores the unacknowledged ones once they are sent again", async () => {
+])("a server stopped mid-ingest, with %s", (_name, external) => {
+  it.each([
+    ["killed with SIGKILL", "SIGKILL", null],
+    ["stopped with SIGTERM", "SIGTERM", 0],
+  ] as const)("%s, loses no acknowledged report, and stores the unacknowledged ones once they are sent again", async (_how, signal, exitCode) => {
     const token = `test-admin-${randomBytes(16).toString("hex")}`;
     const prefix = `${uniq("dur")}:`;
     const broker = external ? await OwnMosquitto.start() : undefined;
@@ -105,9 +108,9 @@ describe.each([
     const settled = () => metric(api, "iothub_ota_ingest_messages_total", { kind: "ota_status" });
     await eventually(async () => expect(await settled()).toBeGreaterThan((DEVICES * REPORTS) / 10), 20_000);
     const settledAtKill = await settled();
-    await killed(server);
+    expect(await killed(server, signal)).toBe(exitCode);
     const acknowledgedAtKill = new Set(fleet.acknowledged);
-    // Some were still to be settled: the crash has something to lose.
+    // Some were still to be settled: the stop has something to lose.
     expect(settledAtKill).toBeLessThan(DEVICES * REPORTS);
 
     server = await ServerProcess.start(env);
