@@ -9,11 +9,56 @@ import {
   SendOtaDocument,
   SetDeviceTagsDocument,
 } from "../generated/graphql.js";
+import { createServer, connect, type AddressInfo, type Socket } from "node:net";
+import mqtt from "mqtt";
 import { gql, gqlOk, startApp, type TestApp } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
-import { uniq } from "../helpers/services.js";
-import { eventually } from "../helpers/wait.js";
+import { MOSQUITTO_URL, uniq } from "../helpers/services.js";
+import { onTeardown } from "../helpers/teardown.js";
+import { eventually, Inbox } from "../helpers/wait.js";
 import { firmware } from "../helpers/fixtures.js";
+
+/**
+ * A TCP relay to a real broker that can hold back what the broker sends
+ * (its PUBACKs among them) while still passing on what the server sends: a
+ * broker that takes a command and does not confirm it.
+ */
+async function holdingRelay(target: URL) {
+  let holding = false;
+  let cut = false;
+  const held: (() => void)[] = [];
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    if (cut) return void client.destroy();
+    const upstream = connect(Number(target.port), target.hostname);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on("error", () => undefined);
+      s.on("close", () => (client.destroy(), upstream.destroy()));
+    }
+    client.on("data", (d) => upstream.write(d));
+    upstream.on("data", (d) => (holding ? held.push(() => client.write(d)) : client.write(d)));
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  onTeardown(() => {
+    for (const s of sockets) s.destroy();
+    return new Promise((r) => server.close(r));
+  });
+  return {
+    url: `mqtt://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    hold: () => void (holding = true),
+    release: () => {
+      holding = false;
+      for (const send of held.splice(0)) send();
+    },
+    /** Drops every connection and refuses new ones until {@link restore}. */
+    cut: () => {
+      cut = true;
+      for (const s of sockets) s.destroy();
+    },
+    restore: () => void (cut = false),
+  };
+}
 
 
 describe("the API", () => {
@@ -104,6 +149,15 @@ describe("the API", () => {
       expect(r.errors?.[0]?.message).toContain(field);
     });
 
+    it("sends the URL as understood, not as typed", async () => {
+      const name = uniq("u");
+      const { registerDevice } = await gqlOk(t, RegisterDeviceDocument, { input: { productName, deviceName: name } });
+      const dev = await TestDevice.connect(t.mqttUrl, productName, name, registerDevice.secret);
+      await gqlOk(t, SendOtaDocument, { input: { productName, deviceName: name, firmware: { ...firmware, url: "  HTTPS://FW.Example:443/a b.bin" } } });
+      expect((await dev.nextCommand("$ota_upgrade")).json.url).toBe("https://fw.example/a%20b.bin");
+      await dev.end();
+    });
+
     it("refuses neither device nor tag, and a bad tag", async () => {
       const none = await gql(t, SendOtaDocument, { input: { productName, firmware } });
       expect(none.errors?.[0]?.extensions?.code).toBe("BAD_USER_INPUT");
@@ -138,6 +192,60 @@ describe("the API", () => {
       expect(taken.errors?.[0]?.extensions?.code).toBe("DEVICE_EXISTS");
       const missing = await gql(t, SetDeviceTagsDocument, { productName, deviceName: "ghost", tags: [] });
       expect(missing.errors?.[0]?.extensions?.code).toBe("DEVICE_NOT_FOUND");
+    });
+  });
+
+  describe("idempotency keys", () => {
+    const connectDevice = async () => {
+      const name = uniq("idem");
+      const { registerDevice } = await gqlOk(t, RegisterDeviceDocument, { input: { productName, deviceName: name } });
+      return TestDevice.connect(t.mqttUrl, productName, name, registerDevice.secret);
+    };
+    /** The device's next $ota_upgrade is this marker, sent last without a key: nothing was sent twice in between. */
+    const expectNothingMore = async (dev: TestDevice) => {
+      await gqlOk(t, SendOtaDocument, { input: { productName, deviceName: dev.deviceName, firmware: { ...firmware, version: "marker" } } });
+      expect((await dev.nextCommand("$ota_upgrade")).json.version).toBe("marker");
+    };
+
+    it("make a retried sendOta answer the first result without sending again", async () => {
+      const dev = await connectDevice();
+      const input = { productName, deviceName: dev.deviceName, firmware, idempotencyKey: uniq("key") };
+      const first = (await gqlOk(t, SendOtaDocument, { input })).sendOta;
+      expect((await dev.nextCommand("$ota_upgrade")).topic).toBe(first.topic);
+      expect((await gqlOk(t, SendOtaDocument, { input })).sendOta).toEqual(first);
+      await expectNothingMore(dev);
+      const reused = await gql(t, SendOtaDocument, { input: { ...input, firmware: { ...firmware, version: "2.0" } } });
+      expect(reused.errors?.[0]?.extensions).toMatchObject({ code: "BAD_USER_INPUT", field: "idempotencyKey" });
+      const bad = await gql(t, SendOtaDocument, { input: { ...input, idempotencyKey: "has space" } });
+      expect(bad.errors?.[0]?.extensions).toMatchObject({ code: "BAD_USER_INPUT", field: "idempotencyKey" });
+      await dev.end();
+    });
+
+    it("send once for concurrent requests with one key: the others are told it is in progress or get its result", async () => {
+      const dev = await connectDevice();
+      const input = { productName, deviceName: dev.deviceName, firmware, idempotencyKey: uniq("key") };
+      const answers = await Promise.all(Array.from({ length: 5 }, () => gql(t, SendOtaDocument, { input })));
+      const sent = answers.filter((a) => a.data?.sendOta).map((a) => a.data!.sendOta.requestId);
+      expect(sent.length).toBeGreaterThanOrEqual(1);
+      expect(new Set(sent).size).toBe(1);
+      for (const a of answers.filter((x) => x.errors)) expect(a.errors?.[0]?.extensions?.code).toBe("REQUEST_IN_PROGRESS");
+      await dev.nextCommand("$ota_upgrade");
+      await expectNothingMore(dev);
+      await dev.end();
+    });
+
+    it("take the Idempotency-Key header on POST /ota", async () => {
+      const dev = await connectDevice();
+      const post = () =>
+        fetch(`${t.httpUrl}/ota/${productName}/${dev.deviceName}`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${t.token}`, "content-type": "application/json", "idempotency-key": "rest-key-1" },
+          body: JSON.stringify(firmware),
+        });
+      for (let i = 0; i < 2; i++) expect(await (await post()).text()).toBe("ok");
+      await dev.nextCommand("$ota_upgrade");
+      await expectNothingMore(dev);
+      await dev.end();
     });
   });
 
@@ -222,6 +330,42 @@ describe("the API", () => {
       expect((await rest(`/devices/${productName}/ghost`)).status).toBe(404);
       const bad = await rest("/devices", { method: "POST", body: new URLSearchParams({ product_name: "a b" }) });
       expect(bad.status).toBe(400);
+    });
+  });
+
+  describe("idempotency keys when the broker does not confirm", () => {
+    it("never send a second time after COMMAND_UNCONFIRMED; after BROKER_UNAVAILABLE the key is free", async () => {
+      const relay = await holdingRelay(new URL(MOSQUITTO_URL));
+      const u = await startApp({ externalBroker: relay.url, env: { PUBLISH_TIMEOUT_MS: "500" } });
+      const product = uniq("unconf");
+      await gqlOk(u, RegisterDeviceDocument, { input: { productName: product, deviceName: "d" } });
+      // With an external broker, the device's command subscription is the broker's business: a watcher stands in.
+      const watcher = await mqtt.connectAsync(MOSQUITTO_URL, { reconnectPeriod: 0 });
+      onTeardown(() => watcher.endAsync(true));
+      const commands = new Inbox<Record<string, unknown>>();
+      watcher.on("message", (_topic, payload) => commands.push(JSON.parse(payload.toString()) as Record<string, unknown>));
+      await watcher.subscribeAsync(`cmd/${product}/d/#`, { qos: 1 });
+      const input = { productName: product, deviceName: "d", firmware, idempotencyKey: uniq("key") };
+
+      relay.hold();
+      const first = await gql(u, SendOtaDocument, { input });
+      expect(first.errors?.[0]?.extensions?.code).toBe("COMMAND_UNCONFIRMED");
+      expect((await commands.next()).version).toBe(firmware.version); // it did reach the broker
+      const retry = await gql(u, SendOtaDocument, { input });
+      expect(retry.errors?.[0]?.extensions?.code).toBe("COMMAND_UNCONFIRMED");
+      expect(retry.errors?.[0]?.message).toContain("nothing was sent again");
+      relay.release();
+      await gqlOk(u, SendOtaDocument, { input: { ...input, idempotencyKey: null, firmware: { ...firmware, version: "marker" } } });
+      expect((await commands.next()).version).toBe("marker");
+
+      relay.cut();
+      await eventually(async () => expect((await fetch(`${u.httpUrl}/readyz`)).status).toBe(503));
+      const again = { ...input, idempotencyKey: uniq("key"), firmware: { ...firmware, version: "3.0" } };
+      expect((await gql(u, SendOtaDocument, { input: again })).errors?.[0]?.extensions?.code).toBe("BROKER_UNAVAILABLE");
+      relay.restore();
+      await eventually(async () => expect((await fetch(`${u.httpUrl}/readyz`)).status).toBe(200));
+      expect((await gqlOk(u, SendOtaDocument, { input: again })).sendOta.requestId).toMatch(/^[0-9a-f]{24}$/);
+      expect((await commands.next()).version).toBe("3.0");
     });
   });
 });
