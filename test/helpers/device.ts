@@ -95,3 +95,13 @@ export class TestDevice {
     return this.client.endAsync(true);
   }
 }
+
+/** Connects as raw MQTT and returns the CONNACK failure code, 0 on success, or -1 when closed without a CONNACK. */
+export function connackCode(url: string, opts: IClientOptions): Promise<number> {
+  const c = mqtt.connect(url, { reconnectPeriod: 0, connectTimeout: 5000, ...opts });
+  return new Promise<number>((resolve) => {
+    c.once("connect", () => resolve(0));
+    c.once("error", (err) => resolve((err as { code?: number }).code ?? -1));
+    c.once("close", () => resolve(-1));
+  }).finally(() => c.end(true));
+}

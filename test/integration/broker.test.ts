@@ -1,4 +1,3 @@
-import mqtt from "mqtt";
 import { beforeAll, describe, expect, it } from "vitest";
 import {
   DeleteDeviceDocument,
@@ -13,7 +12,7 @@ import {
 import { firmware } from "../helpers/fixtures.js";
 import { metric } from "../helpers/metrics.js";
 import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
-import { TestDevice } from "../helpers/device.js";
+import { connackCode, TestDevice } from "../helpers/device.js";
 import { Redis } from "ioredis";
 import { REDIS_URL, uniq } from "../helpers/services.js";
 import { onTeardown } from "../helpers/teardown.js";
@@ -21,14 +20,13 @@ import { eventually, sleep } from "../helpers/wait.js";
 
 const REFUSED = "iothub_ota_broker_refused_total";
 
-/** Connects as raw MQTT and returns the CONNACK failure code, 0 on success, or -1 when closed without a CONNACK. */
-function connackCode(url: string, opts: mqtt.IClientOptions): Promise<number> {
-  const c = mqtt.connect(url, { reconnectPeriod: 0, connectTimeout: 5000, ...opts });
-  return new Promise<number>((resolve) => {
-    c.once("connect", () => resolve(0));
-    c.once("error", (err) => resolve((err as { code?: number }).code ?? -1));
-    c.once("close", () => resolve(-1));
-  }).finally(() => c.end(true));
+/** A hook on timing: code under test signals `enter()` and waits for `opened`; the test waits for `entered`, then `open()`s. */
+function gate() {
+  let open!: () => void;
+  let enter!: () => void;
+  const opened = new Promise<void>((r) => (open = r));
+  const entered = new Promise<void>((r) => (enter = r));
+  return { open, opened, enter, entered };
 }
 
 describe("the embedded broker", () => {
@@ -232,22 +230,19 @@ describe("the embedded broker", () => {
     const devices = t.app.devices;
     const applyStatus = devices.applyStatus.bind(devices);
     onTeardown(() => (devices.applyStatus = applyStatus));
-    let open!: () => void;
-    const gate = new Promise<void>((r) => (open = r));
-    let entered!: () => void;
-    const inIngest = new Promise<void>((r) => (entered = r));
+    const hold = gate();
     devices.applyStatus = async (...args) => {
-      entered();
-      await gate;
+      hold.enter();
+      await hold.opened;
       return applyStatus(...args);
     };
     let acked = false;
     const puback = dev.reportStatus({ firmware_ver: "2.0" }).then(() => (acked = true));
-    await inIngest;
+    await hold.entered;
     // Before, aedes wrote the PUBACK before ingest even started; a window for it to arrive:
     await sleep(300);
     expect(acked).toBe(false);
-    open();
+    hold.open();
     await puback;
     expect((await gqlOk(t, DeviceDocument, { productName, deviceName: name })).device?.firmwareVersion).toBe("2.0");
 
@@ -274,21 +269,18 @@ describe("the embedded broker", () => {
     const devices = t.app.devices;
     const authenticate = devices.authenticate.bind(devices);
     onTeardown(() => (devices.authenticate = authenticate));
-    let open!: () => void;
-    const gate = new Promise<void>((r) => (open = r));
-    let checked!: () => void;
-    const inLogin = new Promise<void>((r) => (checked = r));
+    const hold = gate();
     devices.authenticate = async (...args) => {
       const result = await authenticate(...args); // read before the suspension: "ok"
-      checked();
-      await gate;
+      hold.enter();
+      await hold.opened;
       return result;
     };
     const id = `${productName}/${name}`;
     const connecting = connackCode(t.mqttUrl, { clientId: id, username: id, password: registerDevice.secret });
-    await inLogin;
+    await hold.entered;
     await gqlOk(t, SuspendDeviceDocument, { productName, deviceName: name });
-    open();
+    hold.open();
     expect(await connecting).not.toBe(0);
     devices.authenticate = authenticate;
     expect(await connackCode(t.mqttUrl, { clientId: id, username: id, password: registerDevice.secret })).toBe(5);

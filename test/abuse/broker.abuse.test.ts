@@ -1,0 +1,151 @@
+import { connect as tcpConnect } from "node:net";
+import { Redis } from "ioredis";
+import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import { DeviceDocument, OtaProgressDocument, RegisterDeviceDocument, SendOtaDocument } from "../generated/graphql.js";
+import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
+import { connackCode, TestDevice } from "../helpers/device.js";
+import { firmware } from "../helpers/fixtures.js";
+import { metric } from "../helpers/metrics.js";
+import { REDIS_URL, uniq } from "../helpers/services.js";
+import { onTeardown } from "../helpers/teardown.js";
+import { eventually } from "../helpers/wait.js";
+
+const REFUSED = "iothub_ota_broker_refused_total";
+
+describe("the embedded broker under abuse", () => {
+  let t: TestApp;
+  const productName = uniq("abuse");
+  let attacker: { name: string; secret: string };
+  let victim: { name: string; secret: string };
+
+  async function register(prefix: string, tags: string[] = []) {
+    const { registerDevice } = await gqlOk(t, RegisterDeviceDocument, { input: { productName, deviceName: uniq(prefix), tags } });
+    return { name: registerDevice.device.deviceName, secret: registerDevice.secret };
+  }
+
+  beforeAll(async () => {
+    t = await startApp();
+    attacker = await register("mallory", ["beta"]);
+    victim = await register("alice", ["beta"]);
+  });
+
+  // Whatever was tried, the server stays ready and a normal device still upgrades and reports.
+  afterEach(async () => {
+    expect((await fetch(`${t.httpUrl}/readyz`)).status).toBe(200);
+    const dev = await TestDevice.connect(t.mqttUrl, productName, victim.name, victim.secret, { clientId: `${productName}/${victim.name}/check` });
+    await gqlOk(t, SendOtaDocument, { input: { productName, deviceName: victim.name, firmware } });
+    await dev.nextCommand("$ota_upgrade");
+    const progress = Math.floor(Math.random() * 100);
+    await dev.reportProgress({ version: firmware.version, type: "firmware", progress });
+    await eventually(async () => {
+      expect((await gqlOk(t, OtaProgressDocument, { productName, deviceName: victim.name })).otaProgress?.progress).toBe(progress);
+    });
+    await dev.end();
+  });
+
+  it("drops publishes on topics with +, #, NUL, empty or extra levels, or to $SYS, and keeps the connection", async () => {
+    const dev = await TestDevice.connect(t.mqttUrl, productName, attacker.name, attacker.secret, { clientId: `${productName}/${attacker.name}/t` });
+    let closed = false;
+    dev.client.on("close", () => (closed = true));
+    const before = await metric(t, REFUSED, { kind: "publish" });
+    const me = `${productName}/${attacker.name}`;
+    const topics = [
+      `update_status/${me}/m\u0000x`,
+      `update_status/${me}/`,
+      `update_status/${me}/m/extra`,
+      `update_status/${productName}//m`,
+      `get/${me}/$tags\u0000/m`,
+      `$SYS/broker/clients`,
+      `upload_data/${me}/a b/m`,
+    ];
+    for (const topic of topics) await dev.publish(topic, "{}");
+    expect(await metric(t, REFUSED, { kind: "publish" })).toBe(before + topics.length);
+    expect(closed).toBe(false);
+    // Wildcards in a PUBLISH topic are a protocol violation (MQTT 3.1.1 §3.3.2.1): aedes closes that connection.
+    const gone = new Promise<void>((r) => dev.client.once("close", () => r()));
+    dev.client.publish(`update_status/${me}/+`, "{}", { qos: 1 });
+    await gone;
+    expect((await gqlOk(t, DeviceDocument, { productName, deviceName: attacker.name })).device?.status).toBeNull();
+  });
+
+  it("refuses client ids and usernames that do not match, and takeovers with another device's credentials", async () => {
+    const a = `${productName}/${attacker.name}`;
+    const v = `${productName}/${victim.name}`;
+    const before = await metric(t, REFUSED, { kind: "connect" });
+    expect(await connackCode(t.mqttUrl, { clientId: v, username: a, password: attacker.secret })).toBe(2);
+    expect(await connackCode(t.mqttUrl, { clientId: `${v}/sdk`, username: a, password: attacker.secret })).toBe(2);
+    expect(await connackCode(t.mqttUrl, { clientId: `${a}/x/y`, username: a, password: attacker.secret })).toBe(2);
+    expect(await connackCode(t.mqttUrl, { clientId: v, username: v, password: attacker.secret })).toBe(4);
+    expect(await connackCode(t.mqttUrl, { clientId: "#", username: "#", password: "x" })).toBe(4);
+    expect(await metric(t, REFUSED, { kind: "connect" })).toBe(before + 5);
+    // The victim connected meanwhile is not taken over.
+    const dev = await TestDevice.connect(t.mqttUrl, productName, victim.name, victim.secret, { clientId: `${v}/own` });
+    expect(await connackCode(t.mqttUrl, { clientId: `${v}/own`, username: a, password: attacker.secret })).toBe(2);
+    expect(dev.client.connected).toBe(true);
+    await dev.end();
+  });
+
+  it("drops foreign publishes and refuses foreign and wildcard subscriptions, without disconnecting", async () => {
+    const dev = await TestDevice.connect(t.mqttUrl, productName, attacker.name, attacker.secret, { clientId: `${productName}/${attacker.name}/f` });
+    let closed = false;
+    dev.client.on("close", () => (closed = true));
+    const v = `${productName}/${victim.name}`;
+    for (const topic of [
+      `update_ota_status/${v}/65a0000000000000000000a1`,
+      `cmd/${v}/$ota_upgrade/plain/65a0000000000000000000a2`,
+      `tags/${productName}/beta/cmd/$ota_upgrade/plain/65a0000000000000000000a3`,
+      `m2m/${productName}/${attacker.name}/${victim.name}/65a0000000000000000000a4`,
+      `update_status/other-product/${attacker.name}/65a0000000000000000000a5`,
+    ]) {
+      await dev.publish(topic, { ...firmware, url: "https://evil.example/x.bin", progress: 1 });
+    }
+    const suback = new Promise<{ granted: number[] }>((resolve) =>
+      dev.client.on("packetreceive", (p) => p.cmd === "suback" && resolve(p as unknown as { granted: number[] })),
+    );
+    dev.client.subscribe(["#", "+/#", `cmd/${v}/+/+/+/#`, `update_ota_status/${productName}/+/+`, `tags/other/+/cmd/+/+/+/#`, `m2m/${v}/+/+`], { qos: 1 }, () => undefined);
+    expect((await suback).granted).toEqual([128, 128, 128, 128, 128, 128]);
+    expect(closed).toBe(false);
+    await dev.end();
+  });
+
+  it("clears the retain flag of any device publish and keeps nothing retained", async () => {
+    const dev = await TestDevice.connect(t.mqttUrl, productName, attacker.name, attacker.secret, { clientId: `${productName}/${attacker.name}/r` });
+    const me = `${productName}/${attacker.name}`;
+    await dev.client.publishAsync(`update_status/${me}/65a0000000000000000000b1`, JSON.stringify({ firmware_ver: "1.0" }), { qos: 1, retain: true });
+    await dev.client.publishAsync(`upload_data/${me}/sample/65a0000000000000000000b2`, Buffer.alloc(120_000), { qos: 1, retain: true });
+    await dev.client.publishAsync(`tags/${productName}/beta/cmd/$ota_upgrade/plain/65a0000000000000000000b3`, "{}", { qos: 1, retain: true });
+    const redis = new Redis(REDIS_URL);
+    onTeardown(() => redis.quit());
+    expect(await redis.exists(`${t.config.redisPrefix}retained`)).toBe(0);
+    await dev.end();
+  });
+
+  it("closes oversized packets, before and after authentication", async () => {
+    const before = await metric(t, REFUSED, { kind: "packet" });
+    const raw = tcpConnect(t.app.address.mqtt as number, "127.0.0.1");
+    raw.on("error", () => undefined);
+    const rawClosed = new Promise<void>((r) => raw.once("close", () => r()));
+    raw.write(Buffer.from([0x10, 0xff, 0xff, 0xff, 0x7f, 0x00, 0x04]));
+    await rawClosed;
+    const dev = await TestDevice.connect(t.mqttUrl, productName, attacker.name, attacker.secret, { clientId: `${productName}/${attacker.name}/o` });
+    const closed = new Promise<void>((r) => dev.client.once("close", () => r()));
+    void dev.publish(`upload_data/${productName}/${attacker.name}/sample/65a0000000000000000000c1`, Buffer.alloc(t.config.limits.mqttMaxPacketBytes)).catch(() => undefined);
+    await closed;
+    expect(await metric(t, REFUSED, { kind: "packet" })).toBe(before + 2);
+  });
+
+  it("lets a device keep publishing refused topics: no reconnect, every one counted, the server healthy", async () => {
+    const dev = await TestDevice.connect(t.mqttUrl, productName, attacker.name, attacker.secret, { clientId: `${productName}/${attacker.name}/flood` });
+    let closes = 0;
+    dev.client.on("close", () => closes++);
+    const before = await metric(t, REFUSED, { kind: "publish", reason: "not_allowed" });
+    const n = 2000;
+    await Promise.all(
+      Array.from({ length: n }, (_, i) => dev.publish(`update_status/${productName}/${victim.name}/${i.toString(16).padStart(24, "0")}`, { firmware_ver: "6.6.6" })),
+    );
+    expect(await metric(t, REFUSED, { kind: "publish", reason: "not_allowed" })).toBe(before + n);
+    expect(closes).toBe(0);
+    expect((await gqlOk(t, DeviceDocument, { productName, deviceName: victim.name })).device?.firmwareVersion).not.toBe("6.6.6");
+    await dev.end();
+  });
+});
