@@ -1,4 +1,4 @@
-import { spawnSync } from "node:child_process";
+import { execFile, spawnSync } from "node:child_process";
 import { describe, expect, it } from "vitest";
 import { BIN, freePort, ServerProcess } from "../helpers/processes.js";
 import { REDIS_URL } from "../helpers/services.js";
@@ -26,7 +26,7 @@ describe("the command line", () => {
     };
     delete env.DATABASE_URL;
     delete env.ADMIN_TOKEN;
-    const created = spawnSync(process.execPath, [BIN, "token", "create", "--name", "ci"], { env, encoding: "utf8" });
+    const created = spawnSync(process.execPath, [BIN, "token", "create", "--name", "ci", "--access", "admin"], { env, encoding: "utf8" });
     expect(created.status).toBe(0);
     const token = created.stdout.trim();
     expect(token).toMatch(/^iot_[A-Za-z0-9_-]{43}$/);
@@ -48,7 +48,36 @@ describe("the command line", () => {
     const refused = await fetch(`${base}/graphql`, { method: "POST", headers: { ...headers, authorization: "Bearer iot_nope" }, body: query });
     expect(refused.status).toBe(401);
 
+    // Beside the running server, tokens are managed through its API. (Not spawnSync: a blocked event loop misses the server closing idle keep-alive sockets.)
+    const cli = (...args: string[]) =>
+      new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+        const child = execFile(process.execPath, [BIN, "token", ...args, "--url", `${base}/graphql`, "--token", token], { env }, (_err, stdout, stderr) =>
+          resolve({ status: child.exitCode, stdout, stderr }),
+        );
+      });
+    const made = await cli("create", "--name", "dash", "--access", "read", "--products", "p,q", "--expires-in", "30d");
+    expect(made.status, made.stderr).toBe(0);
+    const dashToken = made.stdout.trim();
+    const info = JSON.parse(made.stderr) as { id: string; access: string; products: string[]; expiresAt: string };
+    expect(info).toMatchObject({ access: "read", products: ["p", "q"] });
+    expect(Date.parse(info.expiresAt) - Date.now()).toBeGreaterThan(29 * 86_400_000);
+    const asDash = await fetch(`${base}/graphql`, { method: "POST", headers: { ...headers, authorization: `Bearer ${dashToken}` }, body: query });
+    expect(asDash.status).toBe(200);
+    const listed = await cli("list");
+    expect(listed.status, listed.stderr).toBe(0);
+    expect((JSON.parse(listed.stdout) as { id: string }[]).map((k) => k.id)).toContain(info.id);
+    expect(listed.stdout).not.toContain(dashToken);
+    expect((await cli("revoke", info.id)).status).toBe(0);
+    const revoked = await fetch(`${base}/graphql`, { method: "POST", headers: { ...headers, authorization: `Bearer ${dashToken}` }, body: query });
+    expect(revoked.status).toBe(401);
+    const again = await cli("revoke", info.id);
+    expect(again.status).toBe(2);
+    expect(again.stderr).toContain("already revoked");
+    const badFlag = await cli("create", "--access", "root");
+    expect(badFlag.status).toBe(2);
+    expect(badFlag.stderr).toContain("--access");
+
     expect(await server.stop()).toBe(0);
     expect(server.logs).toContain("shutting down");
-  });
+  }, 90_000);
 });
