@@ -27,6 +27,8 @@ const RETRY_DELAYS_MS = [100, 500, 1500] as const;
  * this, a message is refused at once rather than held.
  */
 const MAX_PENDING_BYTES = 64 * 1024 * 1024;
+/** The same for one device: a device flooding big reports is refused before it crowds out the others. */
+const MAX_DEVICE_PENDING_BYTES = 8 * 1024 * 1024;
 
 /** One device's work in flight: what its next message must wait for. */
 interface Lane {
@@ -35,6 +37,8 @@ interface Lane {
   /** Progress reports sent to Redis since the barrier, not yet answered; never reject. */
   inflight: Set<Promise<unknown>>;
   pending: number;
+  /** Payload bytes of the pending messages. */
+  bytes: number;
   /**
    * A message of this lane was left unacknowledged: everything queued behind it
    * is too, so the device's redelivery replays them in their order (a later
@@ -90,16 +94,20 @@ export class IngestDispatcher {
       return Promise.resolve();
     }
     const message = parsed.value;
-    if (this.#pendingBytes + payload.length > MAX_PENDING_BYTES) {
-      const refused = Promise.reject(this.#unacknowledged(message, topic, new IngestRefused("ingest is full; send it again later")));
-      refused.catch(ignore); // the caller decides what a refusal means; an unobserved one must not end the process
-      return refused;
-    }
     const key = `${message.productName}/${message.deviceName}`;
     let lane = this.#lanes.get(key);
     if (!lane) {
-      lane = { barrier: SETTLED, inflight: new Set(), pending: 0, failed: false };
+      lane = { barrier: SETTLED, inflight: new Set(), pending: 0, bytes: 0, failed: false };
       this.#lanes.set(key, lane);
+    }
+    if (lane.bytes + payload.length > MAX_DEVICE_PENDING_BYTES || this.#pendingBytes + payload.length > MAX_PENDING_BYTES) {
+      // Refused unprocessed, and so is what follows it from this device until its lane drains: redelivered in order.
+      lane.failed = true;
+      const full = lane.bytes + payload.length > MAX_DEVICE_PENDING_BYTES ? "this device has too much" : "ingest has too much";
+      const refused = Promise.reject(this.#unacknowledged(message, topic, new IngestRefused(`${full} in flight; send it again later`)));
+      refused.catch(ignore); // the caller decides what a refusal means; an unobserved one must not end the process
+      if (lane.pending === 0) this.#lanes.delete(key);
+      return refused;
     }
     const thisLane = lane;
     const run = () => this.#process(message, topic, payload, receipt, thisLane);
@@ -116,9 +124,11 @@ export class IngestDispatcher {
       lane.inflight = new Set();
     }
     lane.pending++;
+    lane.bytes += payload.length;
     this.#pendingBytes += payload.length;
     void settled.then(() => {
       this.#pendingBytes -= payload.length;
+      thisLane.bytes -= payload.length;
       thisLane.inflight.delete(settled);
       if (--thisLane.pending === 0 && this.#lanes.get(key) === thisLane) this.#lanes.delete(key);
     });
