@@ -4,7 +4,11 @@ import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
 import { metric } from "../helpers/metrics.js";
 import { MOSQUITTO_URL, uniq } from "../helpers/services.js";
-import { eventually } from "../helpers/wait.js";
+import { onTeardown } from "../helpers/teardown.js";
+import { eventually, Inbox } from "../helpers/wait.js";
+import { loadConfig } from "../../src/config/config.js";
+import { createLogger } from "../../src/logger.js";
+import { ServerMqttClient } from "../../src/mqtt/server.client.js";
 
 describe.each([
   ["the embedded broker", undefined],
@@ -116,5 +120,52 @@ describe("ingest of topics no device may use", () => {
     await eventually(async () =>
       expect(await metric(t, "iothub_ota_ingest_malformed_total", { reason: "unknown_topic" })).toBe(before + 1),
     );
+  });
+});
+
+describe("the server's client of an external broker", () => {
+  async function client(onMessage: (topic: string, payload: Buffer) => Promise<void>, clientId = uniq("srv")) {
+    const link = new ServerMqttClient(
+      { url: MOSQUITTO_URL, clientId, shareGroup: uniq("grp"), rejectUnauthorized: false, limits: loadConfig({}).limits },
+      onMessage,
+      createLogger("silent"),
+    );
+    await link.start();
+    onTeardown(() => link.stop());
+    return link;
+  }
+
+  it("handles other devices' messages while one device's message is still being stored", async () => {
+    const productName = uniq("conc");
+    const arrived = new Inbox<string>();
+    let release: () => void = () => undefined;
+    const held = new Promise<void>((r) => (release = r));
+    await client(async (topic) => {
+      arrived.push(topic);
+      if (topic.includes("/slow/")) await held;
+    });
+    const slow = await TestDevice.connect(MOSQUITTO_URL, productName, "slow", "");
+    const quick = await TestDevice.connect(MOSQUITTO_URL, productName, "quick", "");
+    await slow.reportStatus({ firmware_ver: "1" });
+    await arrived.next((t) => t.includes("/slow/"));
+    await quick.reportStatus({ firmware_ver: "1" });
+    // Its PUBACK waits for the slow one (acknowledgements go in order), its handling does not.
+    await arrived.next((t) => t.includes("/quick/"));
+    release();
+  });
+
+  it("leaves a message it could not store unacknowledged, and gets it again from the broker", async () => {
+    const productName = uniq("redo");
+    const arrived = new Inbox<string>();
+    let failures = 1;
+    await client(async (topic) => {
+      arrived.push(topic);
+      if (failures-- > 0) throw new Error("Redis is down");
+    });
+    const dev = await TestDevice.connect(MOSQUITTO_URL, productName, "d", "");
+    await dev.reportStatus({ firmware_ver: "1" });
+    const first = await arrived.next();
+    // The client dropped its connection; with its persistent session the broker sends the message again.
+    expect(await arrived.next(() => true, 15_000)).toBe(first);
   });
 });
