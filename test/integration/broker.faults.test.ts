@@ -216,7 +216,8 @@ describe("the embedded broker under faults", () => {
     await gqlOk(t, SendOtaDocument, { input: { productName, deviceName: d.name, firmware } });
     const redis = new Redis(REDIS_URL);
     onTeardown(() => redis.quit());
-    const [, keys] = await redis.scan(0, "MATCH", `${t.config.redisPrefix}packet:*`, "COUNT", 10_000);
+    const keys: string[] = [];
+    for await (const batch of redis.scanStream({ match: `${t.config.redisPrefix}packet:*`, count: 1000 })) keys.push(...(batch as string[]));
     expect(keys.length).toBeGreaterThan(0);
     for (const key of keys) {
       const ttl = await redis.ttl(key);
