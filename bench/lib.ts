@@ -46,6 +46,8 @@ export async function startServer(externalBroker?: string, extraEnv: Record<stri
     ...process.env,
     NODE_ENV: "production",
     ADMIN_TOKEN: TOKEN,
+    // Every benchmark client shares this token: the subscriptions bench opens thousands of connections with it.
+    WS_MAX_CONNECTIONS_PER_TOKEN: "1000000",
     REDIS_URL,
     LOG_LEVEL: "warn",
     MQTTS_PORT: "0",

@@ -50,7 +50,6 @@ export class App {
   readonly progressFeed: ProgressFeed;
   readonly #redis: Redis;
   readonly #subscriber: Redis;
-  readonly #brokerRedis: Redis | undefined;
   readonly #embedded: EmbeddedBroker | undefined;
   readonly #link: BrokerLink;
   readonly #ingest: IngestDispatcher;
@@ -90,12 +89,13 @@ export class App {
       disconnect: (p, d) => this.#link.disconnect(p, d),
       forget: (p, d) => this.#link.forget(p, d),
     };
-    this.tokens = new TokenService(db, config.adminToken);
+    this.tokens = new TokenService(db, config.adminToken, config.limits.tokenCacheTtlMs);
     this.devices = new DeviceService(new DeviceRepository(db), commands, sessions, progress);
     this.ota = new OtaService(this.devices, commands, progress, {
       idempotency: new RedisIdempotencyStore(this.#redis, config.redisPrefix),
       // A first request can still be publishing for this long: marking the attempt (Redis), then the publish itself.
       inFlightMs: config.limits.redisCommandTimeoutMs + config.limits.publishTimeoutMs,
+      idempotencyTtlSeconds: config.limits.idempotencyTtlSeconds,
       log: this.log,
     });
     const feed = (this.progressFeed = new ProgressFeed(
@@ -112,12 +112,12 @@ export class App {
     const broker = config.broker;
     const onMessage = (topic: string, payload: Buffer) => this.#ingest.handle(topic, payload);
     if (broker.kind === "embedded") {
-      this.#brokerRedis = createRedis(config.redisUrl, "broker", redisTimeout, redisError("broker"));
       this.#embedded = new EmbeddedBroker(
         { ...broker, dataDir: config.dataDir, redisPrefix: config.redisPrefix, limits: config.limits },
         onMessage,
         this.devices,
-        this.#brokerRedis,
+        // Not connected here: the broker connects a prefixed duplicate of it, and closes that.
+        createRedis(config.redisUrl, "broker", redisTimeout, redisError("broker")),
         this.metrics,
         this.log,
       );
@@ -150,7 +150,7 @@ export class App {
       },
     });
 
-    const redisClients = [this.#redis, this.#subscriber, ...(this.#brokerRedis ? [this.#brokerRedis] : [])];
+    const redisClients = [this.#redis, this.#subscriber];
     this.#components = [
       { name: "database", start: () => this.database.start(), stop: () => this.database.stop() },
       { name: "redis", start: () => connectAll(redisClients), stop: () => quitAll(redisClients) },

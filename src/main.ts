@@ -93,7 +93,7 @@ async function withTokens<T>(flags: { url?: string; token?: string }, use: (admi
   const database = new Database(config.database, config.limits);
   await database.start();
   try {
-    return await use(new TokenService(() => database.db, undefined));
+    return await use(new TokenService(() => database.db, undefined, config.limits.tokenCacheTtlMs));
   } finally {
     await database.stop();
   }

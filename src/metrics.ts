@@ -24,8 +24,10 @@ export function createMetrics() {
       registers: [registry],
     }),
     refused: new Counter({
-      name: "iothub_ota_broker_refused_total",
-      help: "What the embedded broker refused or dropped from devices, by kind (connect, publish, subscribe, will, retain, packet) and reason.",
+      name: "iothub_ota_refused_total",
+      help:
+        "What was refused or dropped, by kind and reason: from devices on the embedded broker (connect, publish, subscribe, will, retain, packet) " +
+        "and from API clients (http, graphql, ws).",
       labelNames: ["kind", "reason"] as const,
       registers: [registry],
     }),

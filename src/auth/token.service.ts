@@ -14,7 +14,6 @@ const sha256 = (s: string) => createHash("sha256").update(s).digest();
  * A revocation takes effect at once on the instance that made it, and within
  * this on the others (their caches, and their sweep of live WebSocket connections).
  */
-export const TOKEN_CACHE_TTL_MS = 5_000;
 const TOKEN_CACHE_MAX = 10_000;
 /** The principal of the `ADMIN_TOKEN` setting: admin on every product, never expires, cannot be revoked. */
 export const ADMIN_TOKEN_ID = "ADMIN_TOKEN";
@@ -83,15 +82,18 @@ function infoOf(row: Row): TokenInfo {
 export class TokenService {
   readonly #adminDigest: Buffer | undefined;
   /** Verified principals by token digest; only valid tokens are kept. */
-  readonly #cache = new LRUCache<string, Principal>({ max: TOKEN_CACHE_MAX, ttl: TOKEN_CACHE_TTL_MS });
+  readonly #cache: LRUCache<string, Principal>;
   readonly #revokedListeners = new Set<(tokenId: string) => void>();
 
   constructor(
     private readonly db: () => Db,
     adminToken: string | undefined,
+    /** How long a verified token is remembered (TOKEN_CACHE_TTL_MS): other instances refuse a revoked token within it. */
+    cacheTtlMs: number,
     private readonly now: () => number = Date.now,
   ) {
     this.#adminDigest = adminToken === undefined ? undefined : sha256(adminToken);
+    this.#cache = new LRUCache<string, Principal>({ max: TOKEN_CACHE_MAX, ttl: cacheTtlMs });
   }
 
   /** Creates a token; this is the only time it is seen in clear. */
@@ -125,7 +127,7 @@ export class TokenService {
   /**
    * Revokes a token: refused at once by this instance, and its live
    * WebSocket connections here are closed (listeners); other instances
-   * refuse it within {@link TOKEN_CACHE_TTL_MS}. False when there is no such
+   * refuse it within the cache TTL. False when there is no such
    * token or it was already revoked.
    */
   async revoke(id: string): Promise<boolean> {

@@ -55,6 +55,8 @@ export interface Limits {
   readonly graphqlMaxDirectives: number;
   readonly graphqlMaxTokens: number;
   readonly graphqlMaxCost: number;
+  /** GraphQL: list items one operation may ask for in all (list arguments and page sizes, over every alias). */
+  readonly graphqlMaxListItems: number;
   /** graphql-ws: largest WebSocket frame, subscriptions per connection, connections per token, time to send connection_init. */
   readonly wsMaxPayloadBytes: number;
   readonly wsMaxSubscriptionsPerConnection: number;
@@ -62,6 +64,10 @@ export interface Limits {
   readonly wsInitTimeoutMs: number;
   /** Reports waiting for one slow subscriber; past this the subscriber keeps only the latest report per device. */
   readonly subscriberQueueMax: number;
+  /** How long a verified API token is remembered: another instance refuses a revoked token within this. */
+  readonly tokenCacheTtlMs: number;
+  /** How long a sendOta idempotency key is remembered. */
+  readonly idempotencyTtlSeconds: number;
 }
 
 export interface Config {
@@ -154,11 +160,14 @@ const envSchema = z.object({
   GRAPHQL_MAX_DIRECTIVES: int(0, 10),
   GRAPHQL_MAX_TOKENS: int(10, 2_000),
   GRAPHQL_MAX_COST: int(1, 5_000),
+  GRAPHQL_MAX_LIST_ITEMS: int(1, 10_000),
   WS_MAX_PAYLOAD_BYTES: int(1024, 65_536, 104_857_600),
   WS_MAX_SUBSCRIPTIONS_PER_CONNECTION: int(1, 100),
   WS_MAX_CONNECTIONS_PER_TOKEN: int(1, 1_000),
   WS_INIT_TIMEOUT_MS: int(100, 3_000),
   SUBSCRIBER_QUEUE_MAX: int(1, 1_000),
+  TOKEN_CACHE_TTL_MS: int(100, 5_000, 300_000),
+  IDEMPOTENCY_TTL_SECONDS: int(60, 86_400),
 });
 
 export class ConfigError extends Error {}
@@ -227,11 +236,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       graphqlMaxDirectives: e.GRAPHQL_MAX_DIRECTIVES,
       graphqlMaxTokens: e.GRAPHQL_MAX_TOKENS,
       graphqlMaxCost: e.GRAPHQL_MAX_COST,
+      graphqlMaxListItems: e.GRAPHQL_MAX_LIST_ITEMS,
       wsMaxPayloadBytes: e.WS_MAX_PAYLOAD_BYTES,
       wsMaxSubscriptionsPerConnection: e.WS_MAX_SUBSCRIPTIONS_PER_CONNECTION,
       wsMaxConnectionsPerToken: e.WS_MAX_CONNECTIONS_PER_TOKEN,
       wsInitTimeoutMs: e.WS_INIT_TIMEOUT_MS,
       subscriberQueueMax: e.SUBSCRIBER_QUEUE_MAX,
+      tokenCacheTtlMs: e.TOKEN_CACHE_TTL_MS,
+      idempotencyTtlSeconds: e.IDEMPOTENCY_TTL_SECONDS,
     }),
   });
 }

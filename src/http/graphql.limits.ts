@@ -27,9 +27,8 @@ import type { Limits } from "../config/config.js";
  * arguments (`otaProgresses(deviceNames)`, tags) and its page sizes (`first`),
  * summed over every field, aliases and fragments included. One
  * `otaProgresses` of 10,000 names is allowed; the same list under two aliases
- * is not. (For config: GRAPHQL_MAX_LIST_ITEMS.)
+ * is not (GRAPHQL_MAX_LIST_ITEMS).
  */
-export const GRAPHQL_MAX_LIST_ITEMS = 10_000;
 
 const PARSE_FAILED = "GRAPHQL_PARSE_FAILED";
 const VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED";
@@ -130,22 +129,28 @@ export function listItems(schema: GraphQLSchema, document: DocumentNode, operati
   return walk(operation.selectionSet, root);
 }
 
-/** The error for an operation over {@link GRAPHQL_MAX_LIST_ITEMS}, or undefined. */
-export function listItemsError(schema: GraphQLSchema, document: DocumentNode, operationName: string | null | undefined, variables: Record<string, unknown> | null | undefined): GraphQLError | undefined {
+/** The error for an operation over `max` list items, or undefined. */
+export function listItemsError(
+  max: number,
+  schema: GraphQLSchema,
+  document: DocumentNode,
+  operationName: string | null | undefined,
+  variables: Record<string, unknown> | null | undefined,
+): GraphQLError | undefined {
   const items = listItems(schema, document, operationName, variables);
-  if (items <= GRAPHQL_MAX_LIST_ITEMS) return undefined;
-  return new GraphQLError(`Query asks for ${items} list items in all (list arguments and page sizes); the limit is ${GRAPHQL_MAX_LIST_ITEMS}.`, {
+  if (items <= max) return undefined;
+  return new GraphQLError(`Query asks for ${items} list items in all (list arguments and page sizes); the limit is ${max}.`, {
     extensions: { code: VALIDATION_FAILED, http: { status: 400 } },
   });
 }
 
 /** Apollo Server: the list-items limit, once the operation and its variables are known. */
-export function listItemsPlugin<T extends object>(refused: Refused): ApolloServerPlugin<T> {
+export function listItemsPlugin<T extends object>(max: number, refused: Refused): ApolloServerPlugin<T> {
   return {
     async requestDidStart() {
       return {
         async didResolveOperation({ schema, document, operationName, request }) {
-          const err = listItemsError(schema, document, operationName, request.variables);
+          const err = listItemsError(max, schema, document, operationName, request.variables);
           if (err) {
             refused("list_items");
             throw err;
@@ -171,6 +176,7 @@ export interface OperationRequest {
  * with, or the errors to answer (graphql-ws sends them and keeps the connection).
  */
 export function wsOperationGate(
+  maxListItems: number,
   schema: GraphQLSchema,
   parse: (text: string) => DocumentNode,
   validate: (schema: GraphQLSchema, document: DocumentNode) => readonly GraphQLError[],
@@ -190,7 +196,7 @@ export function wsOperationGate(
     if (invalid.length > 0) {
       return invalid.map((e) => new GraphQLError(e.message, { nodes: e.nodes, extensions: { code: VALIDATION_FAILED } }));
     }
-    const tooMany = listItemsError(schema, document, request.operationName, request.variables);
+    const tooMany = listItemsError(maxListItems, schema, document, request.operationName, request.variables);
     if (tooMany) {
       refused("list_items");
       return [tooMany];

@@ -11,7 +11,7 @@ import { GraphQLError } from "graphql";
 import { useServer } from "graphql-ws/use/ws";
 import { WebSocketServer } from "ws";
 import { bearerToken, type Principal } from "../auth/principal.js";
-import { TOKEN_CACHE_TTL_MS, type TokenService } from "../auth/token.service.js";
+import type { TokenService } from "../auth/token.service.js";
 import type { Limits } from "../config/config.js";
 import type { DeviceService } from "../devices/device.service.js";
 import { ErrorCode } from "../errors.js";
@@ -96,7 +96,7 @@ export class HttpServer {
         ApolloServerPluginDrainHttpServer({ httpServer: server }),
         // Cache hints are unused here, and the plugin wraps every field resolver: a list of 1,000 progress records pays for it 11,000 times.
         ApolloServerPluginCacheControlDisabled(),
-        listItemsPlugin<Context>((rule) => refuse("graphql", rule)),
+        listItemsPlugin<Context>(limits.graphqlMaxListItems, (rule) => refuse("graphql", rule)),
       ],
     });
     await apollo.start();
@@ -160,7 +160,7 @@ export class HttpServer {
     const connections = new WsConnections(limits.wsMaxConnectionsPerToken);
     const refuseWs = (rule: string) => refuse("ws", rule);
     const shared = sharedDocuments({ maxTokens: limits.graphqlMaxTokens, rules: armorRules(limits, refuseWs) });
-    const gate = wsOperationGate(schema, shared.parse, shared.validate, refuseWs);
+    const gate = wsOperationGate(limits.graphqlMaxListItems, schema, shared.parse, shared.validate, refuseWs);
     this.#wsCleanup = useServer<Record<string, unknown>, WsExtra>(
       {
         schema,
@@ -223,7 +223,7 @@ export class HttpServer {
         // A database blip must not drop every dashboard: they are checked again next time.
         (err: unknown) => log.warn({ err }, "could not re-check the tokens of live WebSocket connections"),
       );
-    }, TOKEN_CACHE_TTL_MS);
+    }, limits.tokenCacheTtlMs);
     this.#sweep.unref();
   }
 

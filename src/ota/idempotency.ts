@@ -1,9 +1,6 @@
 import { createHash } from "node:crypto";
 import { AppError, ErrorCode, badInput } from "../errors.js";
 
-/** How long a sendOta idempotency key is remembered. */
-export const IDEMPOTENCY_TTL_SECONDS = 86_400;
-
 /** What a sendOta answered, as replayed to a retry. */
 export interface SentCommand {
   requestId: string;

@@ -8,7 +8,6 @@ import { checkFirmware, checkTtl } from "./firmware.js";
 import {
   checkIdempotencyKey,
   fingerprintOf,
-  IDEMPOTENCY_TTL_SECONDS,
   replay,
   type IdempotencyStore,
   type SentCommand,
@@ -32,6 +31,8 @@ export interface OtaServiceOptions {
   idempotency: IdempotencyStore;
   /** How long a first request with a key may still be publishing (past it, a retry is told it ended unconfirmed). */
   inFlightMs: number;
+  /** How long a key is remembered (IDEMPOTENCY_TTL_SECONDS). */
+  idempotencyTtlSeconds: number;
   log: Logger;
   now?: () => number;
 }
@@ -80,9 +81,9 @@ export class OtaService {
    * as "unconfirmed", so that a retry never sends a second time.
    */
   async #sendOnce(productName: string, key: string, fingerprint: string, publish: (requestId: string) => Promise<SendOtaResult>): Promise<SendOtaResult> {
-    const { idempotency, inFlightMs, log } = this.options;
+    const { idempotency, inFlightMs, log, idempotencyTtlSeconds: ttl } = this.options;
     const scope = `sendOta/${productName}`;
-    const held = await idempotency.claim(scope, key, { state: "pending", fingerprint, since: this.now() }, IDEMPOTENCY_TTL_SECONDS);
+    const held = await idempotency.claim(scope, key, { state: "pending", fingerprint, since: this.now() }, ttl);
     if (held) return replay(held, fingerprint, this.now(), inFlightMs);
     const requestId = newObjectId();
     let result: SendOtaResult;
@@ -92,7 +93,7 @@ export class OtaService {
       const nothingSent = err instanceof AppError && err.code === ErrorCode.BROKER_UNAVAILABLE;
       try {
         if (nothingSent) await idempotency.release(scope, key);
-        else await idempotency.settle(scope, key, { state: "unconfirmed", fingerprint, requestId }, IDEMPOTENCY_TTL_SECONDS);
+        else await idempotency.settle(scope, key, { state: "unconfirmed", fingerprint, requestId }, ttl);
       } catch (storeErr) {
         // The key stays "pending": a retry is told the first did not finish, and nothing is sent twice.
         log.error({ err: storeErr, productName, requestId }, "could not record the outcome of an idempotent sendOta");
@@ -100,7 +101,7 @@ export class OtaService {
       throw err;
     }
     try {
-      await idempotency.settle(scope, key, { state: "sent", fingerprint, result }, IDEMPOTENCY_TTL_SECONDS);
+      await idempotency.settle(scope, key, { state: "sent", fingerprint, result }, ttl);
     } catch (err) {
       // The command went out: answer it. A retry finds the key "pending" and is refused, never sent twice.
       log.error({ err, productName, requestId }, "could not record a sent idempotent sendOta");

@@ -10,7 +10,7 @@ import { REDIS_URL, uniq } from "../helpers/services.js";
 import { onTeardown } from "../helpers/teardown.js";
 import { eventually } from "../helpers/wait.js";
 
-const REFUSED = "iothub_ota_broker_refused_total";
+const REFUSED = "iothub_ota_refused_total";
 
 describe("the embedded broker under abuse", () => {
   let t: TestApp;

@@ -20,7 +20,7 @@ import { REDIS_URL, uniq } from "../helpers/services.js";
 import { onTeardown } from "../helpers/teardown.js";
 import { eventually } from "../helpers/wait.js";
 
-const REFUSED = "iothub_ota_broker_refused_total";
+const REFUSED = "iothub_ota_refused_total";
 
 async function counter(metrics: Metrics, kind: string, reason: string): Promise<number> {
   const { values } = await metrics.refused.get();

@@ -18,7 +18,7 @@ import { REDIS_URL, uniq } from "../helpers/services.js";
 import { onTeardown } from "../helpers/teardown.js";
 import { eventually, sleep } from "../helpers/wait.js";
 
-const REFUSED = "iothub_ota_broker_refused_total";
+const REFUSED = "iothub_ota_refused_total";
 
 /** A hook on timing: code under test signals `enter()` and waits for `opened`; the test waits for `entered`, then `open()`s. */
 function gate() {
