@@ -27,6 +27,9 @@ export interface ServerClientOptions {
 const MAX_UNACKNOWLEDGED = 1000;
 const MAX_UNACKNOWLEDGED_BYTES = 16 * 1024 * 1024;
 
+/** On stop, how long messages already taken may take to settle before the client disconnects anyway. */
+const STOP_SETTLE_MS = 30_000;
+
 /**
  * Passed to mqtt.js' handleMessage callback to go on with the next packet
  * without acknowledging this one (mqtt.js 5, handlers/publish.js: an error
@@ -200,7 +203,15 @@ export class ServerMqttClient implements BrokerLink {
     const client = this.#client;
     if (!client) return;
     this.#stopping = true;
-    if (this.#deliveries.length > 0) await new Promise<void>((resolve) => (this.#settledAll = resolve));
+    if (this.#deliveries.length > 0) {
+      // Bounded: ingest's tries end on their own; what is still unsettled then is sent again to the next session.
+      let timer: NodeJS.Timeout | undefined;
+      await new Promise<void>((resolve) => {
+        this.#settledAll = resolve;
+        timer = setTimeout(resolve, STOP_SETTLE_MS);
+      });
+      clearTimeout(timer);
+    }
     this.#client = undefined;
     await client.endAsync();
   }

@@ -11,7 +11,7 @@ import { metric } from "../helpers/metrics.js";
 import { freePort, OwnMosquitto, ServerProcess } from "../helpers/processes.js";
 import { DATABASE_URL, freshDatabase, REDIS_URL, uniq } from "../helpers/services.js";
 import { onTeardown, tempDir } from "../helpers/teardown.js";
-import { eventually } from "../helpers/wait.js";
+import { eventually, sleep } from "../helpers/wait.js";
 
 const DEVICES = 8;
 const REPORTS = 200;
@@ -28,10 +28,14 @@ class Fleet {
     readonly devices: TestDevice[],
   ) {}
 
-  /** Every device sends reports `from`..`to`-1 without waiting for acknowledgements (mqtt.js keeps them in flight). */
-  stream(from = 0, to = REPORTS): Promise<unknown> {
+  /**
+   * Every device sends reports `from`..`to`-1 without waiting for acknowledgements (mqtt.js keeps them in
+   * flight), a round of reports every `paceMs`: the load's shape, so that a stop lands mid-stream.
+   */
+  async stream(from = 0, to = REPORTS, paceMs = 0): Promise<unknown> {
     const all: Promise<void>[] = [];
     for (let progress = from; progress < to; progress++) {
+      if (paceMs > 0 && progress > from) await sleep(paceMs);
       for (const dev of this.devices) {
         const id = new ObjectId().toHexString();
         this.sent.push({ dev, id, progress });
@@ -104,7 +108,7 @@ describe.each([
     const redis = new Redis(REDIS_URL);
     onTeardown(() => redis.quit());
 
-    const streamed = fleet.stream();
+    const streamed = fleet.stream(0, REPORTS, 10);
     const settled = () => metric(api, "iothub_ota_ingest_messages_total", { kind: "ota_status" });
     await eventually(async () => expect(await settled()).toBeGreaterThan((DEVICES * REPORTS) / 10), 20_000);
     const settledAtKill = await settled();
