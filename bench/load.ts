@@ -46,7 +46,7 @@ export async function publishLoad(
   let sent = 0;
   const publishOne = (i: number, n: number) => {
     const d = devices[i] as LoadDevice;
-    const payload = JSON.stringify({ version: "2.0", type: "firmware", progress: n % 101, desc: "download", sentAt: nowMs() });
+    const payload = JSON.stringify({ version: `2.${Math.floor(n / 101)}`, type: "firmware", progress: n % 101, desc: "download", sentAt: nowMs() });
     sent++;
     return (clients[i] as MqttClient).publishAsync(`update_ota_status/${d.productName}/${d.deviceName}/${new ObjectId().toHexString()}`, payload, { qos: 1 });
   };

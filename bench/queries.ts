@@ -28,7 +28,7 @@ export async function queriesBench(o: QueriesOptions): Promise<Record<string, un
       names.map((d, i) =>
         client.publishAsync(
           `update_ota_status/${productName}/${d}/${new ObjectId().toHexString()}`,
-          JSON.stringify({ version: "2.0", type: "firmware", progress: i % 101, desc: "download" }),
+          JSON.stringify({ version: `2.${Math.floor(i / 101)}`, type: "firmware", progress: i % 101, desc: "download" }),
           { qos: 1 },
         ),
       ),

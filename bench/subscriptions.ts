@@ -67,7 +67,7 @@ export async function subscriptionsBench(o: SubscriptionsOptions): Promise<Recor
     const device = await mqtt.connectAsync(mosquitto.url, { reconnectPeriod: 0 });
     // One report at a time through the whole fan-out: the next is sent once every subscriber has this one.
     for (let n = 0; n < o.reports; n++) {
-      const payload = JSON.stringify({ version: "2.0", type: "firmware", progress: n % 101, desc: "download", sentAt: nowMs() });
+      const payload = JSON.stringify({ version: `2.${Math.floor(n / 101)}`, type: "firmware", progress: n % 101, desc: "download", sentAt: nowMs() });
       await device.publishAsync(`update_ota_status/${productName}/dev-1/${new ObjectId().toHexString()}`, payload, { qos: 1 });
       for (let waited = 0; latencies.length < o.subscribers * (n + 1) && waited < 30_000; waited += 5) await sleep(5);
     }

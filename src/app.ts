@@ -100,7 +100,7 @@ export class App {
     });
     const feed = (this.progressFeed = new ProgressFeed(
       (p) => pubsub.subscribe(keys.progressChannel(p)),
-      async (p, d) => (await this.devices.find(p, d))?.tags ?? [],
+      (p, d) => this.devices.tagsOf(p, d),
       { queueMax: config.limits.subscriberQueueMax, onOverflow: (n) => this.metrics.subscriberOverflow.inc(n) },
     ));
 

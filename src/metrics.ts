@@ -8,7 +8,7 @@ export function createMetrics() {
     registry,
     ingest: new Counter({
       name: "iothub_ota_ingest_messages_total",
-      help: "Device messages taken in, by kind and outcome (accepted, duplicate, stale, ignored, failed, malformed).",
+      help: "Device messages taken in, by kind and outcome (accepted, duplicate, stale, ignored, failed, malformed, unacknowledged).",
       labelNames: ["kind", "result"] as const,
       registers: [registry],
     }),

@@ -1,4 +1,3 @@
-import { LRUCache } from "lru-cache";
 import { badInput } from "../errors.js";
 import { requireName } from "../devices/device.service.js";
 import type { ProgressRecord } from "./progress.model.js";
@@ -13,9 +12,6 @@ export interface WatchArgs {
   deviceName?: string | null;
   tag?: string | null;
 }
-
-const TAGS_TTL_MS = 5_000;
-const TAGS_CACHE_MAX = 100_000;
 
 export interface FeedOptions {
   /**
@@ -66,11 +62,10 @@ interface Hub {
  * Live progress for subscribers. Every instance receives every product's
  * events; one source per product is shared by all who watch it and hands
  * each watcher the reports it asked for (a device, a tag, or all). Tag
- * membership is looked up once per device every few seconds, shared by all
- * subscribers.
+ * membership comes from `tagsOf` (the registry's cache, shared by all
+ * subscribers and cleared when a device's tags change).
  */
 export class ProgressFeed {
-  readonly #tags = new LRUCache<string, readonly string[]>({ max: TAGS_CACHE_MAX, ttl: TAGS_TTL_MS });
   readonly #hubs = new Map<string, Hub>();
 
   constructor(
@@ -115,7 +110,7 @@ export class ProgressFeed {
               await new Promise<void>((resolve) => (watcher.wake = resolve));
               continue;
             }
-            if (watcher.tag === undefined || (await this.#hasTag(record.productName, record.deviceName, watcher.tag))) {
+            if (watcher.tag === undefined || (await this.tagsOf(record.productName, record.deviceName)).includes(watcher.tag)) {
               return { done: false, value: record };
             }
           }
@@ -186,15 +181,5 @@ export class ProgressFeed {
         watcher.wake?.();
       }
     }
-  }
-
-  async #hasTag(productName: string, deviceName: string, tag: string): Promise<boolean> {
-    const key = `${productName}/${deviceName}`;
-    let tags = this.#tags.get(key);
-    if (tags === undefined) {
-      tags = await this.tagsOf(productName, deviceName);
-      this.#tags.set(key, tags);
-    }
-    return tags.includes(tag);
   }
 }

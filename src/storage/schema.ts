@@ -10,7 +10,7 @@ export const devices = pgTable(
     tags: text("tags").array().notNull().default(sql`'{}'::text[]`),
     tagsVersion: integer("tags_version").notNull().default(1),
     status: jsonb("status").$type<Record<string, unknown>>(),
-    /** Orders `update_status` reports so an older one never overwrites a newer one. */
+    /** The server's receive order of the stored `update_status` report (statusOrder): an earlier-received one never overwrites it. */
     statusOrder: text("status_order"),
     statusAt: timestamp("status_at", { withTimezone: true }),
     suspended: boolean("suspended").notNull().default(false),

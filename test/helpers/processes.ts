@@ -1,10 +1,10 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
-import { writeFile } from "node:fs/promises";
+import { mkdir, writeFile } from "node:fs/promises";
 import { createServer, type AddressInfo } from "node:net";
 import { Redis } from "ioredis";
 import mqtt from "mqtt";
-import { onTeardown } from "./teardown.js";
+import { onTeardown, tempDir } from "./teardown.js";
 import { eventually } from "./wait.js";
 
 /** Real servers in processes of their own, for tests and benchmarks; loopback only. */
@@ -79,28 +79,35 @@ export class OwnMosquitto {
 const REDIS_SERVER = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].find((p) => existsSync(p)) ?? "redis-server";
 
 /**
- * A Redis of our own on a free loopback port (no persistence), for tests that
- * stop, restart or stall it without touching the Redis other tests share.
+ * A Redis of our own on a free loopback port, for tests that stop, restart or
+ * stall it without touching the Redis other tests share. Durable, it keeps its
+ * data across a stop (an append-only file, synced on every write); otherwise
+ * it comes back empty.
  */
 export class OwnRedis {
   #process: ChildProcess | undefined;
 
-  private constructor(readonly port: number) {}
+  private constructor(
+    readonly port: number,
+    private readonly dir: string | undefined,
+  ) {}
 
   get url(): string {
     return `redis://127.0.0.1:${this.port}`;
   }
 
-  static async start(): Promise<OwnRedis> {
-    const redis = new OwnRedis(await freePort());
+  static async start(options: { durable?: boolean } = {}): Promise<OwnRedis> {
+    const redis = new OwnRedis(await freePort(), options.durable ? tempDir("redis") : undefined);
+    if (redis.dir) await mkdir(redis.dir, { recursive: true });
     await redis.resume();
     onTeardown(() => redis.stop());
     return redis;
   }
 
-  /** Starts it again after {@link stop}, on the same port (empty: it keeps nothing). */
+  /** Starts it again after {@link stop}, on the same port. */
   async resume(): Promise<void> {
-    this.#process = spawn(REDIS_SERVER, ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+    const persistence = this.dir ? ["--dir", this.dir, "--appendonly", "yes", "--appendfsync", "always"] : ["--appendonly", "no"];
+    this.#process = spawn(REDIS_SERVER, ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", ...persistence], {
       stdio: "ignore",
     });
     await eventually(async () => {

@@ -1,6 +1,4 @@
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdirSync } from "node:fs";
 import { ObjectId } from "bson";
 import { Redis } from "ioredis";
 import { describe, expect, it } from "vitest";
@@ -8,7 +6,7 @@ import { OtaProgressDocument, RegisterDeviceDocument } from "../generated/graphq
 import { gqlOk, startApp } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
 import { metric } from "../helpers/metrics.js";
-import { freePort, OwnMosquitto, ServerProcess } from "../helpers/processes.js";
+import { freePort, OwnMosquitto, OwnRedis, ServerProcess } from "../helpers/processes.js";
 import { DATABASE_URL, freshDatabase, REDIS_URL, uniq } from "../helpers/services.js";
 import { onTeardown, tempDir } from "../helpers/teardown.js";
 import { eventually, sleep } from "../helpers/wait.js";
@@ -137,51 +135,9 @@ describe.each([
   }, 90_000);
 });
 
-/** A Redis of the test's own that keeps its data across a stop (append-only file), to stop under ingest. */
-class DurableRedis {
-  #process: ChildProcess | undefined;
-
-  constructor(
-    readonly port: number,
-    readonly dir: string,
-  ) {}
-
-  get url() {
-    return `redis://127.0.0.1:${this.port}`;
-  }
-
-  async start(): Promise<void> {
-    mkdirSync(this.dir, { recursive: true });
-    const args = ["--port", String(this.port), "--bind", "127.0.0.1", "--dir", this.dir, "--save", "", "--appendonly", "yes", "--appendfsync", "always"];
-    this.#process = spawn("redis-server", args, { stdio: "ignore" });
-    await eventually(async () => {
-      const c = new Redis(this.url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
-      c.on("error", () => undefined); // not up yet: the connect below rejects and we try again
-      try {
-        await c.connect();
-        await c.ping();
-      } finally {
-        c.disconnect();
-      }
-    });
-  }
-
-  async stop(): Promise<void> {
-    const p = this.#process;
-    this.#process = undefined;
-    if (!p || p.exitCode !== null) return;
-    await new Promise<void>((r) => {
-      p.once("exit", () => r());
-      p.kill("SIGTERM");
-    });
-  }
-}
-
 describe("Redis stopped for a few seconds under ingest", () => {
   it("loses no acknowledged report, and the server is healthy once Redis is back", async () => {
-    const own = new DurableRedis(await freePort(), tempDir("redis"));
-    await own.start();
-    onTeardown(() => own.stop());
+    const own = await OwnRedis.start({ durable: true });
     const t = await startApp({ env: { REDIS_URL: own.url } });
     const productName = uniq("outage");
     const devices = await Promise.all(
@@ -204,7 +160,7 @@ describe("Redis stopped for a few seconds under ingest", () => {
     // Ingest fails and tries again; what it cannot store stays unacknowledged.
     await eventually(async () => expect(await metric(t, "iothub_ota_ingest_unacknowledged_total")).toBeGreaterThan(0), 20_000);
     const acknowledgedDuringOutage = new Set(fleet.acknowledged);
-    await own.start();
+    await own.resume();
 
     const stored = await fleet.stored(redis, prefix, acknowledgedDuringOutage);
     expect([...acknowledgedDuringOutage].filter((id) => !stored.has(id))).toEqual([]);
