@@ -3,6 +3,7 @@ import type { Config } from "./config/config.js";
 import { TokenResolver } from "./auth/token.resolver.js";
 import { TokenService } from "./auth/token.service.js";
 import { EmbeddedBroker } from "./broker/embedded.broker.js";
+import { AppError, ErrorCode } from "./errors.js";
 import { DeviceRepository } from "./devices/device.repository.js";
 import { DeviceResolver } from "./devices/device.resolver.js";
 import { DeviceService } from "./devices/device.service.js";
@@ -80,7 +81,12 @@ export class App {
         const parsed = parseCommandTopic(topic);
         // Reports received from now on belong to a new upgrade attempt (progress ordering does not trust
         // device clocks); marked before the publish, so that no answer of the device can precede it.
-        if (parsed.ok && parsed.value.command === "$ota_upgrade") await progress.startAttempt(parsed.value.target, Date.now());
+        if (parsed.ok && parsed.value.command === "$ota_upgrade") {
+          await progress.startAttempt(parsed.value.target, Date.now()).catch((err: unknown) => {
+            this.log.error({ err, topic }, "could not mark the upgrade attempt; the command was not sent");
+            throw new AppError(ErrorCode.BROKER_UNAVAILABLE, "the command could not be prepared (Redis unavailable); nothing was sent");
+          });
+        }
         await this.#link.publishCommand(topic, payload);
         this.metrics.commands.inc({ command: parsed.ok ? parsed.value.command : "unknown" });
       },

@@ -84,6 +84,8 @@ export class TokenService {
   /** Verified principals by token digest; only valid tokens are kept. */
   readonly #cache: LRUCache<string, Principal>;
   readonly #revokedListeners = new Set<(tokenId: string) => void>();
+  /** Revocations made by this instance so far: a verification that overlapped one does not cache what it read. */
+  #revocations = 0;
 
   constructor(
     private readonly db: () => Db,
@@ -139,6 +141,7 @@ export class TokenService {
       .returning({ tokenHash: apiTokens.tokenHash });
     const [row] = rows;
     if (!row) return false;
+    this.#revocations++;
     this.#cache.delete(row.tokenHash);
     for (const listener of this.#revokedListeners) listener(id);
     return true;
@@ -157,12 +160,15 @@ export class TokenService {
     if (this.#adminDigest && timingSafeEqual(digest, this.#adminDigest)) return principalOf(ADMIN_TOKEN_ID, "admin", null, null);
     const hex = digest.toString("hex");
     let principal = this.#cache.get(hex);
-    if (!principal) {
+    while (!principal) {
+      const revocations = this.#revocations;
       const [row] = await this.db()
         .select()
         .from(apiTokens)
         .where(and(eq(apiTokens.tokenHash, hex), isNull(apiTokens.revokedAt)));
       if (!row) return null;
+      // A revocation here while the row was read may concern this very token: read again rather than cache it.
+      if (revocations !== this.#revocations) continue;
       principal = principalOf(row.id, accessOf(row), row.products, row.expiresAt?.getTime() ?? null);
       this.#cache.set(hex, principal);
     }

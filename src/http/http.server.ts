@@ -164,11 +164,21 @@ export class HttpServer {
     this.#wsCleanup = useServer<Record<string, unknown>, WsExtra>(
       {
         schema,
+        // Close reasons never echo an error's text, whatever NODE_ENV says.
+        isProd: true,
         connectionInitWaitTimeout: limits.wsInitTimeoutMs,
         subscribe: sharedSubscribe(),
         onConnect: async (ctx) => {
           const socket = ctx.extra.socket;
-          const principal = await tokens.verify(bearerToken(ctx.connectionParams?.authorization));
+          let principal: Principal | null;
+          try {
+            principal = await tokens.verify(bearerToken(ctx.connectionParams?.authorization));
+          } catch (err) {
+            // The token store is unreachable: say so without internals (graphql-ws would print the error and may echo it).
+            log.error({ err }, "could not check the API token of a WebSocket connection");
+            socket.close(WsCloseCode.InternalServerError, "Internal server error");
+            return false;
+          }
           if (!principal) {
             socket.close(WsCloseCode.Unauthorized, "Unauthorized: missing or invalid API token");
             return false;

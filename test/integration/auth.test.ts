@@ -14,6 +14,7 @@ import {
 } from "../generated/graphql.js";
 import { gql, gqlOk, startApp, wsClient, type TestApp } from "../helpers/app.js";
 import { DATABASE_URL, freshDatabase, uniq } from "../helpers/services.js";
+import { onTeardown } from "../helpers/teardown.js";
 import { eventually } from "../helpers/wait.js";
 
 /** A graphql-ws client of this token, subscribed to a product; resolves with how the connection ended. */
@@ -121,5 +122,19 @@ describe("API tokens", () => {
       await eventually(async () => expect((await gql(onTwo, DeviceDocument, { productName, deviceName: "d1" })).status).toBe(401), 7_000);
       expect(Date.now() - revokedAt).toBeLessThan(7_000);
     });
+  });
+});
+
+describe("a WebSocket connection whose token cannot be checked", () => {
+  it("is closed with 4500 and a reason that carries no internals", async () => {
+    const t = await startApp();
+    const { token } = (await gqlOk(t, CreateApiTokenDocument, { input: { name: uniq("tok"), access: "READ" } })).createApiToken;
+    // The token store is gone (a database outage): the check itself fails.
+    await t.app.database.stop();
+    onTeardown(() => t.app.database.start());
+    const client = wsClient({ wsUrl: t.wsUrl, token });
+    const closed = await new Promise<{ code: number; reason: string }>((resolve) => client.on("closed", (e) => resolve(e as { code: number; reason: string })));
+    expect(closed).toMatchObject({ code: 4500, reason: "Internal server error" });
+    expect((await fetch(`${t.httpUrl}/healthz`)).status).toBe(200);
   });
 });
