@@ -22,6 +22,7 @@ import {
 import { deviceAutoSubscriptions } from "../protocol/topics.js";
 import { guardFrames } from "./frame.guard.js";
 import { Refusals } from "./refusals.js";
+import { DeviceSessions, MAX_SESSIONS_PER_DEVICE } from "./sessions.js";
 import { loadTls } from "./tls.js";
 
 export interface EmbeddedBrokerOptions {
@@ -45,9 +46,10 @@ const SERVER_UNAVAILABLE = 3;
 const BAD_CREDENTIALS = 4;
 const NOT_AUTHORIZED = 5;
 
-/** aedes-persistence-redis's key names (asyncPersistence.js): the set of client ids with a stored session, and retained messages. */
+/** aedes-persistence-redis's key names (asyncPersistence.js): the set of client ids with a stored session, retained messages, a session's queue. */
 const CLIENTS_KEY = "clients";
 const RETAINED_KEY = "retained";
+const outgoingKey = (clientId: string) => `outgoing:${encodeURIComponent(clientId)}`;
 
 function refuse(returnCode: number, message: string): AuthenticateError {
   return Object.assign(new Error(message), { returnCode }) as AuthenticateError;
@@ -57,6 +59,7 @@ type Done = (err?: Error | null) => void;
 /** aedes' typings omit its 'error' event. */
 type EventEmitterLike = { on(event: "error", listener: (err: Error) => void): unknown };
 type Subscription = { topic: string; qos: 0 | 1 | 2 };
+type InboundPacket = { messageId?: number };
 
 /** The parts of aedes-persistence-redis this broker wraps or calls (its own typings stop short). */
 interface Store {
@@ -66,6 +69,11 @@ interface Store {
   cleanSubscriptions(client: { id: string }): Promise<unknown>;
   putWill(client: { id: string }, packet: unknown): Promise<unknown>;
   delWill(client: { id: string; brokerId?: string }): Promise<unknown>;
+  outgoingEnqueue(sub: { clientId: string }, packet: unknown): Promise<unknown>;
+  outgoingEnqueueCombi(subs: { clientId: string }[], packet: unknown): Promise<unknown>;
+  incomingStorePacket(client: Client, packet: InboundPacket): Promise<unknown>;
+  incomingGetPacket(client: Client, packet: InboundPacket): Promise<unknown>;
+  incomingDelPacket(client: Client, packet: InboundPacket): Promise<unknown>;
 }
 
 /** A device connection as the broker knows it, from the moment its login is being checked. */
@@ -75,6 +83,13 @@ interface DeviceClient {
   cutOff: boolean;
   /** Settles when every earlier PUBLISH of this connection has been answered: PUBACKs keep arrival order. */
   ackTurn: Promise<unknown>;
+  /** Its CONNECT created its persistent session (sessionPresent false): subscribed live once registered. */
+  freshSession: boolean;
+  /**
+   * Message ids of inbound QoS 2 PUBLISHes awaiting PUBREL (MQTT 3.1.1 §4.3.3):
+   * aedes' "incoming" store, kept with the connection instead of in Redis.
+   */
+  readonly awaitingRelease: Set<number>;
 }
 
 const SETTLED: Promise<unknown> = Promise.resolve();
@@ -138,8 +153,7 @@ export class EmbeddedBroker implements BrokerLink {
   readonly #clients = new WeakMap<Client, DeviceClient>();
   /** Connections per device (`<product>/<device>`), from login to close. */
   readonly #byDevice = new Map<string, Set<Client>>();
-  /** Client ids whose persistent session this CONNECT created (sessionPresent false): subscribed live once registered. */
-  readonly #freshSessions = new Set<string>();
+  #sessions: DeviceSessions | undefined;
   readonly #refusals: Refusals;
 
   constructor(
@@ -193,7 +207,8 @@ export class EmbeddedBroker implements BrokerLink {
       // Offline QoS 1 commands expire instead of piling up for devices that never return.
       packetTTL: () => limits.offlineCommandTtlSeconds,
     }) as unknown as Store;
-    this.#wrapStore(store);
+    this.#sessions = new DeviceSessions(db, MAX_SESSIONS_PER_DEVICE);
+    this.#wrapStore(store, db, this.#sessions);
     this.#store = store;
 
     const aedes = new DeviceAedes({
@@ -288,8 +303,10 @@ export class EmbeddedBroker implements BrokerLink {
     this.disconnect(productName, deviceName);
     const store = this.#store;
     const db = this.#db;
-    if (!store || !db) return;
-    const ids = new Set([`${productName}/${deviceName}`]);
+    const sessions = this.#sessions;
+    if (!store || !db || !sessions) return;
+    const device = { productName, deviceName };
+    const ids = new Set([`${productName}/${deviceName}`, ...(await sessions.list(device))]);
     // Names are [A-Za-z0-9_.:-]: nothing in them is a glob character.
     for await (const batch of db.sscanStream(CLIENTS_KEY, { match: `${productName}/${deviceName}*`, count: 1000 }) as AsyncIterable<string[]>) {
       for (const id of batch) {
@@ -298,6 +315,7 @@ export class EmbeddedBroker implements BrokerLink {
       }
     }
     await Promise.all([...ids].map((id) => store.cleanSubscriptions({ id })));
+    await sessions.forgotten(device);
   }
 
   async stop(): Promise<void> {
@@ -308,6 +326,7 @@ export class EmbeddedBroker implements BrokerLink {
     if (aedes) await new Promise<void>((resolve) => aedes.close(() => resolve()));
     const store = this.#store;
     this.#store = undefined;
+    this.#sessions = undefined;
     const db = this.#db;
     this.#db = undefined;
     if (store) {
@@ -323,18 +342,28 @@ export class EmbeddedBroker implements BrokerLink {
    * - a SUBSCRIBE is stored whole, refused filters too (aedes' storeSubscriptions takes
    *   packet.subscriptions): keep only what access control grants, and never an
    *   auto-subscription, which the connect path below owns;
-   * - the session a CONNECT finds (fetchSubs) always holds the auto-subscriptions, stored
-   *   before the CONNACK so commands queue even if the device drops at once; a session
-   *   that had nothing before reads as absent, so the CONNACK's sessionPresent is true
-   *   only for a session older than this CONNECT (MQTT 3.1.1 §3.2.2.2);
+   * - the session a CONNECT finds (fetchSubs, clean:false only) always holds the
+   *   auto-subscriptions, stored before the CONNACK so commands queue even if the device
+   *   drops at once; a session that had nothing before reads as absent, so the CONNACK's
+   *   sessionPresent is true only for a session older than this CONNECT (MQTT 3.1.1 §3.2.2.2);
+   * - a device keeps at most MAX_SESSIONS_PER_DEVICE persistent sessions: the CONNECT of
+   *   another one drops the least recently connected (see {@link #admitSession});
+   * - a session's queue (`outgoing:<id>`, a list of packet keys) expires with the commands
+   *   it points to (packetTTL), instead of keeping keys of expired packets forever;
+   * - an inbound QoS 2 PUBLISH is remembered with its connection, never in Redis: aedes
+   *   stores each one before its PUBREC, refused ones too, and one withheld PUBREL at a time
+   *   a device could fill Redis (aedes' in-flight cap is per connection). Devices publish at
+   *   QoS 1 (PROTOCOL.md); a QoS 2 one sent again after a reconnect is handled again, which
+   *   ingest's messageId deduplication makes harmless;
    * - wills are never stored: only the connection that set one may publish it (a stored
    *   will is published with no client after a crash, past access control). The
    *   CONNECT-time delWill carries no broker id, so it can never match a stored will.
    */
-  #wrapStore(store: Store): void {
+  #wrapStore(store: Store, db: Redis, sessions: DeviceSessions): void {
     const addSubscriptions = store.addSubscriptions.bind(store);
     const subscriptionsByClient = store.subscriptionsByClient.bind(store);
     const delWill = store.delWill.bind(store);
+    const outgoingEnqueueCombi = store.outgoingEnqueueCombi.bind(store);
     store.addSubscriptions = (client, subs) => {
       const id = this.#clients.get(client as Client)?.identity;
       const auto = id ? deviceAutoSubscriptions(id.productName, id.deviceName) : [];
@@ -342,21 +371,75 @@ export class EmbeddedBroker implements BrokerLink {
       return kept.length === 0 ? Promise.resolve() : addSubscriptions(client, kept);
     };
     store.subscriptionsByClient = async (client) => {
-      const subs = await subscriptionsByClient(client);
       const id = clientIdentity(client.id);
-      if (!id) return subs;
+      if (!id) return subscriptionsByClient(client);
+      await this.#admitSession(store, sessions, id, client.id);
+      const subs = await subscriptionsByClient(client);
       const missing = deviceAutoSubscriptions(id.productName, id.deviceName)
         .filter((topic) => !subs.some((s) => s.topic === topic))
         .map((topic) => ({ topic, qos: 1 as const }));
       if (missing.length > 0) await addSubscriptions(client, missing);
       if (subs.length === 0) {
-        this.#freshSessions.add(client.id);
+        this.#markFresh(id, client.id);
         return [];
       }
       return [...subs, ...missing];
     };
+    const ttl = this.options.limits.offlineCommandTtlSeconds;
+    store.outgoingEnqueueCombi = async (subs, packet) => {
+      await outgoingEnqueueCombi(subs, packet);
+      if (ttl <= 0 || subs.length === 0) return;
+      const expiring = db.pipeline();
+      for (const sub of subs) expiring.expire(outgoingKey(sub.clientId), ttl);
+      await expiring.exec();
+    };
+    // Its own implementation calls its own outgoingEnqueueCombi, not the one above.
+    store.outgoingEnqueue = (sub, packet) => store.outgoingEnqueueCombi([sub], packet);
+    store.incomingStorePacket = (client, packet) => {
+      const awaiting = this.#clients.get(client)?.awaitingRelease;
+      if (!awaiting || packet.messageId === undefined) return Promise.reject(new Error("not a device connection"));
+      awaiting.add(packet.messageId);
+      return Promise.resolve();
+    };
+    store.incomingGetPacket = (client, packet) =>
+      packet.messageId !== undefined && this.#clients.get(client)?.awaitingRelease.has(packet.messageId)
+        ? Promise.resolve(packet)
+        : Promise.reject(new Error("no such packet"));
+    store.incomingDelPacket = (client, packet) => {
+      if (packet.messageId !== undefined) this.#clients.get(client)?.awaitingRelease.delete(packet.messageId);
+      return Promise.resolve();
+    };
     store.putWill = () => Promise.resolve();
     store.delWill = (client) => (client.brokerId === undefined ? Promise.resolve(null) : delWill(client));
+  }
+
+  /**
+   * Records the persistent session a device connects with, and drops the
+   * device's least recently connected ones past MAX_SESSIONS_PER_DEVICE
+   * (closing any still connected here, so nothing runs on a dropped session).
+   * The record goes only once the session is gone, so an outage midway leaves
+   * it to be dropped at the next CONNECT.
+   */
+  async #admitSession(store: Store, sessions: DeviceSessions, id: DeviceIdentity, clientId: string): Promise<void> {
+    const excess = await sessions.connected(id, clientId);
+    if (excess.length === 0) return;
+    const connected = (this.#aedes as { clients?: Record<string, Client | undefined> } | undefined)?.clients;
+    for (const other of excess) connected?.[other]?.close();
+    await Promise.all(excess.map((other) => store.cleanSubscriptions({ id: other })));
+    await sessions.forgotten(id, excess);
+    this.#refusals.refuse("session", "too_many", `${id.productName}/${id.deviceName}`, { clientId, dropped: excess });
+  }
+
+  /**
+   * fetchSubs knows the client id only: the connection behind it is the one of
+   * this id still in its CONNECT. The mark lives with the connection, so a
+   * CONNECT aborted before registration leaves nothing behind.
+   */
+  #markFresh(id: DeviceIdentity, clientId: string): void {
+    for (const client of this.#byDevice.get(`${id.productName}/${id.deviceName}`) ?? []) {
+      const device = this.#clients.get(client);
+      if (device && client.id === clientId && client.connecting) device.freshSession = true;
+    }
   }
 
   /** Retained messages have no use in the protocol and only devices could have left them (before their retain flag was cleared). */
@@ -374,7 +457,7 @@ export class EmbeddedBroker implements BrokerLink {
     if (!clientIdMatches(client.id, identity)) throw this.#refuseConnect(client, IDENTIFIER_REJECTED, "client_id");
     // Known as the device's from now on, so that a suspension while the secret is being
     // checked (scrypt: tens of ms) reaches this connection too.
-    const device: DeviceClient = { identity, cutOff: false, ackTurn: SETTLED };
+    const device: DeviceClient = { identity, cutOff: false, ackTurn: SETTLED, freshSession: false, awaitingRelease: new Set() };
     this.#clients.set(client, device);
     this.#track(client, `${identity.productName}/${identity.deviceName}`);
     let result;
@@ -547,7 +630,7 @@ export class EmbeddedBroker implements BrokerLink {
     const device = this.#clients.get(client);
     if (!device) return;
     this.metrics.connectedDevices.inc();
-    if (!client.clean && !this.#freshSessions.delete(client.id)) return;
+    if (!client.clean && !device.freshSession) return;
     const { productName, deviceName } = device.identity;
     const subscriptions = deviceAutoSubscriptions(productName, deviceName).map((topic) => ({ topic, qos: 1 as const }));
     client.subscribe(subscriptions, (err) => {

@@ -1,6 +1,7 @@
 import { connect as tcpConnect } from "node:net";
 import { Redis } from "ioredis";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import { MAX_SESSIONS_PER_DEVICE } from "../../src/broker/sessions.js";
 import { DeviceDocument, OtaProgressDocument, RegisterDeviceDocument, SendOtaDocument } from "../generated/graphql.js";
 import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
 import { connackCode, TestDevice } from "../helpers/device.js";
@@ -11,6 +12,12 @@ import { onTeardown } from "../helpers/teardown.js";
 import { eventually } from "../helpers/wait.js";
 
 const REFUSED = "iothub_ota_refused_total";
+
+async function keysMatching(redis: Redis, pattern: string): Promise<string[]> {
+  const keys: string[] = [];
+  for await (const batch of redis.scanStream({ match: pattern, count: 1000 })) keys.push(...(batch as string[]));
+  return keys;
+}
 
 describe("the embedded broker under abuse", () => {
   let t: TestApp;
@@ -99,11 +106,8 @@ describe("the embedded broker under abuse", () => {
     ]) {
       await dev.publish(topic, { ...firmware, url: "https://evil.example/x.bin", progress: 1 });
     }
-    const suback = new Promise<{ granted: number[] }>((resolve) =>
-      dev.client.on("packetreceive", (p) => p.cmd === "suback" && resolve(p as unknown as { granted: number[] })),
-    );
-    dev.client.subscribe(["#", "+/#", `cmd/${v}/+/+/+/#`, `update_ota_status/${productName}/+/+`, `tags/other/+/cmd/+/+/+/#`, `m2m/${v}/+/+`], { qos: 1 }, () => undefined);
-    expect((await suback).granted).toEqual([128, 128, 128, 128, 128, 128]);
+    const granted = await dev.subscribeGranted(["#", "+/#", `cmd/${v}/+/+/+/#`, `update_ota_status/${productName}/+/+`, `tags/other/+/cmd/+/+/+/#`, `m2m/${v}/+/+`]);
+    expect(granted).toEqual([128, 128, 128, 128, 128, 128]);
     expect(closed).toBe(false);
     await dev.end();
   });
@@ -147,5 +151,63 @@ describe("the embedded broker under abuse", () => {
     expect(closes).toBe(0);
     expect((await gqlOk(t, DeviceDocument, { productName, deviceName: victim.name })).device?.firmwareVersion).not.toBe("6.6.6");
     await dev.end();
+  });
+
+  it("stores nothing in Redis for QoS 2 publishes a device never releases, however often it reconnects", async () => {
+    const redis = new Redis(REDIS_URL);
+    onTeardown(() => redis.quit());
+    const clientId = `${productName}/${attacker.name}/q2`;
+    const before = await metric(t, REFUSED, { kind: "publish", reason: "not_allowed" });
+    const body = Buffer.alloc(50_000, 7);
+    for (let round = 0; round < 3; round++) {
+      const dev = await TestDevice.connect(t.mqttUrl, productName, attacker.name, attacker.secret, { clientId });
+      // Foreign topics (refused) and its own upload_data (accepted), each PUBREC'd and never PUBREL'd.
+      await Promise.all(
+        Array.from({ length: 40 }, (_, i) => {
+          const topic = i % 2 === 0
+            ? `update_status/${productName}/${victim.name}/${(round * 100 + i).toString(16).padStart(24, "0")}`
+            : `upload_data/${productName}/${attacker.name}/sample/${(round * 100 + i).toString(16).padStart(24, "0")}`;
+          return dev.publishQos2Unreleased(topic, body, i + 1);
+        }),
+      );
+      dev.client.stream.destroy();
+    }
+    expect(await metric(t, REFUSED, { kind: "publish", reason: "not_allowed" })).toBe(before + 60);
+    expect(await keysMatching(redis, `${t.config.redisPrefix}incoming:*`)).toEqual([]);
+    // A complete QoS 2 handshake still works, once per message id, and its report is taken.
+    const dev = await TestDevice.connect(t.mqttUrl, productName, attacker.name, attacker.secret, { clientId });
+    const me = `${productName}/${attacker.name}`;
+    await dev.client.publishAsync(`update_status/${me}/65a0000000000000000000d1`, JSON.stringify({ firmware_ver: "2.2" }), { qos: 2 });
+    expect((await gqlOk(t, DeviceDocument, { productName, deviceName: attacker.name })).device?.firmwareVersion).toBe("2.2");
+    expect(await keysMatching(redis, `${t.config.redisPrefix}incoming:*`)).toEqual([]);
+    await dev.end();
+  });
+
+  it("keeps at most MAX_SESSIONS_PER_DEVICE persistent sessions of a device: the least recently connected go, closed if online", async () => {
+    const d = await register("suffixes");
+    const prefix = t.config.redisPrefix;
+    const ids = Array.from({ length: MAX_SESSIONS_PER_DEVICE + 4 }, (_, i) => `${productName}/${d.name}/s${i}`);
+    const before = await metric(t, REFUSED, { kind: "session", reason: "too_many" });
+    const oldest = await TestDevice.connect(t.mqttUrl, productName, d.name, d.secret, { clientId: ids[0] });
+    const oldestClosed = new Promise<void>((r) => oldest.client.once("close", () => r()));
+    for (const clientId of ids.slice(1)) await (await TestDevice.connect(t.mqttUrl, productName, d.name, d.secret, { clientId })).end();
+    expect(await metric(t, REFUSED, { kind: "session", reason: "too_many" })).toBe(before + 4);
+    const redis = new Redis(REDIS_URL);
+    onTeardown(() => redis.quit());
+    const kept = ids.slice(4);
+    const stored = (await redis.smembers(`${prefix}clients`)).filter((id) => id.startsWith(`${productName}/${d.name}/`));
+    expect(stored.sort()).toEqual([...kept].sort());
+    expect(await redis.exists(...ids.slice(0, 4).map((id) => `${prefix}client:${encodeURIComponent(id)}`))).toBe(0);
+    await oldestClosed; // it was online, but its session is gone: nothing may run on it
+    // A command is queued once per kept session, for no dropped one.
+    await gqlOk(t, SendOtaDocument, { input: { productName, deviceName: d.name, firmware } });
+    for (const id of ids) expect(await redis.llen(`${prefix}outgoing:${encodeURIComponent(id)}`)).toBe(kept.includes(id) ? 1 : 0);
+    const back = await TestDevice.connect(t.mqttUrl, productName, d.name, d.secret, { clientId: ids.at(-1) });
+    expect(back.sessionPresent).toBe(true);
+    await back.nextCommand("$ota_upgrade");
+    await back.end();
+    const dropped = await TestDevice.connect(t.mqttUrl, productName, d.name, d.secret, { clientId: ids[1] });
+    expect(dropped.sessionPresent).toBe(false);
+    await dropped.end();
   });
 });

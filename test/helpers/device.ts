@@ -1,5 +1,5 @@
 import { ObjectId } from "bson";
-import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
+import mqtt, { type IClientOptions, type MqttClient, type Packet } from "mqtt";
 import { onTeardown } from "./teardown.js";
 import { Inbox } from "./wait.js";
 
@@ -16,6 +16,8 @@ export interface Received {
  */
 export class TestDevice {
   readonly inbox = new Inbox<Received>();
+  /** SUBACKs and PUBRECs as received, for what mqtt.js does not tell. */
+  readonly #acks = new Inbox<Packet>();
   /** The CONNACK's Session Present flag (MQTT 3.1.1 §3.2.2.2) of the first connection. */
   sessionPresent = false;
 
@@ -32,6 +34,9 @@ export class TestDevice {
         // not JSON: keep the raw payload only
       }
       this.inbox.push({ topic, payload, json });
+    });
+    client.on("packetreceive", (p) => {
+      if (p.cmd === "suback" || p.cmd === "pubrec") this.#acks.push(p);
     });
   }
 
@@ -91,9 +96,43 @@ export class TestDevice {
     return this.inbox.next((m) => m.topic.split("/").includes(command), ms);
   }
 
+  /** SUBSCRIBEs and resolves with the SUBACK's return codes: mqtt.js turns a 0x80 into an error, this reads the SUBACK itself. */
+  async subscribeGranted(filters: string[]): Promise<number[]> {
+    this.client.subscribe(filters, { qos: 1 }, () => undefined);
+    const suback = await this.#acks.next((p) => p.cmd === "suback");
+    return suback.cmd === "suback" ? (suback.granted as number[]) : [];
+  }
+
+  /**
+   * Writes a QoS 2 PUBLISH under the given message id, past mqtt.js (which
+   * would complete the handshake), and resolves on its PUBREC. mqtt.js
+   * ignores a PUBREC it did not ask for, so no PUBREL follows.
+   */
+  async publishQos2Unreleased(topic: string, payload: Buffer, messageId: number): Promise<void> {
+    this.client.stream.write(encodeQos2Publish(topic, payload, messageId));
+    await this.#acks.next((p) => p.cmd === "pubrec" && p.messageId === messageId);
+  }
+
   end(): Promise<void> {
     return this.client.endAsync(true);
   }
+}
+
+/** A QoS 2 PUBLISH packet (MQTT 3.1.1 §3.3): type 3 with QoS bits 10, Remaining Length, topic, packet id, payload. */
+export function encodeQos2Publish(topic: string, payload: Buffer, messageId: number): Buffer {
+  const name = Buffer.from(topic, "utf8");
+  const variable = Buffer.alloc(2 + name.length + 2);
+  variable.writeUInt16BE(name.length, 0);
+  name.copy(variable, 2);
+  variable.writeUInt16BE(messageId, 2 + name.length);
+  const lengthBytes: number[] = [];
+  let remaining = variable.length + payload.length;
+  do {
+    const digit = remaining % 128;
+    remaining = Math.floor(remaining / 128);
+    lengthBytes.push(remaining > 0 ? digit | 0x80 : digit);
+  } while (remaining > 0);
+  return Buffer.concat([Buffer.from([0x34, ...lengthBytes]), variable, payload]);
 }
 
 /** Connects as raw MQTT and returns the CONNACK failure code, 0 on success, or -1 when closed without a CONNACK. */

@@ -209,7 +209,7 @@ describe("the embedded broker under faults", () => {
     await expect(side.broker.publishCommand(topic, "{}")).rejects.toMatchObject({ code: ErrorCode.BROKER_UNAVAILABLE });
   });
 
-  it("keeps offline commands with an expiry", async () => {
+  it("keeps offline commands, and the session queues pointing to them, with an expiry", async () => {
     const d = await register("offline");
     const dev = await TestDevice.connect(t.mqttUrl, productName, d.name, d.secret);
     await dev.end();
@@ -217,8 +217,10 @@ describe("the embedded broker under faults", () => {
     const redis = new Redis(REDIS_URL);
     onTeardown(() => redis.quit());
     const keys: string[] = [];
-    for await (const batch of redis.scanStream({ match: `${t.config.redisPrefix}packet:*`, count: 1000 })) keys.push(...(batch as string[]));
-    expect(keys.length).toBeGreaterThan(0);
+    for (const kind of ["packet", "outgoing"]) {
+      for await (const batch of redis.scanStream({ match: `${t.config.redisPrefix}${kind}:*`, count: 1000 })) keys.push(...(batch as string[]));
+    }
+    expect(keys).toContain(`${t.config.redisPrefix}outgoing:${encodeURIComponent(`${productName}/${d.name}`)}`);
     for (const key of keys) {
       const ttl = await redis.ttl(key);
       expect(ttl).toBeGreaterThan(0);

@@ -16,7 +16,7 @@ import { connackCode, TestDevice } from "../helpers/device.js";
 import { Redis } from "ioredis";
 import { REDIS_URL, uniq } from "../helpers/services.js";
 import { onTeardown } from "../helpers/teardown.js";
-import { eventually, sleep } from "../helpers/wait.js";
+import { eventually } from "../helpers/wait.js";
 
 const REFUSED = "iothub_ota_refused_total";
 
@@ -62,28 +62,28 @@ describe("the embedded broker", () => {
 
   it("refuses foreign and wildcard subscriptions with a failure return code", async () => {
     const dev = await TestDevice.connect(t.mqttUrl, productName, deviceName, secret, { clientId: `${productName}/${deviceName}/subs` });
-    // mqtt.js turns a 0x80 return code into an error: read the SUBACK itself.
-    const suback = new Promise<{ granted: number[] }>((resolve) =>
-      dev.client.on("packetreceive", (p) => p.cmd === "suback" && resolve(p as unknown as { granted: number[] })),
-    );
-    dev.client.subscribe(["#", `cmd/${productName}/other/+/+/+/#`, "$SYS/#", `tags/${productName}/beta/cmd/+/+/+/#`], { qos: 1 }, () => undefined);
-    expect((await suback).granted).toEqual([128, 128, 128, 1]);
+    const granted = await dev.subscribeGranted(["#", `cmd/${productName}/other/+/+/+/#`, "$SYS/#", `tags/${productName}/beta/cmd/+/+/+/#`]);
+    expect(granted).toEqual([128, 128, 128, 1]);
     await dev.end();
   });
 
   it("never keeps a refused subscription in the device's persistent session", async () => {
     const clientId = `${productName}/${deviceName}/spy`;
     const spy = await TestDevice.connect(t.mqttUrl, productName, deviceName, secret, { clientId });
-    spy.client.subscribe(["#", `tags/${productName}/beta/cmd/+/+/+/#`], { qos: 1 }, () => undefined);
-    await sleep(200);
+    // aedes stores a SUBSCRIBE before it writes the SUBACK.
+    expect(await spy.subscribeGranted(["#", `tags/${productName}/beta/cmd/+/+/+/#`])).toEqual([128, 1]);
     await spy.end();
-    // While the spy is away, another device reports and a command goes to a third.
+    // While the spy is away, another device reports (acknowledged once handled) and a command goes to a third.
     const other = await gqlOk(t, RegisterDeviceDocument, { input: { productName, deviceName: uniq("other") } });
-    const dev = await TestDevice.connect(t.mqttUrl, productName, other.registerDevice.device.deviceName, other.registerDevice.secret);
+    const otherName = other.registerDevice.device.deviceName;
+    const dev = await TestDevice.connect(t.mqttUrl, productName, otherName, other.registerDevice.secret);
     await dev.reportProgress({ version: "1", type: "firmware", progress: 1 });
-    await sleep(200);
+    await gqlOk(t, SendOtaDocument, { input: { productName, deviceName: otherName, firmware } });
+    await dev.nextCommand("$ota_upgrade");
+    // A command to the spy after all that: whatever its session had queued would come first.
     const back = await TestDevice.connect(t.mqttUrl, productName, deviceName, secret, { clientId });
-    await sleep(500);
+    await gqlOk(t, SendOtaDocument, { input: { productName, deviceName, firmware } });
+    await back.inbox.next((m) => m.topic.startsWith(`cmd/${productName}/${deviceName}/$ota_upgrade/`));
     expect(back.inbox.pending.map((m) => m.topic)).toEqual([]);
     const redis = new Redis(REDIS_URL);
     onTeardown(() => redis.quit());
@@ -93,6 +93,7 @@ describe("the embedded broker", () => {
       `rpc/${productName}/${deviceName}/+/+/+/#`,
       `tags/${productName}/beta/cmd/+/+/+/#`,
     ]);
+    await Promise.all([back.end(), dev.end()]);
   });
 
   it("acknowledges and drops a publish to another device's topic: not ingested, the connection kept", async () => {
@@ -188,6 +189,7 @@ describe("the embedded broker", () => {
     const first = await joiner.inbox.next((m) => m.topic.startsWith("tags/"));
     expect(first.json).toMatchObject({ url: firmware.url });
     expect(first.topic).not.toContain("65a0000000000000000000e3");
+    await Promise.all([dev.end(), joiner.end()]);
   });
 
   it("drops wills outside the device's rules at CONNECT: an abrupt end publishes none of them", async () => {
@@ -239,8 +241,10 @@ describe("the embedded broker", () => {
     let acked = false;
     const puback = dev.reportStatus({ firmware_ver: "2.0" }).then(() => (acked = true));
     await hold.entered;
-    // Before, aedes wrote the PUBACK before ingest even started; a window for it to arrive:
-    await sleep(300);
+    // Before, aedes wrote the PUBACK before ingest even started. Such a PUBACK would be on its way
+    // already: a CONNACK the broker writes after it, on another connection, arrives after it.
+    const id = `${productName}/${name}`;
+    expect(await connackCode(t.mqttUrl, { clientId: `${id}/probe`, username: id, password: registerDevice.secret })).toBe(0);
     expect(acked).toBe(false);
     hold.open();
     await puback;
