@@ -26,7 +26,7 @@ export function createMetrics() {
     refused: new Counter({
       name: "iothub_ota_refused_total",
       help:
-        "What was refused or dropped, by kind and reason: from devices on the embedded broker (connect, publish, subscribe, will, retain, packet) " +
+        "What was refused or dropped, by kind and reason: from devices on the embedded broker (connect, publish, subscribe, will, retain, packet, session) " +
         "and from API clients (http, graphql, ws).",
       labelNames: ["kind", "reason"] as const,
       registers: [registry],

@@ -22,7 +22,7 @@ import {
 import { deviceAutoSubscriptions } from "../protocol/topics.js";
 import { guardFrames } from "./frame.guard.js";
 import { Refusals } from "./refusals.js";
-import { DeviceSessions, MAX_SESSIONS_PER_DEVICE } from "./sessions.js";
+import { DeviceSessions } from "./sessions.js";
 import { loadTls } from "./tls.js";
 
 export interface EmbeddedBrokerOptions {
@@ -90,7 +90,17 @@ interface DeviceClient {
    * aedes' "incoming" store, kept with the connection instead of in Redis.
    */
   readonly awaitingRelease: Set<number>;
+  /** Filters granted and not yet in client.subscriptions (aedes adds them once the whole SUBSCRIBE is granted). */
+  readonly granted: Set<string>;
 }
+
+/**
+ * Filters one session may hold: a device holds at most 32 tags (names.ts
+ * checkTags) plus its auto-subscriptions, with room for a tag change in
+ * flight. Past it a SUBSCRIBE gets 0x80: a device cannot grow the broker's
+ * subscription tree and its Redis session without bound.
+ */
+const MAX_SUBSCRIPTIONS_PER_SESSION = 64;
 
 const SETTLED: Promise<unknown> = Promise.resolve();
 const noop = () => undefined;
@@ -207,7 +217,10 @@ export class EmbeddedBroker implements BrokerLink {
       // Offline QoS 1 commands expire instead of piling up for devices that never return.
       packetTTL: () => limits.offlineCommandTtlSeconds,
     }) as unknown as Store;
-    this.#sessions = new DeviceSessions(db, MAX_SESSIONS_PER_DEVICE);
+    // PROTOCOL.md: one client id per program, `<product>/<device>[/<suffix>]`. Each session holds its subscriptions in
+    // Redis and in every instance's subscription trie, and gets its own copy of every command: a device cycling
+    // suffixes would grow both without end.
+    this.#sessions = new DeviceSessions(db, limits.mqttMaxSessionsPerDevice);
     this.#wrapStore(store, db, this.#sessions);
     this.#store = store;
 
@@ -223,8 +236,9 @@ export class EmbeddedBroker implements BrokerLink {
       },
       authorizePublish: (client, packet, done) => this.#authorizePublish(client, packet, done),
       authorizeSubscribe: (client, sub, done) => {
-        if (this.#mayHold(client, sub.topic)) return done(null, sub);
-        this.#refusals.refuse("subscribe", "not_allowed", this.#keyOf(client), { clientId: client.id, topic: sub.topic });
+        const reason = !this.#mayHold(client, sub.topic) ? "not_allowed" : !this.#roomFor(client, sub.topic) ? "too_many" : undefined;
+        if (reason === undefined) return done(null, sub);
+        this.#refusals.refuse("subscribe", reason, this.#keyOf(client), { clientId: client.id, topic: sub.topic });
         done(null, null); // SUBACK 0x80 for this filter (MQTT 3.1.1 §3.9.3), the connection stays
       },
       authorizeForward: (client, packet) => this.#authorizeForward(client, packet),
@@ -238,6 +252,10 @@ export class EmbeddedBroker implements BrokerLink {
     aedes.on("client", (client) => this.#onRegistered(client));
     aedes.on("clientDisconnect", (client) => {
       if (this.#clients.has(client)) this.metrics.connectedDevices.dec();
+    });
+    aedes.on("unsubscribe", (filters, client) => {
+      const granted = client && this.#clients.get(client)?.granted;
+      for (const f of granted ? filters : []) granted?.delete(f);
     });
     aedes.on("clientError", (client, err) => this.log.debug({ clientId: client.id, err: err.message }, "client error"));
 
@@ -346,7 +364,7 @@ export class EmbeddedBroker implements BrokerLink {
    *   auto-subscriptions, stored before the CONNACK so commands queue even if the device
    *   drops at once; a session that had nothing before reads as absent, so the CONNACK's
    *   sessionPresent is true only for a session older than this CONNECT (MQTT 3.1.1 §3.2.2.2);
-   * - a device keeps at most MAX_SESSIONS_PER_DEVICE persistent sessions: the CONNECT of
+   * - a device keeps at most MQTT_MAX_SESSIONS_PER_DEVICE persistent sessions: the CONNECT of
    *   another one drops the least recently connected (see {@link #admitSession});
    * - a session's queue (`outgoing:<id>`, a list of packet keys) expires with the commands
    *   it points to (packetTTL), instead of keeping keys of expired packets forever;
@@ -415,7 +433,7 @@ export class EmbeddedBroker implements BrokerLink {
 
   /**
    * Records the persistent session a device connects with, and drops the
-   * device's least recently connected ones past MAX_SESSIONS_PER_DEVICE
+   * device's least recently connected ones past MQTT_MAX_SESSIONS_PER_DEVICE
    * (closing any still connected here, so nothing runs on a dropped session).
    * The record goes only once the session is gone, so an outage midway leaves
    * it to be dropped at the next CONNECT.
@@ -457,7 +475,7 @@ export class EmbeddedBroker implements BrokerLink {
     if (!clientIdMatches(client.id, identity)) throw this.#refuseConnect(client, IDENTIFIER_REJECTED, "client_id");
     // Known as the device's from now on, so that a suspension while the secret is being
     // checked (scrypt: tens of ms) reaches this connection too.
-    const device: DeviceClient = { identity, cutOff: false, ackTurn: SETTLED, freshSession: false, awaitingRelease: new Set() };
+    const device: DeviceClient = { identity, cutOff: false, ackTurn: SETTLED, freshSession: false, awaitingRelease: new Set(), granted: new Set() };
     this.#clients.set(client, device);
     this.#track(client, `${identity.productName}/${identity.deviceName}`);
     let result;
@@ -607,6 +625,19 @@ export class EmbeddedBroker implements BrokerLink {
     // Only the retained store yields retained packets here, and only devices could have filled it.
     if (packet.retain) return null;
     return packet;
+  }
+
+  /** Whether the session may hold one more filter (MAX_SUBSCRIPTIONS_PER_SESSION); records it when it may. */
+  #roomFor(client: Client, filter: string): boolean {
+    const device = this.#clients.get(client);
+    if (!device) return false;
+    const current = (client as unknown as { subscriptions: Record<string, unknown> }).subscriptions;
+    // Grants aedes has applied are in client.subscriptions (and leave it on UNSUBSCRIBE); keep only those in flight.
+    for (const g of device.granted) if (g in current) device.granted.delete(g);
+    if (filter in current || device.granted.has(filter)) return true;
+    if (Object.keys(current).length + device.granted.size >= MAX_SUBSCRIPTIONS_PER_SESSION) return false;
+    device.granted.add(filter);
+    return true;
   }
 
   /** PROTOCOL.md, "Access control": a device may subscribe to its product's tags (and its own auto-subscriptions). */

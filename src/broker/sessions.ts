@@ -1,15 +1,6 @@
 import type { Redis } from "ioredis";
 import type { DeviceIdentity } from "../protocol/acl.js";
 
-/**
- * Persistent sessions one device may keep (PROTOCOL.md: one client id per
- * program, `<product>/<device>[/<suffix>]`). Each one holds its
- * subscriptions in Redis and in every instance's subscription trie, and gets
- * its own copy of every command: without a cap, a device cycling suffixes
- * grows both without end.
- */
-export const MAX_SESSIONS_PER_DEVICE = 8;
-
 /** A device's persistent client ids, scored by last CONNECT time (ms); under the broker's key prefix. */
 export const deviceSessionsKey = (id: DeviceIdentity) => `device-sessions:${id.productName}/${id.deviceName}`;
 

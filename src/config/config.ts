@@ -38,6 +38,11 @@ export interface Limits {
   readonly mqttConnectTimeoutMs: number;
   /** MQTT: a QoS 1 command queued for an offline device is dropped after this (aedes `packetTTL`). */
   readonly offlineCommandTtlSeconds: number;
+  /**
+   * MQTT: persistent sessions (client ids `<product>/<device>[/<suffix>]`) one device may keep; past it the
+   * least recently connected is dropped. Each holds subscriptions and a copy of every command.
+   */
+  readonly mqttMaxSessionsPerDevice: number;
   /** MQTT: a refused publish is logged once per device per this interval (it is always counted). */
   readonly refusedLogIntervalMs: number;
   /** Redis: a command not answered within this fails. */
@@ -149,6 +154,7 @@ const envSchema = z.object({
   MQTT_MAX_PACKET_BYTES: int(1024, 131_072, 268_435_455),
   MQTT_CONNECT_TIMEOUT_MS: int(100, 10_000),
   OFFLINE_COMMAND_TTL_SECONDS: int(1, 604_800),
+  MQTT_MAX_SESSIONS_PER_DEVICE: int(1, 8, 1_000),
   REFUSED_LOG_INTERVAL_MS: int(0, 60_000),
   REDIS_COMMAND_TIMEOUT_MS: int(100, 5_000),
   DB_CONNECT_TIMEOUT_MS: int(100, 5_000),
@@ -225,6 +231,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       mqttMaxPacketBytes: e.MQTT_MAX_PACKET_BYTES,
       mqttConnectTimeoutMs: e.MQTT_CONNECT_TIMEOUT_MS,
       offlineCommandTtlSeconds: e.OFFLINE_COMMAND_TTL_SECONDS,
+      mqttMaxSessionsPerDevice: e.MQTT_MAX_SESSIONS_PER_DEVICE,
       refusedLogIntervalMs: e.REFUSED_LOG_INTERVAL_MS,
       redisCommandTimeoutMs: e.REDIS_COMMAND_TIMEOUT_MS,
       dbConnectTimeoutMs: e.DB_CONNECT_TIMEOUT_MS,

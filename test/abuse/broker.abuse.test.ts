@@ -1,7 +1,6 @@
 import { connect as tcpConnect } from "node:net";
 import { Redis } from "ioredis";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
-import { MAX_SESSIONS_PER_DEVICE } from "../../src/broker/sessions.js";
 import { DeviceDocument, OtaProgressDocument, RegisterDeviceDocument, SendOtaDocument } from "../generated/graphql.js";
 import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
 import { connackCode, TestDevice } from "../helpers/device.js";
@@ -153,6 +152,24 @@ describe("the embedded broker under abuse", () => {
     await dev.end();
   });
 
+  it("grants a session at most 64 filters, however many tags it asks for, across SUBSCRIBEs and reconnects", async () => {
+    const first = await TestDevice.connect(t.mqttUrl, productName, attacker.name, attacker.secret, { clientId: `${productName}/${attacker.name}/subs` });
+    const tagFilters = (from: number, n: number) => Array.from({ length: n }, (_, i) => `tags/${productName}/t${from + i}/cmd/+/+/+/#`);
+    // One SUBSCRIBE of 100 filters: the auto-subscriptions (3) and 61 more fit.
+    const granted = await first.subscribeGranted(tagFilters(0, 100));
+    expect(granted.filter((g) => g !== 0x80)).toHaveLength(61);
+    await first.end();
+    // The persistent session comes back with what it held: still no room.
+    const again = await TestDevice.connect(t.mqttUrl, productName, attacker.name, attacker.secret, { clientId: `${productName}/${attacker.name}/subs` });
+    expect(await again.subscribeGranted(tagFilters(100, 5))).toEqual([0x80, 0x80, 0x80, 0x80, 0x80]);
+    // A filter it already holds is granted again, and room made by UNSUBSCRIBE can be used.
+    expect(await again.subscribeGranted(tagFilters(0, 1))).toEqual([1]);
+    await again.client.unsubscribeAsync(tagFilters(0, 2));
+    expect((await again.subscribeGranted(tagFilters(200, 3))).filter((g) => g !== 0x80)).toHaveLength(2);
+    expect(await metric(t, REFUSED, { kind: "subscribe", reason: "too_many" })).toBeGreaterThanOrEqual(45);
+    await again.end();
+  });
+
   it("stores nothing in Redis for QoS 2 publishes a device never releases, however often it reconnects", async () => {
     const redis = new Redis(REDIS_URL);
     onTeardown(() => redis.quit());
@@ -183,10 +200,10 @@ describe("the embedded broker under abuse", () => {
     await dev.end();
   });
 
-  it("keeps at most MAX_SESSIONS_PER_DEVICE persistent sessions of a device: the least recently connected go, closed if online", async () => {
+  it("keeps at most MQTT_MAX_SESSIONS_PER_DEVICE persistent sessions of a device: the least recently connected go, closed if online", async () => {
     const d = await register("suffixes");
     const prefix = t.config.redisPrefix;
-    const ids = Array.from({ length: MAX_SESSIONS_PER_DEVICE + 4 }, (_, i) => `${productName}/${d.name}/s${i}`);
+    const ids = Array.from({ length: t.config.limits.mqttMaxSessionsPerDevice + 4 }, (_, i) => `${productName}/${d.name}/s${i}`);
     const before = await metric(t, REFUSED, { kind: "session", reason: "too_many" });
     const oldest = await TestDevice.connect(t.mqttUrl, productName, d.name, d.secret, { clientId: ids[0] });
     const oldestClosed = new Promise<void>((r) => oldest.client.once("close", () => r()));
