@@ -51,6 +51,9 @@ async function serve(): Promise<void> {
   };
   process.on("SIGTERM", () => shutdown("SIGTERM"));
   process.on("SIGINT", () => shutdown("SIGINT"));
+  // A promise a library left unawaited that rejects in a dependency blip (a Redis or database outage) must not
+  // end the process (Node's default); it is logged with its error. An uncaught exception still does.
+  process.on("unhandledRejection", (err) => app.log.error({ err }, "unhandled promise rejection"));
   try {
     await app.start();
   } catch (err) {
