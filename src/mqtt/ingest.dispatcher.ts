@@ -12,6 +12,10 @@ export interface IngestOptions {
   maxPayloadBytes: number;
   dedupTtlSeconds: number;
   limits: Limits;
+  /** Payload bytes in flight, all devices together, past which only devices within their share are taken; default 64 MiB. */
+  maxPendingBytes?: number;
+  /** Payload bytes in flight for one device, past which its messages are refused; default 8 MiB. */
+  maxDevicePendingBytes?: number;
 }
 
 type Outcome = "accepted" | "duplicate" | "stale" | "ignored";
@@ -24,11 +28,44 @@ const RETRY_DELAYS_MS = [100, 500, 1500] as const;
 /**
  * Payload bytes taken and not yet settled, all devices together. The broker
  * side bounds what it hands over (it acknowledges only what settled); past
- * this, a message is refused at once rather than held.
+ * this, a device holding more than an equal share of it is refused at once
+ * rather than held (see {@link admission}).
  */
 const MAX_PENDING_BYTES = 64 * 1024 * 1024;
 /** The same for one device: a device flooding big reports is refused before it crowds out the others. */
 const MAX_DEVICE_PENDING_BYTES = 8 * 1024 * 1024;
+
+export type Admission = { ok: true } | { ok: false; why: "device_bound" | "share" | "behind_refused" };
+
+const REFUSED: Record<Exclude<Admission, { ok: true }>["why"], string> = {
+  device_bound: "this device has too much in flight",
+  share: "ingest is full and this device holds more than its share",
+  behind_refused: "an earlier message of this device was refused",
+};
+
+/**
+ * Whether a device holding `deviceBytes` may take `bytes` more, with
+ * `totalBytes` held by `devices` devices (itself included). A device is
+ * refused past its own bound, or past the global bound when it would hold
+ * more than an equal share of it; a device within its share is taken even
+ * past the global bound, so a few flooding devices never get another refused
+ * (the overshoot is what devices within their share hold: with the embedded
+ * broker, at most one read of each connection; the external client's window
+ * is smaller than the global bound).
+ */
+export function admission(
+  deviceBytes: number,
+  bytes: number,
+  totalBytes: number,
+  devices: number,
+  bounds: { maxPendingBytes: number; maxDevicePendingBytes: number },
+): Admission {
+  if (deviceBytes + bytes > bounds.maxDevicePendingBytes) return { ok: false, why: "device_bound" };
+  if (totalBytes + bytes > bounds.maxPendingBytes && deviceBytes + bytes > bounds.maxPendingBytes / Math.max(1, devices)) {
+    return { ok: false, why: "share" };
+  }
+  return { ok: true };
+}
 
 /** One device's work in flight: what its next message must wait for. */
 interface Lane {
@@ -39,6 +76,12 @@ interface Lane {
   pending: number;
   /** Payload bytes of the pending messages. */
   bytes: number;
+  /**
+   * A message of this lane was refused over a bound: what follows is refused
+   * too until the lane drains, so it comes again after the refused one; the
+   * messages taken before it still take effect (they precede it).
+   */
+  refusing: boolean;
   /**
    * A message of this lane was left unacknowledged: everything queued behind it
    * is too, so the device's redelivery replays them in their order (a later
@@ -73,6 +116,7 @@ export class IngestDispatcher {
   #seq = 0;
   #pendingBytes = 0;
   readonly #context: IngestContext;
+  readonly #bounds: { maxPendingBytes: number; maxDevicePendingBytes: number };
 
   constructor(
     private readonly devices: DeviceService,
@@ -83,6 +127,10 @@ export class IngestDispatcher {
     private readonly now: () => number = Date.now,
     private readonly sleep: (ms: number) => Promise<void> = (ms) => new Promise((r) => setTimeout(r, ms)),
   ) {
+    this.#bounds = {
+      maxPendingBytes: options.maxPendingBytes ?? MAX_PENDING_BYTES,
+      maxDevicePendingBytes: options.maxDevicePendingBytes ?? MAX_DEVICE_PENDING_BYTES,
+    };
     this.#context = { dedupTtlSeconds: options.dedupTtlSeconds, tagsOf: (p, d) => devices.tagsOf(p, d) };
   }
 
@@ -97,16 +145,23 @@ export class IngestDispatcher {
     const key = `${message.productName}/${message.deviceName}`;
     let lane = this.#lanes.get(key);
     if (!lane) {
-      lane = { barrier: SETTLED, inflight: new Set(), pending: 0, bytes: 0, failed: false };
+      lane = { barrier: SETTLED, inflight: new Set(), pending: 0, bytes: 0, refusing: false, failed: false };
       this.#lanes.set(key, lane);
     }
-    if (lane.bytes + payload.length > MAX_DEVICE_PENDING_BYTES || this.#pendingBytes + payload.length > MAX_PENDING_BYTES) {
-      // Refused unprocessed, and so is what follows it from this device until its lane drains: redelivered in order.
-      lane.failed = true;
-      const full = lane.bytes + payload.length > MAX_DEVICE_PENDING_BYTES ? "this device has too much" : "ingest has too much";
-      const refused = Promise.reject(this.#unacknowledged(message, topic, new IngestRefused(`${full} in flight; send it again later`)));
+    // Lanes live while they hold work: their count is the number of devices sharing the global bound.
+    const admitted: Admission = lane.refusing
+      ? { ok: false, why: "behind_refused" }
+      : admission(lane.bytes, payload.length, this.#pendingBytes, this.#lanes.size, this.#bounds);
+    if (!admitted.ok) {
+      // Refused unprocessed, and so is what follows it from this device until its lane drains: it comes again in order.
+      lane.refusing = true;
+      const refused = Promise.reject(this.#unacknowledged(message, topic, new IngestRefused(`${REFUSED[admitted.why]}; send it again later`)));
       refused.catch(ignore); // the caller decides what a refusal means; an unobserved one must not end the process
-      if (lane.pending === 0) this.#lanes.delete(key);
+      const thisLane = lane;
+      // Not before the messages taken in the same read (one synchronous run) have met the refusing lane.
+      queueMicrotask(() => {
+        if (thisLane.pending === 0 && this.#lanes.get(key) === thisLane) this.#lanes.delete(key);
+      });
       return refused;
     }
     const thisLane = lane;

@@ -3,7 +3,7 @@ import mqtt, { type IPublishPacket, type MqttClient } from "mqtt";
 import type { Limits } from "../config/config.js";
 import type { Logger } from "../logger.js";
 import type { BrokerLink } from "../ota/ports.js";
-import { INGEST_FILTERS, sharedFilter } from "../protocol/topics.js";
+import { INGEST_FILTERS, parseDeviceTopic, sharedFilter } from "../protocol/topics.js";
 import { AppError, ErrorCode } from "../errors.js";
 
 export interface ServerClientOptions {
@@ -31,6 +31,15 @@ const MAX_UNACKNOWLEDGED_BYTES = 16 * 1024 * 1024;
 const STOP_SETTLE_MS = 30_000;
 
 /**
+ * A message ingest refused is handed to it again after this pause, doubled
+ * while nothing settles (a dependency down: ingest's own tries take seconds)
+ * up to the last, and back to the first once something does (a device over
+ * its bound: its lane drains within milliseconds).
+ */
+const RETRY_FIRST_MS = 50;
+const RETRY_MAX_MS = 2000;
+
+/**
  * Passed to mqtt.js' handleMessage callback to go on with the next packet
  * without acknowledging this one (mqtt.js 5, handlers/publish.js: an error
  * skips its PUBACK); the PUBACK is sent here once the message settles.
@@ -43,8 +52,13 @@ interface Delivery {
   stream: MqttClient["stream"];
   /** Absent for QoS 0, which is never acknowledged. */
   messageId: number | undefined;
-  bytes: number;
-  state: "handling" | "handled" | "refused";
+  topic: string;
+  /** Kept until handled: a refused message is handed to ingest again. */
+  payload: Buffer | undefined;
+  /** Its device's messages are handed to ingest in the order they came, a refused one's followers after it. */
+  device: string;
+  /** `waiting`: refused by ingest, or behind a refused message of its device; handed again after a pause. */
+  state: "handling" | "handled" | "waiting";
 }
 
 /**
@@ -57,15 +71,27 @@ interface Delivery {
  * the connection's next packet only then, which would handle one message at a
  * time for every device together. So `handleMessage` hands the message to
  * ingest and lets mqtt.js read on at once, unacknowledged; PUBACKs go out
- * here, in the order the messages came (MQTT 3.1.1 §4.6), as they settle. A
- * message ingest could not store is never acknowledged: the connection is
- * dropped, and the broker sends every unacknowledged message again when the
- * client is back (§4.4), which needs a persistent session (MQTT_CLIENT_ID).
+ * here, in the order the messages came (MQTT 3.1.1 §4.6), as they settle.
+ *
+ * A message ingest refused (a dependency down, its device over its bound) is
+ * kept, unacknowledged, and handed to ingest again after a pause, with its
+ * device's later messages behind it; the connection is kept: dropping it
+ * would have the broker send every unacknowledged message of every device
+ * again (§4.4), and a device that keeps being refused would cut ingest for
+ * all. Memory stays bounded: past MAX_UNACKNOWLEDGED(_BYTES) reading pauses
+ * and the broker holds the rest. Only if the connection breaks anyway, the
+ * broker sends the unacknowledged messages again to a persistent session
+ * (MQTT_CLIENT_ID); the ones taken are still stored from here.
  */
 export class ServerMqttClient implements BrokerLink {
   #client: MqttClient | undefined;
   readonly #deliveries: Delivery[] = [];
-  #handlingBytes = 0;
+  /** Payload bytes of the messages not yet handled (handling or waiting). */
+  #heldBytes = 0;
+  /** Devices with a message waiting: their new messages wait behind it. */
+  readonly #waiting = new Set<string>();
+  #retryTimer: NodeJS.Timeout | undefined;
+  #retryMs = RETRY_FIRST_MS;
   /** mqtt.js' callback for the packet after which reading paused. */
   #paused: (() => void) | undefined;
   #stopping = false;
@@ -124,44 +150,78 @@ export class ServerMqttClient implements BrokerLink {
   #take(client: MqttClient, packet: IPublishPacket, callback: (err?: Error) => void): void {
     if (this.#stopping) return; // never read on, never acknowledged: the broker sends it to the next session
     const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
+    const parsed = parseDeviceTopic(packet.topic);
     const delivery: Delivery = {
       stream: client.stream,
       messageId: packet.qos > 0 ? packet.messageId : undefined,
-      bytes: payload.length,
+      topic: packet.topic,
+      payload,
+      device: parsed.ok ? `${parsed.value.productName}/${parsed.value.deviceName}` : packet.topic,
       state: "handling",
     };
     this.#deliveries.push(delivery);
-    this.#handlingBytes += delivery.bytes;
-    this.onMessage(packet.topic, payload).then(
-      () => this.#settle(delivery, "handled"),
-      (err: unknown) => {
-        // The dispatcher has logged and counted it; here only the connection's fate is decided.
-        this.log.debug({ err, topic: packet.topic }, "message not acknowledged");
-        this.#settle(delivery, "refused");
-      },
-    );
+    this.#heldBytes += payload.length;
+    if (this.#waiting.has(delivery.device)) this.#wait(delivery);
+    else this.#hand(delivery);
     const goOn = () => (delivery.messageId === undefined ? callback() : callback(ACK_DEFERRED));
     if (this.#full()) this.#paused = goOn;
     else goOn();
   }
 
-  #full(): boolean {
-    return this.#deliveries.length >= MAX_UNACKNOWLEDGED || this.#handlingBytes >= MAX_UNACKNOWLEDGED_BYTES;
+  #hand(delivery: Delivery): void {
+    delivery.state = "handling";
+    this.onMessage(delivery.topic, delivery.payload as Buffer).then(
+      () => this.#handled(delivery),
+      (err: unknown) => {
+        // The dispatcher has logged and counted it; here it only waits to be handed again.
+        this.log.debug({ err, topic: delivery.topic }, "message not stored yet: handed to ingest again after a pause");
+        this.#wait(delivery);
+        this.#settled();
+      },
+    );
   }
 
-  #settle(delivery: Delivery, state: "handled" | "refused"): void {
-    delivery.state = state;
-    this.#handlingBytes -= delivery.bytes;
-    const client = this.#client;
-    if (state === "refused" && client?.stream === delivery.stream && client.connected) {
-      this.log.warn("dropping the broker connection so that it sends the unacknowledged messages again");
-      delivery.stream.destroy();
+  #wait(delivery: Delivery): void {
+    delivery.state = "waiting";
+    this.#waiting.add(delivery.device);
+    if (this.#retryTimer === undefined && !this.#stopping) {
+      this.#retryTimer = setTimeout(() => this.#retry(), this.#retryMs);
+      this.#retryMs = Math.min(RETRY_MAX_MS, this.#retryMs * 2);
     }
-    // Acknowledge in order: the oldest first, as far as the oldest still handling.
-    while (this.#deliveries[0] !== undefined && this.#deliveries[0].state !== "handling") {
+  }
+
+  /** Hands every waiting message to ingest again, in the order they came: each device's in its order. */
+  #retry(): void {
+    this.#retryTimer = undefined;
+    if (this.#stopping) return;
+    this.#waiting.clear();
+    for (const delivery of this.#deliveries) if (delivery.state === "waiting") this.#hand(delivery);
+  }
+
+  #handling(): boolean {
+    return this.#deliveries.some((d) => d.state === "handling");
+  }
+
+  #full(): boolean {
+    return this.#deliveries.length >= MAX_UNACKNOWLEDGED || this.#heldBytes >= MAX_UNACKNOWLEDGED_BYTES;
+  }
+
+  #handled(delivery: Delivery): void {
+    delivery.state = "handled";
+    this.#heldBytes -= delivery.payload?.length ?? 0;
+    delivery.payload = undefined;
+    this.#retryMs = RETRY_FIRST_MS;
+    this.#settled();
+  }
+
+  /** Acknowledges what can be, resumes reading when there is room again. */
+  #settled(): void {
+    const client = this.#client;
+    // Acknowledge in order: the oldest first, as far as the oldest not handled.
+    while (this.#deliveries[0]?.state === "handled") {
       const done = this.#deliveries.shift() as Delivery;
       // Only on the connection it came on: on another, its packet id may name another message.
-      if (done.state !== "handled" || done.messageId === undefined || client?.stream !== done.stream || !client.connected) continue;
+      if (done.messageId === undefined || client?.stream !== done.stream || !client.connected) continue;
       client["_sendPacket"]({ cmd: "puback", messageId: done.messageId }, undefined);
     }
     if (this.#paused && !this.#full()) {
@@ -169,7 +229,7 @@ export class ServerMqttClient implements BrokerLink {
       this.#paused = undefined;
       resume();
     }
-    if (this.#deliveries.length === 0) this.#settledAll?.();
+    if (!this.#handling()) this.#settledAll?.();
   }
 
   async publishCommand(topic: string, payload: string): Promise<void> {
@@ -198,12 +258,14 @@ export class ServerMqttClient implements BrokerLink {
     }
   }
 
-  /** Stops reading, lets what was taken settle (and be acknowledged), then disconnects. */
+  /** Stops reading, lets what is being handled settle (and be acknowledged), then disconnects; the broker sends the rest again. */
   async stop(): Promise<void> {
     const client = this.#client;
     if (!client) return;
     this.#stopping = true;
-    if (this.#deliveries.length > 0) {
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = undefined;
+    if (this.#handling()) {
       // Bounded: ingest's tries end on their own; what is still unsettled then is sent again to the next session.
       let timer: NodeJS.Timeout | undefined;
       await new Promise<void>((resolve) => {
