@@ -113,6 +113,8 @@ export class App {
     this.#ingest = new IngestDispatcher(this.devices, progress, this.metrics, this.log, {
       maxPayloadBytes: config.maxPayloadBytes,
       dedupTtlSeconds: config.dedupTtlSeconds,
+      maxPendingBytes: config.limits.ingestMaxPendingBytes,
+      maxDevicePendingBytes: config.limits.ingestMaxDevicePendingBytes,
       limits: config.limits,
     });
     const broker = config.broker;

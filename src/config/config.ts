@@ -45,6 +45,12 @@ export interface Limits {
   readonly mqttMaxSessionsPerDevice: number;
   /** MQTT: a refused publish is logged once per device per this interval (it is always counted). */
   readonly refusedLogIntervalMs: number;
+  /**
+   * Ingest: payload bytes taken and not yet stored, for all devices together and for one. Past its own bound a
+   * device's reports are left unacknowledged (sent again later); past the global one, only devices over an equal share.
+   */
+  readonly ingestMaxPendingBytes: number;
+  readonly ingestMaxDevicePendingBytes: number;
   /** Redis: a command not answered within this fails. */
   readonly redisCommandTimeoutMs: number;
   /** PostgreSQL: connecting, and any one statement, fail after this. */
@@ -156,6 +162,8 @@ const envSchema = z.object({
   OFFLINE_COMMAND_TTL_SECONDS: int(1, 604_800),
   MQTT_MAX_SESSIONS_PER_DEVICE: int(1, 8, 1_000),
   REFUSED_LOG_INTERVAL_MS: int(0, 60_000),
+  INGEST_MAX_PENDING_BYTES: int(65_536, 67_108_864),
+  INGEST_MAX_DEVICE_PENDING_BYTES: int(65_536, 8_388_608),
   REDIS_COMMAND_TIMEOUT_MS: int(100, 5_000),
   DB_CONNECT_TIMEOUT_MS: int(100, 5_000),
   DB_STATEMENT_TIMEOUT_MS: int(100, 10_000),
@@ -233,6 +241,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       offlineCommandTtlSeconds: e.OFFLINE_COMMAND_TTL_SECONDS,
       mqttMaxSessionsPerDevice: e.MQTT_MAX_SESSIONS_PER_DEVICE,
       refusedLogIntervalMs: e.REFUSED_LOG_INTERVAL_MS,
+      ingestMaxPendingBytes: e.INGEST_MAX_PENDING_BYTES,
+      ingestMaxDevicePendingBytes: e.INGEST_MAX_DEVICE_PENDING_BYTES,
       redisCommandTimeoutMs: e.REDIS_COMMAND_TIMEOUT_MS,
       dbConnectTimeoutMs: e.DB_CONNECT_TIMEOUT_MS,
       dbStatementTimeoutMs: e.DB_STATEMENT_TIMEOUT_MS,
