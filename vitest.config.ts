@@ -10,6 +10,8 @@ export default defineConfig({
     setupFiles: ["test/helpers/setup.ts"],
     testTimeout: 30_000,
     hookTimeout: 60_000,
+    // A random order every run (the seed is printed): tests must not lean on each other's leftovers.
+    sequence: { shuffle: true },
     pool: "forks",
     maxWorkers: 2,
   },
