@@ -160,7 +160,7 @@ const envSchema = z.object({
   MQTT_MAX_PACKET_BYTES: int(1024, 131_072, 268_435_455),
   MQTT_CONNECT_TIMEOUT_MS: int(100, 10_000),
   OFFLINE_COMMAND_TTL_SECONDS: int(1, 604_800),
-  MQTT_MAX_SESSIONS_PER_DEVICE: int(1, 8, 1_000),
+  MQTT_MAX_SESSIONS_PER_DEVICE: int(2, 8, 1_000),
   REFUSED_LOG_INTERVAL_MS: int(0, 60_000),
   INGEST_MAX_PENDING_BYTES: int(65_536, 67_108_864),
   INGEST_MAX_DEVICE_PENDING_BYTES: int(65_536, 8_388_608),
@@ -197,6 +197,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(`invalid configuration:\n  ${problems.join("\n  ")}`);
   }
   const e = parsed.data;
+  if (e.INGEST_MAX_DEVICE_PENDING_BYTES < e.MAX_PAYLOAD_BYTES || e.INGEST_MAX_PENDING_BYTES < e.INGEST_MAX_DEVICE_PENDING_BYTES) {
+    // A report the bounds could never admit would be refused on every redelivery.
+    throw new ConfigError(
+      "invalid configuration:\n  INGEST_MAX_PENDING_BYTES >= INGEST_MAX_DEVICE_PENDING_BYTES >= MAX_PAYLOAD_BYTES is required",
+    );
+  }
   if ((e.TLS_CERT_FILE === undefined) !== (e.TLS_KEY_FILE === undefined)) {
     throw new ConfigError("invalid configuration:\n  TLS_CERT_FILE and TLS_KEY_FILE must be set together");
   }

@@ -142,6 +142,12 @@ export class IngestDispatcher {
       return Promise.resolve();
     }
     const message = parsed.value;
+    // Too large for any parser: dropped and acknowledged now, before the in-flight bounds, which would refuse it
+    // on every redelivery and, with in-order acknowledgement, hold back everything behind it.
+    if (payload.length > this.options.maxPayloadBytes) {
+      this.#malformed(message.kind, "too_large", topic, `payload of ${payload.length} bytes is over MAX_PAYLOAD_BYTES`);
+      return Promise.resolve();
+    }
     const key = `${message.productName}/${message.deviceName}`;
     let lane = this.#lanes.get(key);
     if (!lane) {

@@ -275,7 +275,10 @@ export class ServerMqttClient implements BrokerLink {
       clearTimeout(timer);
     }
     this.#client = undefined;
-    await client.endAsync();
+    // Reading may be paused with messages still waiting: a graceful end would wait on it for good. Whatever is
+    // unacknowledged, the broker sends again to the next session.
+    this.#paused = undefined;
+    await client.endAsync(true);
   }
 }
 

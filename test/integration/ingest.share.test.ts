@@ -48,3 +48,25 @@ describe("ingest's global bound, once flooding devices have filled it", () => {
     expect((await metrics.unacknowledged.get()).values[0]?.value).toBe(4);
   });
 });
+
+describe("a report larger than any bound", () => {
+  it("is dropped as too large and acknowledged at once, never refused on every redelivery", async () => {
+    const t = await startApp();
+    const productName = uniq("huge");
+    const { registerDevice } = await gqlOk(t, RegisterDeviceDocument, { input: { productName } });
+    const redis = new Redis(REDIS_URL);
+    onTeardown(() => redis.quit());
+    const metrics = createMetrics();
+    const ingest = new IngestDispatcher(t.app.devices, new RedisProgressStore(redis, redisKeys(t.config.redisPrefix)), metrics, t.app.log, {
+      maxPayloadBytes: 4 * KB,
+      dedupTtlSeconds: 3600,
+      limits: t.config.limits,
+      maxPendingBytes: 8 * KB,
+      maxDevicePendingBytes: 4 * KB,
+    });
+    const huge = Buffer.from(JSON.stringify({ firmware_ver: "9", filler: "x".repeat(6 * KB) }));
+    await ingest.handle(`update_status/${productName}/${registerDevice.device.deviceName}/65a000000000000000000001`, huge);
+    expect((await metrics.malformed.get()).values.find((v) => v.labels.reason === "too_large")?.value).toBe(1);
+    expect((await metrics.unacknowledged.get()).values.length).toBe(0);
+  });
+});
