@@ -1,9 +1,8 @@
 import { randomBytes } from "node:crypto";
-import { ObjectId } from "bson";
 import { beforeAll, describe, expect, it } from "vitest";
 import { DeviceDocument, DevicesDocument, OtaProgressDocument, RegisterDeviceDocument, SendOtaDocument } from "../generated/graphql.js";
 import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
-import { TestDevice } from "../helpers/device.js";
+import { messageIdAt, TestDevice } from "../helpers/device.js";
 import { firmware } from "../helpers/fixtures.js";
 import { metric } from "../helpers/metrics.js";
 import { freePort, ServerProcess } from "../helpers/processes.js";
@@ -11,7 +10,6 @@ import { DATABASE_URL, freshDatabase, REDIS_URL, uniq } from "../helpers/service
 import { onTeardown, tempDir } from "../helpers/teardown.js";
 import { eventually } from "../helpers/wait.js";
 
-const idAt = (offsetSeconds: number) => new ObjectId(ObjectId.generate(Math.floor(Date.now() / 1000) + offsetSeconds)).toHexString();
 
 describe("ingest under abuse from a device", () => {
   let t: TestApp;
@@ -68,8 +66,8 @@ describe("ingest under abuse from a device", () => {
     const before = await metric(t, "iothub_ota_ingest_malformed_total", { reason });
     const topic =
       kind === "$tags"
-        ? `get/${productName}/${dev.deviceName}/$tags/${idAt(0)}`
-        : `${kind}/${productName}/${dev.deviceName}/${idAt(0)}`;
+        ? `get/${productName}/${dev.deviceName}/$tags/${messageIdAt(0)}`
+        : `${kind}/${productName}/${dev.deviceName}/${messageIdAt(0)}`;
     await dev.publish(topic, payload); // resolves on the PUBACK: dropped on purpose is settled
     expect(await metric(t, "iothub_ota_ingest_malformed_total", { reason })).toBe(before + 1);
     expect(await progressOf(dev)).toBeNull();
@@ -84,7 +82,7 @@ describe("ingest under abuse from a device", () => {
   it("processes a repeated messageId once, however often it comes", async () => {
     const dev = await device();
     const before = await ingested({ kind: "ota_status", result: "duplicate" });
-    const id = idAt(0);
+    const id = messageIdAt(0);
     for (let i = 0; i < 5; i++) await dev.reportProgress({ version: "1", type: "firmware", progress: 10 + i }, id);
     expect(await ingested({ kind: "ota_status", result: "duplicate" })).toBe(before + 4);
     expect(await progressOf(dev)).toMatchObject({ progress: 10, messageId: id });
@@ -93,9 +91,9 @@ describe("ingest under abuse from a device", () => {
 
   it("orders messageIds that run backwards by arrival, not by their clock", async () => {
     const dev = await device();
-    for (const [i, v] of ["1.0", "1.1", "1.2"].entries()) await dev.reportStatus({ firmware_ver: v }, idAt(-1000 * i));
+    for (const [i, v] of ["1.0", "1.1", "1.2"].entries()) await dev.reportStatus({ firmware_ver: v }, messageIdAt(-1000 * i));
     expect(await statusOf(dev)).toEqual({ firmware_ver: "1.2" });
-    for (const [i, progress] of [10, 20, 30].entries()) await dev.reportProgress({ version: "2", type: "firmware", progress }, idAt(-1000 * i));
+    for (const [i, progress] of [10, 20, 30].entries()) await dev.reportProgress({ version: "2", type: "firmware", progress }, messageIdAt(-1000 * i));
     expect(await progressOf(dev)).toMatchObject({ progress: 30 });
     await expectHarmless(dev);
   });
@@ -103,7 +101,7 @@ describe("ingest under abuse from a device", () => {
   it("keeps SUCCEEDED through a replay of the whole upgrade, with the same messageIds or fresh ones", async () => {
     const dev = await device();
     await gqlOk(t, SendOtaDocument, { input: { productName, deviceName: dev.deviceName, firmware } });
-    const log = [0, 50, 100].map((progress) => ({ progress, id: idAt(0) }));
+    const log = [0, 50, 100].map((progress) => ({ progress, id: messageIdAt(0) }));
     for (const { progress, id } of log) await dev.reportProgress({ version: "1.1", type: "firmware", progress }, id);
     await dev.reportStatus({ firmware_ver: "1.1" });
     expect(await progressOf(dev)).toMatchObject({ state: "SUCCEEDED" });
@@ -112,7 +110,7 @@ describe("ingest under abuse from a device", () => {
     for (const { progress, id } of log) await dev.reportProgress({ version: "1.1", type: "firmware", progress }, id);
     expect(await ingested({ kind: "ota_status", result: "duplicate" })).toBe(duplicates + 3);
     const stale = await ingested({ kind: "ota_status", result: "stale" });
-    for (const { progress } of log) await dev.reportProgress({ version: "1.1", type: "firmware", progress }, idAt(-3600));
+    for (const { progress } of log) await dev.reportProgress({ version: "1.1", type: "firmware", progress }, messageIdAt(-3600));
     expect(await ingested({ kind: "ota_status", result: "stale" })).toBe(stale + 3);
     expect(await progressOf(dev)).toMatchObject({ state: "SUCCEEDED", progress: 100 });
     await expectHarmless(dev);
@@ -149,7 +147,7 @@ describe("a status flood from one device", () => {
     const filler = "x".repeat(60 * 1024 - 100);
     const flood = Promise.all(
       Array.from({ length: COUNT }, (_, i) =>
-        dev.client.publishAsync(`update_status/${productName}/${deviceName}/${idAt(0)}`, JSON.stringify({ firmware_ver: `${i}`, filler }), { qos: 1 }),
+        dev.client.publishAsync(`update_status/${productName}/${deviceName}/${messageIdAt(0)}`, JSON.stringify({ firmware_ver: `${i}`, filler }), { qos: 1 }),
       ),
     );
     let done = false;

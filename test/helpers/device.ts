@@ -9,6 +9,10 @@ export interface Received {
   json: Record<string, unknown>;
 }
 
+/** A messageId made by a device whose clock is `offsetSeconds` off (the SDK's ids are ObjectIds: time first). */
+export const messageIdAt = (offsetSeconds: number) =>
+  new ObjectId(ObjectId.generate(Math.floor(Date.now() / 1000) + offsetSeconds)).toHexString();
+
 /**
  * A device that follows PROTOCOL.md and nothing else: username
  * `<product>/<device>`, its secret as password, a persistent session, QoS 1,

@@ -1,4 +1,3 @@
-import { ObjectId } from "bson";
 import { Redis } from "ioredis";
 import { beforeAll, describe, expect, it } from "vitest";
 import type { DeviceService } from "../../src/devices/device.service.js";
@@ -13,7 +12,7 @@ import {
   SetDeviceTagsDocument,
 } from "../generated/graphql.js";
 import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
-import { TestDevice } from "../helpers/device.js";
+import { messageIdAt, TestDevice } from "../helpers/device.js";
 import { firmware } from "../helpers/fixtures.js";
 import { metric } from "../helpers/metrics.js";
 import { REDIS_URL, uniq } from "../helpers/services.js";
@@ -21,8 +20,6 @@ import { onTeardown } from "../helpers/teardown.js";
 import { eventually, sleep } from "../helpers/wait.js";
 
 const HOUR = 3600;
-/** A messageId made by a device whose clock is `offsetSeconds` off (the SDK's ids are ObjectIds: time first). */
-const idAt = (offsetSeconds: number) => new ObjectId(ObjectId.generate(Math.floor(Date.now() / 1000) + offsetSeconds)).toHexString();
 
 describe("report ordering does not depend on the device's clock", () => {
   let t: TestApp;
@@ -51,8 +48,8 @@ describe("report ordering does not depend on the device's clock", () => {
       (await metric(t, "iothub_ota_ingest_messages_total", { kind: "status" }));
     const before = await settled();
     for (const m of messages) {
-      if ("progress" in m) await dev.reportProgress({ version: m.version ?? "1.1", type: "firmware", progress: m.progress }, m.id ?? idAt(0));
-      else await dev.reportStatus({ firmware_ver: m.firmware_ver }, m.id ?? idAt(0));
+      if ("progress" in m) await dev.reportProgress({ version: m.version ?? "1.1", type: "firmware", progress: m.progress }, m.id ?? messageIdAt(0));
+      else await dev.reportStatus({ firmware_ver: m.firmware_ver }, m.id ?? messageIdAt(0));
     }
     await eventually(async () => expect(await settled()).toBe(before + messages.length));
   }
@@ -65,25 +62,25 @@ describe("report ordering does not depend on the device's clock", () => {
   it("lets a device whose clock is an hour behind complete an upgrade", async () => {
     const dev = await device();
     // An earlier upgrade, to 1.0, reported with a right clock.
-    await send(dev, [{ progress: 100, version: "1.0", id: idAt(0) }, { firmware_ver: "1.0", id: idAt(0) }]);
+    await send(dev, [{ progress: 100, version: "1.0", id: messageIdAt(0) }, { firmware_ver: "1.0", id: messageIdAt(0) }]);
     expect(await progressOf(dev)).toMatchObject({ version: "1.0", state: "SUCCEEDED" });
     // Rebooted into 1.0 with its clock an hour behind, it takes the upgrade to 1.1.
     await upgrade(dev);
-    await send(dev, [0, 30].map((progress) => ({ progress, id: idAt(-HOUR) })));
+    await send(dev, [0, 30].map((progress) => ({ progress, id: messageIdAt(-HOUR) })));
     expect(await progressOf(dev)).toMatchObject({ version: "1.1", progress: 30, state: "DOWNLOADING" });
-    await send(dev, [60, 100].map((progress) => ({ progress, id: idAt(-HOUR) })));
+    await send(dev, [60, 100].map((progress) => ({ progress, id: messageIdAt(-HOUR) })));
     expect(await progressOf(dev)).toMatchObject({ version: "1.1", progress: 100, state: "DOWNLOADED" });
-    await send(dev, [{ firmware_ver: "1.1", id: idAt(-HOUR) }]);
+    await send(dev, [{ firmware_ver: "1.1", id: messageIdAt(-HOUR) }]);
     expect(await progressOf(dev)).toMatchObject({ progress: 100, state: "SUCCEEDED" });
   });
 
   it("lets a device whose clock jumps back mid-upgrade complete it", async () => {
     const dev = await device();
     await upgrade(dev);
-    await send(dev, [0, 20, 40].map((progress) => ({ progress, id: idAt(0) })));
-    await send(dev, [60, 80, 100].map((progress) => ({ progress, id: idAt(-HOUR) })));
+    await send(dev, [0, 20, 40].map((progress) => ({ progress, id: messageIdAt(0) })));
+    await send(dev, [60, 80, 100].map((progress) => ({ progress, id: messageIdAt(-HOUR) })));
     expect(await progressOf(dev)).toMatchObject({ progress: 100, state: "DOWNLOADED" });
-    await send(dev, [{ firmware_ver: "1.1", id: idAt(-2 * HOUR) }]);
+    await send(dev, [{ firmware_ver: "1.1", id: messageIdAt(-2 * HOUR) }]);
     expect(await progressOf(dev)).toMatchObject({ state: "SUCCEEDED" });
     expect((await gqlOk(t, DeviceDocument, { productName, deviceName: dev.deviceName })).device?.firmwareVersion).toBe("1.1");
   });
@@ -91,7 +88,7 @@ describe("report ordering does not depend on the device's clock", () => {
   it("does not let a redelivered old report win", async () => {
     const dev = await device();
     await upgrade(dev);
-    const old = idAt(0);
+    const old = messageIdAt(0);
     await send(dev, [{ progress: 50, id: old }, { progress: 100 }]);
     const duplicates = await metric(t, "iothub_ota_ingest_messages_total", { kind: "ota_status", result: "duplicate" });
     await send(dev, [{ progress: 50, id: old }]);
@@ -106,7 +103,7 @@ describe("report ordering does not depend on the device's clock", () => {
     expect(await progressOf(dev)).toMatchObject({ state: "SUCCEEDED" });
     const stale = await metric(t, "iothub_ota_ingest_messages_total", { kind: "ota_status", result: "stale" });
     // Sent before the reboot, delivered after the status (QoS 1 retry, a second instance): its id is older.
-    await send(dev, [{ progress: 100, id: idAt(-60) }]);
+    await send(dev, [{ progress: 100, id: messageIdAt(-60) }]);
     expect(await progressOf(dev)).toMatchObject({ state: "SUCCEEDED" });
     expect(await metric(t, "iothub_ota_ingest_messages_total", { kind: "ota_status", result: "stale" })).toBe(stale + 1);
   });
@@ -194,8 +191,8 @@ describe("one device's messages take effect in the order they arrived", () => {
     const deviceName = await registered();
     const { ingest } = dispatcher({ ingest: 200 });
     await Promise.all([
-      ingest.handle(`update_ota_status/${productName}/${deviceName}/${idAt(0)}`, json({ version: "1.1", progress: 100 })),
-      ingest.handle(`update_status/${productName}/${deviceName}/${idAt(0)}`, json({ firmware_ver: "1.1" })),
+      ingest.handle(`update_ota_status/${productName}/${deviceName}/${messageIdAt(0)}`, json({ version: "1.1", progress: 100 })),
+      ingest.handle(`update_status/${productName}/${deviceName}/${messageIdAt(0)}`, json({ firmware_ver: "1.1" })),
     ]);
     const { otaProgress } = await gqlOk(t, OtaProgressDocument, { productName, deviceName });
     expect(otaProgress).toMatchObject({ state: "SUCCEEDED", version: "1.1" });
@@ -205,7 +202,7 @@ describe("one device's messages take effect in the order they arrived", () => {
     const deviceName = await registered();
     const { ingest, metrics } = dispatcher({ firstStatus: 200 });
     await Promise.all(
-      ["1.0", "1.1", "1.2"].map((v) => ingest.handle(`update_status/${productName}/${deviceName}/${idAt(0)}`, json({ firmware_ver: v }))),
+      ["1.0", "1.1", "1.2"].map((v) => ingest.handle(`update_status/${productName}/${deviceName}/${messageIdAt(0)}`, json({ firmware_ver: v }))),
     );
     const results = (await metrics.ingest.get()).values.filter((v) => v.labels.kind === "status");
     expect(results.map((v) => [v.labels.result, v.value])).toEqual([["accepted", 3]]);
@@ -215,9 +212,9 @@ describe("one device's messages take effect in the order they arrived", () => {
   it("settles each message: handle resolves once the effect is stored", async () => {
     const deviceName = await registered();
     const { ingest } = dispatcher({});
-    await ingest.handle(`update_ota_status/${productName}/${deviceName}/${idAt(0)}`, json({ version: "2", progress: 42 }));
+    await ingest.handle(`update_ota_status/${productName}/${deviceName}/${messageIdAt(0)}`, json({ version: "2", progress: 42 }));
     expect((await gqlOk(t, OtaProgressDocument, { productName, deviceName })).otaProgress?.progress).toBe(42);
-    await ingest.handle(`update_status/${productName}/${deviceName}/${idAt(0)}`, json({ firmware_ver: "1.9" }));
+    await ingest.handle(`update_status/${productName}/${deviceName}/${messageIdAt(0)}`, json({ firmware_ver: "1.9" }));
     expect((await gqlOk(t, DeviceDocument, { productName, deviceName })).device?.firmwareVersion).toBe("1.9");
   });
 });
