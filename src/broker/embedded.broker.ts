@@ -19,6 +19,7 @@ import {
   parseUsername,
   type DeviceIdentity,
 } from "../protocol/acl.js";
+import { isObjectId } from "../protocol/object-id.js";
 import { deviceAutoSubscriptions } from "../protocol/topics.js";
 import { guardFrames } from "./frame.guard.js";
 import { Refusals } from "./refusals.js";
@@ -50,6 +51,116 @@ const NOT_AUTHORIZED = 5;
 const CLIENTS_KEY = "clients";
 const RETAINED_KEY = "retained";
 const outgoingKey = (clientId: string) => `outgoing:${encodeURIComponent(clientId)}`;
+
+/** Queue entries one {@link WITHDRAW_SCRIPT} run reads: each run holds Redis for a bounded time, however long the queue. */
+const WITHDRAW_CHUNK = 200;
+
+/**
+ * Removes, from one session's queue, the commands to one device with the
+ * given requestIds; one chunk of the queue per run.
+ *
+ * aedes-persistence-redis stores a queued QoS 1 publish once, msgpack-encoded
+ * under `packet:<brokerId>:<brokerCounter>`, with a count of the sessions
+ * still to deliver it in `<that key>:offlineCount`; each session's queue
+ * `outgoing:<clientId>` lists those key names (unprefixed: ioredis adds the
+ * prefix to KEYS only, so the script adds it itself, ARGV[1]). A withdrawn
+ * entry leaves the queue, its count goes down with it, and the packet goes
+ * once no session points to it (as outgoingClearMessageId does on PUBACK).
+ * In one script, so that no reader ever sees the entry without its packet
+ * or the other way round. Entries of another kind (a QoS 2 session's
+ * `outgoing:<id>:<broker>:<counter>` PUBRELs) are skipped. Packet keys
+ * named by list entries, not KEYS, are fine on the one Redis node the store
+ * is given (`conn`, never `cluster`).
+ *
+ * Redis' cmsgpack cannot decode the packets (no bin type, which the payload
+ * is): the script reads the top-level map's `topic` itself, skipping other
+ * values by their msgpack headers (github.com/msgpack/msgpack/blob/master/spec.md).
+ *
+ * KEYS[1] the queue; ARGV: key prefix, `cmd/<p>/<d>/`, first index, count, requestIds...
+ * Returns {next index, 1 when the queue ended within the chunk, removed requestIds}.
+ */
+const WITHDRAW_SCRIPT = `
+local raw
+local function uint(pos, n)
+  local v = 0
+  for i = pos, pos + n - 1 do v = v * 256 + string.byte(raw, i) end
+  return v
+end
+local FIXED = { [0xca] = 4, [0xcb] = 8, [0xcc] = 1, [0xcd] = 2, [0xce] = 4, [0xcf] = 8, [0xd0] = 1, [0xd1] = 2,
+  [0xd2] = 4, [0xd3] = 8, [0xd4] = 2, [0xd5] = 3, [0xd6] = 5, [0xd7] = 9, [0xd8] = 17 }
+local SIZED = { [0xc4] = 1, [0xc5] = 2, [0xc6] = 4, [0xc7] = 1, [0xc8] = 2, [0xc9] = 4, [0xd9] = 1, [0xda] = 2,
+  [0xdb] = 4, [0xdc] = 2, [0xdd] = 4, [0xde] = 2, [0xdf] = 4 }
+-- The value at pos: 'str', 'map', 'array' or 'other'; its size (bytes, or entries of a container); where its body starts.
+local function head(pos)
+  local b = string.byte(raw, pos)
+  if b < 0x80 or b >= 0xe0 or (b >= 0xc0 and b <= 0xc3) then return 'other', 0, pos + 1 end
+  if b < 0x90 then return 'map', b - 0x80, pos + 1 end
+  if b < 0xa0 then return 'array', b - 0x90, pos + 1 end
+  if b < 0xc0 then return 'str', b - 0xa0, pos + 1 end
+  if FIXED[b] then return 'other', FIXED[b], pos + 1 end
+  local n = SIZED[b]
+  local size = uint(pos + 1, n)
+  if b >= 0xc7 and b <= 0xc9 then size = size + 1 end -- ext: a type byte, then the data
+  local kind = b >= 0xdc and (b >= 0xde and 'map' or 'array') or (b >= 0xd9 and 'str') or 'other'
+  return kind, size, pos + 1 + n
+end
+local function skip(pos)
+  local kind, size, body = head(pos)
+  if kind == 'map' then size = size * 2 elseif kind ~= 'array' then return body + size end
+  for _ = 1, size do body = skip(body) end
+  return body
+end
+local function topicOf(value)
+  raw = value
+  local kind, entries, pos = head(1)
+  if kind ~= 'map' then return nil end
+  for _ = 1, entries do
+    local k, len, body = head(pos)
+    local key = k == 'str' and string.sub(raw, body, body + len - 1)
+    pos = skip(pos)
+    if key == 'topic' then
+      local v, size, start = head(pos)
+      return v == 'str' and string.sub(raw, start, start + size - 1) or nil
+    end
+    pos = skip(pos)
+  end
+end
+
+local prefix, topicHead = ARGV[1], ARGV[2]
+local first, count = tonumber(ARGV[3]), tonumber(ARGV[4])
+local wanted = {}
+for i = 5, #ARGV do wanted[ARGV[i]] = true end
+local entries = redis.call('LRANGE', KEYS[1], first, first + count - 1)
+local removed, gone = {}, 0
+for _, entry in ipairs(entries) do
+  local value = string.sub(entry, 1, 7) == 'packet:' and redis.call('GET', prefix .. entry)
+  local ok, topic = false, nil
+  -- A malformed packet (pcall: reading past its end) is not a command of ours.
+  if value then ok, topic = pcall(topicOf, value) end
+  if ok and type(topic) == 'string' and string.sub(topic, 1, #topicHead) == topicHead then
+    -- <command>/<encoding>/<requestId>[/<expiresAt>]
+    local parts, from = {}, #topicHead + 1
+    while true do
+      local slash = string.find(topic, '/', from, true)
+      parts[#parts + 1] = string.sub(topic, from, slash and slash - 1 or -1)
+      if not slash then break end
+      from = slash + 1
+    end
+    local id = parts[3]
+    if (#parts == 3 or #parts == 4) and wanted[id] then
+      local n = redis.call('LREM', KEYS[1], 0, entry)
+      gone = gone + n
+      removed[#removed + 1] = id
+      local counter = prefix .. entry .. ':offlineCount'
+      -- No count (it expired first): other sessions may still need the packet, which expires on its own.
+      if redis.call('EXISTS', counter) == 1 and redis.call('DECRBY', counter, n) <= 0 then
+        redis.call('DEL', prefix .. entry, counter)
+      end
+    end
+  end
+end
+return {first + #entries - gone, #entries < count and 1 or 0, removed}
+`;
 
 function refuse(returnCode: number, message: string): AuthenticateError {
   return Object.assign(new Error(message), { returnCode }) as AuthenticateError;
@@ -324,6 +435,55 @@ export class EmbeddedBroker implements BrokerLink {
     const sessions = this.#sessions;
     if (!store || !db || !sessions) return;
     const device = { productName, deviceName };
+    const ids = await this.#sessionIds(db, sessions, device);
+    await Promise.all(ids.map((id) => store.cleanSubscriptions({ id })));
+    await sessions.forgotten(device);
+  }
+
+  /**
+   * Takes the device's commands with these requestIds out of the queues of its
+   * offline sessions. A session connected here (from its login on) is left to
+   * aedes, which may be delivering its queue and expects each entry until the
+   * PUBACK. This broker is the only one holding these sessions (several
+   * instances run with an external broker only, DESIGN.md), so "connected
+   * here" is "connected"; and a CONNECT that begins after the check can read
+   * the queue only after the script, sent first on the same Redis connection.
+   */
+  async withdraw(productName: string, deviceName: string, requestIds: readonly string[]): Promise<string[]> {
+    const db = this.#db;
+    const sessions = this.#sessions;
+    const wanted = [...new Set(requestIds.filter(isObjectId))];
+    if (!db || !sessions || wanted.length === 0) return [];
+    const device = { productName, deviceName };
+    const head = `cmd/${productName}/${deviceName}/`;
+    const removed = new Set<string>();
+    for (const clientId of await this.#sessionIds(db, sessions, device)) {
+      // In chunks, each its own script: a long queue never holds Redis for long. A chunk that removes
+      // entries moves the later ones up, hence `next` from the script; a session that connects
+      // meanwhile keeps the rest of its queue.
+      let next = 0;
+      for (let done = false; !done && !this.#isConnected(device, clientId); ) {
+        const [index, ended, ids] = (await db.eval(
+          WITHDRAW_SCRIPT,
+          1,
+          outgoingKey(clientId),
+          this.options.redisPrefix,
+          head,
+          next,
+          WITHDRAW_CHUNK,
+          ...wanted,
+        )) as [number, number, string[]];
+        for (const id of ids) removed.add(id);
+        next = index;
+        done = ended === 1;
+      }
+    }
+    return [...removed];
+  }
+
+  /** Every persistent client id of the device: `<p>/<d>`, those recorded for it, and any `<p>/<d>/<suffix>` with a stored session. */
+  async #sessionIds(db: Redis, sessions: DeviceSessions, device: DeviceIdentity): Promise<string[]> {
+    const { productName, deviceName } = device;
     const ids = new Set([`${productName}/${deviceName}`, ...(await sessions.list(device))]);
     // Names are [A-Za-z0-9_.:-]: nothing in them is a glob character.
     for await (const batch of db.sscanStream(CLIENTS_KEY, { match: `${productName}/${deviceName}*`, count: 1000 }) as AsyncIterable<string[]>) {
@@ -332,8 +492,13 @@ export class EmbeddedBroker implements BrokerLink {
         if (owner?.productName === productName && owner.deviceName === deviceName) ids.add(id);
       }
     }
-    await Promise.all([...ids].map((id) => store.cleanSubscriptions({ id })));
-    await sessions.forgotten(device);
+    return [...ids];
+  }
+
+  /** Whether a connection with this client id is in its login or connected here. */
+  #isConnected(device: DeviceIdentity, clientId: string): boolean {
+    for (const client of this.#byDevice.get(`${device.productName}/${device.deviceName}`) ?? []) if (client.id === clientId) return true;
+    return false;
   }
 
   async stop(): Promise<void> {

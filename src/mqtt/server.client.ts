@@ -112,6 +112,11 @@ export class ServerMqttClient implements BrokerLink {
 
   async forget(): Promise<void> {}
 
+  /** An external broker's queues are not ours to edit: nothing is ever withdrawn. */
+  async withdraw(): Promise<string[]> {
+    return [];
+  }
+
   async start(): Promise<void> {
     const { url, username, password, clientId, shareGroup, rejectUnauthorized, limits } = this.options;
     if (clientId === undefined) {

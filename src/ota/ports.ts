@@ -13,6 +13,12 @@ export interface DeviceSessions {
   disconnect(productName: string, deviceName: string): void;
   /** Closes them and drops the device's persistent session, with the commands queued in it. */
   forget(productName: string, deviceName: string): Promise<void>;
+  /**
+   * Removes the device's commands with these requestIds from the queues of its
+   * offline sessions, so it never receives them; resolves with the requestIds
+   * that were found queued and removed. Always empty where the broker is external.
+   */
+  withdraw(productName: string, deviceName: string, requestIds: readonly string[]): Promise<string[]>;
 }
 
 /** What became of a progress report: stored, a repeat of a messageId, or behind what is stored (see orderReport). */
@@ -69,4 +75,14 @@ export interface BrokerLink extends CommandPublisher, DeviceSessions {
   stop(): Promise<void>;
   /** Whether devices can be reached now, for /readyz. */
   readonly ready: boolean;
+}
+
+/**
+ * Told of every device report once it is stored (rollouts move their
+ * executions on them). Called again for a redelivered report, so it must be
+ * idempotent; a rejection leaves the report unacknowledged, to come again.
+ */
+export interface ReportListener {
+  onProgress(record: ProgressRecord): Promise<void>;
+  onStatus(productName: string, deviceName: string, firmwareVersion: string | undefined): Promise<void>;
 }
