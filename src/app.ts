@@ -23,6 +23,12 @@ import { RedisPubSubAdapter } from "./storage/pubsub.js";
 import { RedisIdempotencyStore } from "./storage/idempotency.redis.js";
 import { RedisProgressStore, redisKeys } from "./storage/progress.redis.js";
 import { connectAll, createRedis, quitAll } from "./storage/redis.js";
+import { RedisRolloutSignals } from "./storage/rollout.signals.js";
+import { RolloutFeed } from "./rollouts/rollout.feed.js";
+import { RolloutRepository } from "./rollouts/rollout.repository.js";
+import { DeviceRolloutResolver, RolloutResolver } from "./rollouts/rollout.resolver.js";
+import { RolloutScheduler } from "./rollouts/rollout.scheduler.js";
+import { RolloutService } from "./rollouts/rollout.service.js";
 
 interface Component {
   name: string;
@@ -49,6 +55,9 @@ export class App {
   readonly devices: DeviceService;
   readonly ota: OtaService;
   readonly progressFeed: ProgressFeed;
+  readonly rollouts: RolloutService;
+  readonly rolloutFeed: RolloutFeed;
+  readonly #scheduler: RolloutScheduler;
   readonly #redis: Redis;
   readonly #subscriber: Redis;
   readonly #embedded: EmbeddedBroker | undefined;
@@ -94,6 +103,7 @@ export class App {
     const sessions: DeviceSessions = {
       disconnect: (p, d) => this.#link.disconnect(p, d),
       forget: (p, d) => this.#link.forget(p, d),
+      withdraw: (p, d, ids) => this.#link.withdraw(p, d, ids),
     };
     this.tokens = new TokenService(db, config.adminToken, config.limits.tokenCacheTtlMs);
     this.devices = new DeviceService(new DeviceRepository(db), commands, sessions, progress);
@@ -110,7 +120,26 @@ export class App {
       { queueMax: config.limits.subscriberQueueMax, onOverflow: (n) => this.metrics.subscriberOverflow.inc(n) },
     ));
 
+    const signals = new RedisRolloutSignals(pubsub, keys.rolloutChannel, (err) =>
+      this.log.warn({ err }, "could not publish a rollout change; its subscribers recount on the next one"),
+    );
+    const rolloutRepo = new RolloutRepository(db);
+    this.rollouts = new RolloutService(rolloutRepo, commands, sessions, progress, {
+      log: this.log,
+      signals,
+      publishTimeoutMs: config.limits.publishTimeoutMs,
+      wake: () => this.#scheduler.wake(),
+    });
+    this.#scheduler = new RolloutScheduler(this.rollouts, rolloutRepo, { intervalMs: config.limits.rolloutTickMs, log: this.log });
+    this.rolloutFeed = new RolloutFeed({
+      load: (id) => this.rollouts.snapshot(id),
+      coalesceMs: 250,
+      onError: (err) => this.log.warn({ err }, "could not read a rollout's counts for its subscribers"),
+    });
+    let signalsOn = false;
+
     this.#ingest = new IngestDispatcher(this.devices, progress, this.metrics, this.log, {
+      listener: this.rollouts,
       maxPayloadBytes: config.maxPayloadBytes,
       dedupTtlSeconds: config.dedupTtlSeconds,
       maxPendingBytes: config.limits.ingestMaxPendingBytes,
@@ -139,12 +168,20 @@ export class App {
       );
     }
 
-    const resolvers = [new DeviceResolver(this.devices), new OtaResolver(this.ota), new TokenResolver(this.tokens)];
+    const resolvers = [
+      new DeviceResolver(this.devices),
+      new OtaResolver(this.ota),
+      new TokenResolver(this.tokens),
+      new RolloutResolver(this.rollouts),
+      new DeviceRolloutResolver(this.rollouts, this.ota),
+    ];
     this.#http = new HttpServer({
       tokens: this.tokens,
       devices: this.devices,
       ota: this.ota,
       progressFeed: feed,
+      rolloutFeed: this.rolloutFeed,
+      rollouts: this.rollouts,
       corsOrigins: config.corsOrigins,
       limits: config.limits,
       metrics: this.metrics,
@@ -164,6 +201,28 @@ export class App {
       { name: "redis", start: () => connectAll(redisClients), stop: () => quitAll(redisClients) },
       { name: "tokens", start: () => this.#bootstrapToken(), stop: async () => undefined },
       {
+        // Rollout changes from every instance: subscribers recount, ingest re-reads the versions in play.
+        name: "rollout signals",
+        start: async () => {
+          signalsOn = true;
+          const source = signals.events();
+          void (async () => {
+            for await (const { id, productName } of source) {
+              if (!signalsOn) return;
+              this.rolloutFeed.signal(id);
+              this.rollouts.forgetVersions(productName);
+            }
+          })().catch((err: unknown) => this.log.error({ err }, "rollout signals stopped"));
+        },
+        // The source is not ended here: graphql-redis-subscriptions would send UNSUBSCRIBE without awaiting it, and
+        // the subscriber connection's QUIT that follows would reject it unhandled. Closing that connection ends it.
+        stop: async () => {
+          signalsOn = false;
+          signals.flush();
+          this.rolloutFeed.stop();
+        },
+      },
+      {
         name: "broker",
         start: () => this.#link.start(),
         // Stop taking messages first, then finish those already taken.
@@ -172,6 +231,7 @@ export class App {
           await this.#ingest.drain();
         },
       },
+      { name: "rollout scheduler", start: () => this.#scheduler.start(), stop: () => this.#scheduler.stop() },
       {
         name: "http",
         start: async () => this.#http.start(await buildGraphqlSchema(pubsub, resolvers), config.httpPort, config.httpHost),

@@ -32,12 +32,18 @@ export function principalOf(tokenId: string, access: Access, products: readonly 
   return { tokenId, access, products: sorted, expiresAt, scopes: [access, ...(sorted ?? []).map((p) => `product:${p}`)] };
 }
 
+/** `@Authorized(level, PRODUCT_CHECKED_BY_RESOLVER)`: the resolver checks the product of what it loads (a rollout by id). */
+export const PRODUCT_CHECKED_BY_RESOLVER = "product-checked-by-resolver";
+
+/** For {@link refusal}: check the access level only; the caller checks the product once it knows it. */
+export const ANY_PRODUCT = Symbol("any product");
+
 /** Why a principal may not do something, or null when it may. Pure: the one rule every surface applies. */
-export function refusal(principal: Principal, need: Access, productName?: string): string | null {
+export function refusal(principal: Principal, need: Access, productName?: string | typeof ANY_PRODUCT): string | null {
   if (ACCESS_LEVELS.indexOf(principal.access) < ACCESS_LEVELS.indexOf(need)) {
     return `this API token has ${principal.access} access; this needs ${need}`;
   }
-  if (principal.products === null) return null;
+  if (principal.products === null || productName === ANY_PRODUCT) return null;
   // Operations on no product in particular (managing tokens) belong to tokens of every product.
   if (productName === undefined) return "this API token is limited to some products; this needs a token for every product";
   if (!principal.products.includes(productName)) return `this API token may not access product ${JSON.stringify(productName)}`;
@@ -48,7 +54,7 @@ export function refusal(principal: Principal, need: Access, productName?: string
  * The permission check of GraphQL over HTTP, graphql-ws and REST alike:
  * throws FORBIDDEN when the principal may not act with `need` on the product.
  */
-export function requireAccess(principal: Principal, need: Access, productName?: string): void {
+export function requireAccess(principal: Principal, need: Access, productName?: string | typeof ANY_PRODUCT): void {
   const why = refusal(principal, need, productName);
   if (why !== null) throw new AppError(ErrorCode.FORBIDDEN, why);
 }

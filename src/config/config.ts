@@ -79,6 +79,8 @@ export interface Limits {
   readonly tokenCacheTtlMs: number;
   /** How long a sendOta idempotency key is remembered. */
   readonly idempotencyTtlSeconds: number;
+  /** Rollouts: the pause between the scheduler's passes over active rollouts. */
+  readonly rolloutTickMs: number;
 }
 
 export interface Config {
@@ -182,6 +184,7 @@ const envSchema = z.object({
   SUBSCRIBER_QUEUE_MAX: int(1, 1_000),
   TOKEN_CACHE_TTL_MS: int(100, 5_000, 300_000),
   IDEMPOTENCY_TTL_SECONDS: int(60, 86_400),
+  ROLLOUT_TICK_MS: int(50, 1_000, 60_000),
 });
 
 export class ConfigError extends Error {}
@@ -267,6 +270,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       subscriberQueueMax: e.SUBSCRIBER_QUEUE_MAX,
       tokenCacheTtlMs: e.TOKEN_CACHE_TTL_MS,
       idempotencyTtlSeconds: e.IDEMPOTENCY_TTL_SECONDS,
+      rolloutTickMs: e.ROLLOUT_TICK_MS,
     }),
   });
 }

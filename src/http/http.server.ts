@@ -18,10 +18,11 @@ import { ErrorCode } from "../errors.js";
 import { listen } from "../listen.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
-import type { SubscriptionContext } from "../ota/ota.resolver.js";
+import type { RolloutFeed } from "../rollouts/rollout.feed.js";
+import type { RolloutService } from "../rollouts/rollout.service.js";
 import type { OtaService } from "../ota/ota.service.js";
 import type { ProgressFeed } from "../ota/progress.feed.js";
-import type { Context } from "./context.js";
+import type { Context, SubscriptionContext } from "./context.js";
 import { jsonErrorHandler, maskError, notFound, sendError } from "./errors.js";
 import { armorRules, listItemsPlugin, wsOperationGate, type OperationRequest } from "./graphql.limits.js";
 import { refusals } from "./refusals.js";
@@ -34,6 +35,8 @@ export interface HttpDeps {
   devices: DeviceService;
   ota: OtaService;
   progressFeed: ProgressFeed;
+  rolloutFeed: RolloutFeed;
+  rollouts: RolloutService;
   metrics: Metrics;
   log: Logger;
   corsOrigins: readonly string[];
@@ -213,6 +216,8 @@ export class HttpServer {
         context: (ctx): SubscriptionContext => ({
           principal: ctx.extra.principal as Principal,
           progressFeed: this.deps.progressFeed,
+          rolloutFeed: this.deps.rolloutFeed,
+          rollouts: this.deps.rollouts,
         }),
         onNext: (_ctx, _id, _payload, _args, result) =>
           result.errors ? { ...result, errors: result.errors.map((e) => maskError(e.toJSON(), e, onInternal)) } : result,

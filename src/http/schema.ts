@@ -1,10 +1,11 @@
 import "reflect-metadata";
 import { lexicographicSortSchema, printSchema, type GraphQLSchema } from "graphql";
 import { buildSchema, type AuthChecker, type PubSub } from "type-graphql";
-import { isAccess, requireAccess } from "../auth/principal.js";
+import { ANY_PRODUCT, isAccess, PRODUCT_CHECKED_BY_RESOLVER, requireAccess } from "../auth/principal.js";
 import { TokenResolver } from "../auth/token.resolver.js";
 import { DeviceResolver } from "../devices/device.resolver.js";
 import { OtaResolver } from "../ota/ota.resolver.js";
+import { DeviceRolloutResolver, RolloutResolver } from "../rollouts/rollout.resolver.js";
 import type { Context } from "./context.js";
 
 /** The product an operation acts on: its `productName` argument, or its input's. */
@@ -21,9 +22,11 @@ function productOf(args: Record<string, unknown>): string | undefined {
  * subscriber only ever watches products its token may read.
  */
 const authChecker: AuthChecker<Context> = ({ context, args }, roles) => {
-  const [need] = roles;
-  if (roles.length !== 1 || !isAccess(need)) throw new Error(`@Authorized takes one access level, got ${JSON.stringify(roles)}`);
-  requireAccess(context.principal, need, productOf(args));
+  const [need, product] = roles;
+  const byResolver = product === PRODUCT_CHECKED_BY_RESOLVER;
+  if (roles.length !== (byResolver ? 2 : 1) || !isAccess(need)) throw new Error(`@Authorized takes one access level, got ${JSON.stringify(roles)}`);
+  // Operations on a rollout by id: the level here, the rollout's product once the resolver has read it.
+  requireAccess(context.principal, need, byResolver ? ANY_PRODUCT : productOf(args));
   return true;
 };
 
@@ -34,7 +37,7 @@ const authChecker: AuthChecker<Context> = ({ context, args }, roles) => {
 export function buildGraphqlSchema(pubSub: PubSub, resolvers: object[] = []): Promise<GraphQLSchema> {
   const instances = new Map<unknown, object>(resolvers.map((r) => [r.constructor, r]));
   return buildSchema({
-    resolvers: [DeviceResolver, OtaResolver, TokenResolver],
+    resolvers: [DeviceResolver, OtaResolver, TokenResolver, RolloutResolver, DeviceRolloutResolver],
     container: { get: (cls) => instances.get(cls) },
     pubSub,
     authChecker,

@@ -3,7 +3,7 @@ import type { Receipt } from "../devices/device.model.js";
 import type { DeviceService } from "../devices/device.service.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
-import type { IngestContext, MessageDeduplicator, ProgressStore } from "../ota/ports.js";
+import type { IngestContext, MessageDeduplicator, ProgressStore, ReportListener } from "../ota/ports.js";
 import { rankOf, recordFromReport, succeedIfVersion } from "../ota/progress.model.js";
 import { parseOtaStatus, parseStatus, parseTagsRequest } from "../protocol/payloads.js";
 import { parseDeviceTopic, type DeviceMessageTopic } from "../protocol/topics.js";
@@ -16,6 +16,8 @@ export interface IngestOptions {
   maxPendingBytes?: number;
   /** Payload bytes in flight for one device, past which its messages are refused; default 8 MiB. */
   maxDevicePendingBytes?: number;
+  /** Told of each stored report before it is acknowledged (rollout executions). */
+  listener?: ReportListener;
 }
 
 type Outcome = "accepted" | "duplicate" | "stale" | "ignored";
@@ -207,9 +209,10 @@ export class IngestDispatcher {
   /** Applies the message, trying again while a dependency fails; rejects when it never took effect. */
   async #process(m: DeviceMessageTopic, topic: string, payload: Buffer, receipt: Receipt, lane: Lane): Promise<void> {
     if (lane.failed) throw this.#unacknowledged(m, topic, new IngestRefused("an earlier message of this device was not stored"));
+    const tries = { listenerOwed: false };
     for (let attempt = 0; ; attempt++) {
       try {
-        const outcome = await this.#apply(m, topic, payload, receipt);
+        const outcome = await this.#apply(m, topic, payload, receipt, tries);
         if (outcome !== null) this.metrics.ingest.inc({ kind: m.kind, result: outcome });
         return;
       } catch (err) {
@@ -232,7 +235,8 @@ export class IngestDispatcher {
   }
 
   /** Returns the outcome, or null when the message was malformed (already counted). */
-  async #apply(m: DeviceMessageTopic, topic: string, payload: Buffer, receipt: Receipt): Promise<Outcome | null> {
+  /** `tries.listenerOwed`: an earlier try stored the report and then failed in the listener, which this one owes. */
+  async #apply(m: DeviceMessageTopic, topic: string, payload: Buffer, receipt: Receipt, tries: { listenerOwed: boolean }): Promise<Outcome | null> {
     const { maxPayloadBytes: max, dedupTtlSeconds: ttl } = this.options;
     switch (m.kind) {
       case "ota_status": {
@@ -240,6 +244,13 @@ export class IngestDispatcher {
         if (!report.ok) return this.#malformed(m.kind, report.reason, topic, report.message);
         const record = recordFromReport(m, report.value, m.messageId, receipt.at);
         const result = await this.progress.ingest(record, this.#context);
+        // Not for a plain duplicate: an old report repeated must not move a newer attempt. A redelivery after the
+        // listener failed in an earlier handling is left to the rollout scheduler, which reads the stored progress.
+        if (result.outcome === "accepted" || (result.outcome === "duplicate" && tries.listenerOwed)) {
+          tries.listenerOwed = true;
+          await this.options.listener?.onProgress(record);
+          tries.listenerOwed = false;
+        }
         if (result.outcome !== "stale") return result.outcome;
         const { why, stored } = result;
         this.#throttledLog(`stale:${m.kind}:${why}`, (suppressed) =>
@@ -261,7 +272,9 @@ export class IngestDispatcher {
             );
             return "stale";
           }
-          await this.#completeUpgrade(m.productName, m.deviceName, status.value.firmware_ver as string | undefined, receipt.at);
+          const firmwareVersion = typeof status.value.firmware_ver === "string" ? status.value.firmware_ver : undefined;
+          await this.#completeUpgrade(m.productName, m.deviceName, firmwareVersion, receipt.at);
+          await this.options.listener?.onStatus(m.productName, m.deviceName, firmwareVersion);
           return "accepted";
         });
       }

@@ -1,14 +1,8 @@
-import { Arg, Authorized, Mutation, Query, Resolver, Root, Subscription } from "type-graphql";
-import type { Context } from "../http/context.js";
+import { Arg, Authorized, ID, Mutation, Query, Resolver, Root, Subscription } from "type-graphql";
+import type { SubscriptionContext } from "../http/context.js";
 import { OtaService } from "./ota.service.js";
 import { OtaProgress, SendOtaInput, SendOtaResult, toOtaProgress } from "./ota.types.js";
-import type { ProgressFeed } from "./progress.feed.js";
 import type { ProgressRecord } from "./progress.model.js";
-
-/** Subscriptions read the feed from the context: type-graphql calls `subscribe` without a resolver instance. */
-export interface SubscriptionContext extends Context {
-  progressFeed: ProgressFeed;
-}
 
 @Resolver(() => OtaProgress)
 export class OtaResolver {
@@ -42,14 +36,22 @@ export class OtaResolver {
 
   @Authorized("read")
   @Subscription(() => OtaProgress, {
-    description: "Every progress report of a product, of one device, or of the devices with a tag, as it arrives.",
-    subscribe: ({ args, context }) => (context as SubscriptionContext).progressFeed.watch(args),
+    description:
+      "Every progress report of a product, of one device, or of the devices with a tag, as it arrives; " +
+      "with rolloutId, only the reports of that rollout's devices about its firmware version.",
+    subscribe: async ({ args, context }) => {
+      const ctx = context as SubscriptionContext;
+      const { productName, deviceName, tag, rolloutId } = args as { productName: string; deviceName?: string | null; tag?: string | null; rolloutId?: string | null };
+      const accept = rolloutId == null ? undefined : await ctx.rollouts.reportFilter(rolloutId, productName);
+      return ctx.progressFeed.watch({ productName, deviceName, tag, accept });
+    },
   })
   otaProgressChanged(
     @Root() record: ProgressRecord,
     @Arg("productName", () => String) _productName: string,
     @Arg("deviceName", () => String, { nullable: true }) _deviceName: string | null,
     @Arg("tag", () => String, { nullable: true }) _tag: string | null,
+    @Arg("rolloutId", () => ID, { nullable: true }) _rolloutId: string | null,
   ): OtaProgress {
     return toOtaProgress(record);
   }

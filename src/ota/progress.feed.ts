@@ -11,6 +11,8 @@ export interface WatchArgs {
   productName: string;
   deviceName?: string | null;
   tag?: string | null;
+  /** Only reports this also accepts (a rollout's devices and version). */
+  accept?: (record: ProgressRecord) => Promise<boolean>;
 }
 
 export interface FeedOptions {
@@ -28,6 +30,7 @@ export interface FeedOptions {
 interface Watcher {
   deviceName: string | undefined;
   tag: string | undefined;
+  accept: ((record: ProgressRecord) => Promise<boolean>) | undefined;
   queue: ProgressRecord[];
   wake: (() => void) | undefined;
   closed: boolean;
@@ -92,6 +95,7 @@ export class ProgressFeed {
     const watcher: Watcher = {
       deviceName: args.deviceName == null ? undefined : requireName("deviceName", args.deviceName),
       tag: args.tag == null ? undefined : requireName("tag", args.tag),
+      accept: args.accept,
       queue: [],
       wake: undefined,
       closed: false,
@@ -110,9 +114,8 @@ export class ProgressFeed {
               await new Promise<void>((resolve) => (watcher.wake = resolve));
               continue;
             }
-            if (watcher.tag === undefined || (await this.tagsOf(record.productName, record.deviceName)).includes(watcher.tag)) {
-              return { done: false, value: record };
-            }
+            if (watcher.tag !== undefined && !(await this.tagsOf(record.productName, record.deviceName)).includes(watcher.tag)) continue;
+            if (watcher.accept === undefined || (await watcher.accept(record))) return { done: false, value: record };
           }
         } catch (err) {
           // A consumer whose next() failed does not call return() (for await, graphql-ws): leave now, or stay a watcher for good.

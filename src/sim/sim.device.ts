@@ -106,6 +106,8 @@ export class SimulatedDevice {
       tags: this.tags,
       tags_version: this.tagsVersion,
     });
+    // As IotHub firmware does on every connect: the server knows the running version before any upgrade.
+    await this.#publish(`update_status/${productName}/${deviceName}/${new ObjectId().toHexString()}`, { firmware_ver: this.firmwareVersion });
   }
 
   async stop(): Promise<void> {
@@ -180,9 +182,10 @@ export class SimulatedDevice {
       this.#setState("installing");
       await sleep(this.behaviour.installMs);
       if (faults.has("installError")) return await this.#fail(report, -3, "failed_install", "injected install error");
+      // The new image is written before the reboot; a silent rollback boots the old one again.
       const rolledBack = faults.has("rollback");
-      await this.#goOffline(); // the reboot into the new firmware
       if (!rolledBack) this.firmwareVersion = cmd.version;
+      await this.#goOffline(); // the reboot into the new firmware
       await this.#report({ firmware_ver: this.firmwareVersion }, false, "update_status");
       this.#setState(rolledBack ? "rolled_back" : "succeeded");
     } catch {

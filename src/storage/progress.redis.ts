@@ -19,6 +19,8 @@ export function redisKeys(prefix = "") {
     dedup: (p: string, d: string, messageId: string) => `${prefix}msg_dedup/${p}/${d}/${messageId}`,
     /** One pub/sub channel per product; subscribers filter by device or tag in process. */
     progressChannel: (p: string) => `${prefix}ota_progress_changed/${p}`,
+    /** Every rollout change, all products: `{id, productName}`. */
+    rolloutChannel: `${prefix}rollouts_changed`,
   };
 }
 

@@ -15,8 +15,9 @@ export class RedisPubSubAdapter implements PubSub {
     this.#pubsub = new RedisPubSub({ publisher, subscriber });
   }
 
-  publish(routingKey: string, payload: unknown): void {
-    void this.#pubsub.publish(routingKey, payload);
+  /** The promise is for callers that must know of a failure; type-graphql's callers ignore it. */
+  publish(routingKey: string, payload: unknown): Promise<void> {
+    return this.#pubsub.publish(routingKey, payload);
   }
 
   subscribe<T>(routingKey: string): AsyncIterableIterator<T> {

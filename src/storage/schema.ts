@@ -35,3 +35,57 @@ export const apiTokens = pgTable("api_tokens", {
   expiresAt: timestamp("expires_at", { withTimezone: true }),
   revokedAt: timestamp("revoked_at", { withTimezone: true }),
 });
+
+/** A staged upgrade of many devices (src/rollouts/rollout.model.ts); target, firmware and policy as written at creation. */
+export const rollouts = pgTable(
+  "rollouts",
+  {
+    id: uuid("id").primaryKey().defaultRandom(),
+    productName: text("product_name").notNull(),
+    name: text("name").notNull(),
+    target: jsonb("target").$type<Record<string, unknown>>().notNull(),
+    membership: text("membership").notNull(),
+    firmware: jsonb("firmware").$type<Record<string, unknown>>().notNull(),
+    policy: jsonb("policy").$type<Record<string, unknown>>().notNull(),
+    state: text("state").notNull(),
+    /** The highest wave whose devices may be notified. */
+    openWave: integer("open_wave").notNull().default(0),
+    waveReadyAt: timestamp("wave_ready_at", { withTimezone: true, mode: "date" }),
+    abortedBy: jsonb("aborted_by").$type<Record<string, unknown>>(),
+    createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+    startedAt: timestamp("started_at", { withTimezone: true }),
+    finishedAt: timestamp("finished_at", { withTimezone: true }),
+  },
+  (t) => [index("rollouts_product_idx").on(t.productName, t.createdAt), index("rollouts_state_idx").on(t.state)],
+);
+
+/** One device in one rollout: its state machine's state (src/rollouts/execution.machine.ts). */
+export const rolloutExecutions = pgTable(
+  "rollout_executions",
+  {
+    rolloutId: uuid("rollout_id")
+      .notNull()
+      .references(() => rollouts.id, { onDelete: "cascade" }),
+    productName: text("product_name").notNull(),
+    deviceName: text("device_name").notNull(),
+    wave: integer("wave").notNull(),
+    state: text("state").notNull(),
+    failureClass: text("failure_class"),
+    skipReason: text("skip_reason"),
+    fromVersion: text("from_version"),
+    /** Every command sent, oldest first: `{requestId, notifiedAt, outcome, endedAt}`. */
+    attempts: jsonb("attempts").$type<unknown[]>().notNull().default(sql`'[]'::jsonb`),
+    /** QUEUED with this set: the command is being sent (claimed by a scheduler at `dispatchedAt`). */
+    dispatchRequestId: text("dispatch_request_id"),
+    dispatchedAt: timestamp("dispatched_at", { withTimezone: true }),
+    notBefore: timestamp("not_before", { withTimezone: true }),
+    lastEventAt: timestamp("last_event_at", { withTimezone: true }).notNull().defaultNow(),
+    /** Bumped by every write: updates are compare-and-set on it, so instances never overwrite each other. */
+    seq: integer("seq").notNull().default(0),
+  },
+  (t) => [
+    primaryKey({ columns: [t.rolloutId, t.deviceName] }),
+    index("rollout_executions_device_idx").on(t.productName, t.deviceName),
+    index("rollout_executions_state_idx").on(t.rolloutId, t.state, t.wave),
+  ],
+);

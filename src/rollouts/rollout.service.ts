@@ -1,0 +1,668 @@
+import { LRUCache } from "lru-cache";
+import { requireName } from "../devices/device.service.js";
+import { AppError, ErrorCode, badInput } from "../errors.js";
+import type { Logger } from "../logger.js";
+import { checkFirmware } from "../ota/firmware.js";
+import type { CommandPublisher, DeviceSessions, ProgressStore } from "../ota/ports.js";
+import type { ProgressRecord } from "../ota/progress.model.js";
+import { newObjectId } from "../protocol/object-id.js";
+import { buildCommandTopic } from "../protocol/topics.js";
+import { transition, type ExecutionEvent } from "./execution.machine.js";
+import {
+  ACTIVE_ROLLOUT,
+  EXECUTION_STATES,
+  FAILURE_CLASSES,
+  FINAL,
+  IN_PROGRESS,
+  emptyCounts,
+  type AbortCause,
+  type ExecutionCounts,
+  type ExecutionState,
+  type FailureClass,
+  type Membership,
+  type Rollout,
+  type RolloutFirmware,
+  type RolloutPolicy,
+  type RolloutState,
+  type RolloutTarget,
+} from "./rollout.model.js";
+import type { RolloutSnapshot } from "./rollout.feed.js";
+import { newExecution, planRollout, type RolloutPlan } from "./rollout.plan.js";
+import { abortCheck, checkPolicy, inWindow, notifyAllowance, waveGate } from "./rollout.policy.js";
+import type { CountRow, ExecutionRow, RolloutRepository } from "./rollout.repository.js";
+
+export interface RolloutInput {
+  productName: string;
+  name?: string | null;
+  target: { tag?: string | null; deviceNames?: readonly string[] | null; wholeProduct?: boolean | null };
+  membership?: Membership | null;
+  firmware: Record<string, unknown>;
+  policy?: unknown;
+}
+
+/** Tells every instance that a rollout changed: subscribers recount, ingest re-reads which versions are in play. */
+export interface RolloutSignals {
+  changed(rolloutId: string, productName: string): void;
+}
+
+export interface RolloutServiceOptions {
+  log: Logger;
+  signals: RolloutSignals;
+  /** A command the broker has not confirmed within this may still be on its way: sent again only after twice this. */
+  publishTimeoutMs: number;
+  /** Asks the scheduler for a pass now (a rollout was created, resumed or retried). */
+  wake: () => void;
+  now?: () => number;
+}
+
+/** Commands being sent at once by one scheduler pass. */
+const SEND_CONCURRENCY = 32;
+/** Executions one scheduler pass notifies, times out or re-sends, at most: a pass stays short, the next goes on. */
+const PASS_LIMIT = 500;
+/**
+ * How long ingest trusts its list of target versions in play per product.
+ * A new rollout notifies no device before this has passed since its
+ * creation, so every instance's ingest knows it before a device can answer.
+ */
+export const VERSIONS_TTL_MS = 1_000;
+/** How often a CONTINUOUS rollout looks for devices that joined its target. */
+const JOIN_INTERVAL_MS = 2_000;
+const MAX_TARGET_DEVICES = 10_000;
+const SHA256 = /^[0-9a-fA-F]{64}$/;
+
+/** A report's or a status's effect on executions: which rollouts moved. */
+type Moved = Set<string>;
+
+/**
+ * Rollouts: durable campaigns with one execution per targeted device, driven
+ * by {@link tick} (the scheduler calls it for every active rollout) and moved
+ * by device reports ({@link onProgress}, {@link onStatus}) from any instance.
+ * Every execution change goes through the pure state machine
+ * (execution.machine.ts) and is written compare-and-set, so instances and
+ * the scheduler never overwrite each other.
+ */
+export class RolloutService {
+  readonly #now: () => number;
+  /** Per product: target versions with executions that may move, so a report of any other version costs nothing here. */
+  readonly #versions: LRUCache<string, Set<string>>;
+  /** Last device state this instance wrote per execution: a repeated DOWNLOADING report needs no query. */
+  readonly #lastSeen = new LRUCache<string, { state: ExecutionState; lastEventAt: number; timeoutMs: number }>({ max: 50_000, ttl: 2_000 });
+  readonly #joinedAt = new Map<string, number>();
+  readonly #members = new LRUCache<string, Set<string>>({
+    max: 100,
+    ttl: 5_000,
+    fetchMethod: async (id) => new Set(await this.repo.memberNames(id)),
+  });
+
+  constructor(
+    private readonly repo: RolloutRepository,
+    private readonly commands: CommandPublisher,
+    private readonly sessions: DeviceSessions,
+    private readonly progress: Pick<ProgressStore, "getMany">,
+    private readonly options: RolloutServiceOptions,
+  ) {
+    this.#now = options.now ?? Date.now;
+    this.#versions = new LRUCache<string, Set<string>>({
+      max: 10_000,
+      ttl: VERSIONS_TTL_MS,
+      fetchMethod: async (productName) => new Set(await this.repo.versionsInPlay(productName)),
+    });
+  }
+
+  // ---- creating and reading -------------------------------------------------------------------
+
+  /** What `create` would do, without doing anything. */
+  async preview(input: RolloutInput): Promise<RolloutPlan & { productName: string; firmware: RolloutFirmware; policy: RolloutPolicy }> {
+    const checked = this.#checkInput(input);
+    const devices = await this.repo.targetDevices(checked.productName, checked.target);
+    this.#checkDevicesExist(checked.target, devices.length);
+    return { ...planRollout(devices, checked.firmware.version, checked.policy, this.#now()), ...checked };
+  }
+
+  async create(input: RolloutInput): Promise<Rollout> {
+    const checked = this.#checkInput(input);
+    const now = this.#now();
+    const devices = await this.repo.targetDevices(checked.productName, checked.target);
+    this.#checkDevicesExist(checked.target, devices.length);
+    const plan = planRollout(devices, checked.firmware.version, checked.policy, now);
+    const state: RolloutState = checked.policy.startAt !== null && checked.policy.startAt > now ? "SCHEDULED" : "RUNNING";
+    const rollout = await this.repo.insert({ ...checked, state, executions: plan.executions });
+    this.#versions.delete(rollout.productName);
+    this.options.signals.changed(rollout.id, rollout.productName);
+    this.options.wake();
+    this.options.log.info({ rolloutId: rollout.id, productName: rollout.productName, targeted: plan.targeted, eligible: plan.eligible }, "rollout created");
+    return rollout;
+  }
+
+  async get(id: string): Promise<Rollout> {
+    const rollout = await this.find(id);
+    if (!rollout) throw new AppError(ErrorCode.NOT_FOUND, `rollout ${id} not found`);
+    return rollout;
+  }
+
+  find(id: string): Promise<Rollout | null> {
+    return isUuid(id) ? this.repo.find(id) : Promise.resolve(null);
+  }
+
+  async list(productName: string, states: readonly RolloutState[] | null, first: number | null, after: string | null) {
+    requireName("productName", productName);
+    const limit = first ?? 50;
+    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw badInput("first", "must be 1..1000");
+    const page = await this.repo.list(productName, states ?? null, limit, after == null ? null : decodeRolloutCursor(after));
+    const edges = page.rows.map((r) => ({ cursor: encodeRolloutCursor(r), rollout: r }));
+    return { edges, hasNextPage: page.hasNextPage, endCursor: edges.at(-1)?.cursor ?? null };
+  }
+
+  async counts(id: string): Promise<ExecutionCounts> {
+    return toCounts(await this.repo.counts(id));
+  }
+
+  /** Counts of many rollouts in one query, in the order asked. */
+  async countsOfMany(ids: readonly string[]): Promise<ExecutionCounts[]> {
+    const valid = ids.filter(isUuid);
+    const rows = valid.length > 0 ? await this.repo.countsOfMany(valid) : new Map<string, CountRow[]>();
+    return ids.map((id) => toCounts(rows.get(id) ?? []));
+  }
+
+  /**
+   * For `otaProgressChanged(rolloutId)`: whether a report is one of the
+   * rollout's devices about its version. Members are read in one query and
+   * kept a few seconds (a CONTINUOUS rollout gains devices).
+   */
+  async reportFilter(id: string, productName: string): Promise<(record: ProgressRecord) => Promise<boolean>> {
+    const rollout = await this.get(id);
+    if (rollout.productName !== productName) throw badInput("rolloutId", "the rollout is of another product");
+    const version = rollout.firmware.version;
+    return async (record) => record.version === version && ((await this.#members.fetch(id))?.has(record.deviceName) ?? false);
+  }
+
+  /** The rollout and its counts now. */
+  async snapshot(id: string): Promise<RolloutSnapshot> {
+    const rollout = await this.get(id);
+    return { rollout, counts: await this.counts(id) };
+  }
+
+  async executions(id: string, states: readonly ExecutionState[] | null, first: number | null, after: string | null) {
+    const limit = first ?? 50;
+    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw badInput("first", "must be 1..1000");
+    if (after != null) requireName("deviceName", after);
+    const page = await this.repo.page(id, states ?? null, limit, after ?? null);
+    return { rows: page.rows, hasNextPage: page.hasNextPage, endCursor: page.rows.at(-1)?.deviceName ?? null };
+  }
+
+  /** Every execution of these devices (newest rollout first), grouped by device: one query for a page. */
+  async executionsOfDevices(productName: string, deviceNames: readonly string[]): Promise<Map<string, ExecutionRow[]>> {
+    const byDevice = new Map<string, ExecutionRow[]>(deviceNames.map((d) => [d, []]));
+    for (const row of await this.repo.ofDevices(productName, deviceNames)) byDevice.get(row.deviceName)?.push(row);
+    return byDevice;
+  }
+
+  // ---- operator actions -----------------------------------------------------------------------
+
+  /** Stops notifying; devices already notified finish and are recorded. */
+  async pause(id: string): Promise<Rollout> {
+    return this.#setState(id, "PAUSED", ["RUNNING", "SCHEDULED"]);
+  }
+
+  async resume(id: string): Promise<Rollout> {
+    return this.#setState(id, "RUNNING", ["PAUSED"]);
+  }
+
+  /**
+   * Ends the rollout: queued executions are CANCELED, and so are notified
+   * ones whose command was still queued for an offline device and could be
+   * withdrawn (embedded broker); those already delivered run to their end.
+   */
+  async cancel(id: string): Promise<Rollout> {
+    const rollout = await this.#setState(id, "CANCELED", ACTIVE_ROLLOUT, { finishedAt: this.#now() });
+    await this.#cancelExecutions(rollout, true);
+    return rollout;
+  }
+
+  /** Queues the failed executions of these classes (all when empty) again, and runs the rollout if it had ended. */
+  async retry(id: string, failureClasses: readonly FailureClass[] | null): Promise<{ rollout: Rollout; requeued: number }> {
+    const rollout = await this.get(id);
+    if (rollout.state === "CANCELED") throw new AppError(ErrorCode.BAD_USER_INPUT, "a canceled rollout cannot be retried", "id");
+    const classes = failureClasses == null || failureClasses.length === 0 ? FAILURE_CLASSES : failureClasses;
+    const now = this.#now();
+    let requeued = 0;
+    for (;;) {
+      const failed = await this.repo.byStates(id, ["FAILED", "TIMED_OUT"], PASS_LIMIT * 4, classes);
+      if (failed.length === 0) break;
+      // Not notified before every instance's ingest knows the rollout is in play again.
+      const updates = this.#decide(rollout, failed, { type: "retry" }, now).map((u) => ({ ...u, next: { ...u.next, notBefore: now + VERSIONS_TTL_MS } }));
+      const written = await this.repo.write(id, updates);
+      requeued += written.size;
+      if (written.size === 0) break;
+    }
+    let current = rollout;
+    if (requeued > 0 && (rollout.state === "COMPLETED" || rollout.state === "ABORTED")) {
+      current = (await this.repo.update(id, { state: "RUNNING", finishedAt: null, abortedBy: null }, [rollout.state])) ?? rollout;
+    }
+    this.#versions.delete(rollout.productName);
+    this.options.signals.changed(id, rollout.productName);
+    this.options.wake();
+    return { rollout: current, requeued };
+  }
+
+  async #setState(id: string, state: RolloutState, from: readonly RolloutState[], extra: Partial<Rollout> = {}): Promise<Rollout> {
+    const current = await this.get(id);
+    const updated = await this.repo.update(id, { state, ...extra }, from);
+    if (!updated) {
+      throw new AppError(ErrorCode.BAD_USER_INPUT, `the rollout is ${current.state}; this needs it ${from.join(" or ")}`, "id");
+    }
+    this.options.signals.changed(id, updated.productName);
+    this.options.wake();
+    return updated;
+  }
+
+  // ---- device reports (ingest, any instance) --------------------------------------------------
+
+  /**
+   * A stored progress report moves the device's execution in a rollout of
+   * that version. Costs nothing unless a rollout of the report's version is
+   * in play for the product; a repeated DOWNLOADING report is absorbed in
+   * memory. Idempotent: ingest calls it again for a redelivered report.
+   */
+  async onProgress(record: ProgressRecord): Promise<void> {
+    if (!(await this.#inPlay(record.productName, record.version))) return;
+    const event = progressEvent(record);
+    const key = `${record.productName}/${record.deviceName}/${record.version}`;
+    const seen = this.#lastSeen.get(key);
+    const now = this.#now();
+    if (seen && event.phase === "DOWNLOADING" && seen.state === "DOWNLOADING" && now - seen.lastEventAt < seen.timeoutMs / 10) return;
+    await this.#apply(record.productName, record.deviceName, record.version, event, key);
+  }
+
+  /** A stored `update_status` with `firmware_ver` completes (or, after DOWNLOADED, rolls back) the device's running execution. */
+  async onStatus(productName: string, deviceName: string, firmwareVersion: string | undefined): Promise<void> {
+    if (firmwareVersion === undefined) return;
+    const versions = await this.#versions.fetch(productName);
+    if (!versions || versions.size === 0) return;
+    await this.#apply(productName, deviceName, null, { type: "status", firmwareVersion }, null);
+  }
+
+  /** Another instance changed a rollout of the product: its versions in play are read again. */
+  forgetVersions(productName: string): void {
+    this.#versions.delete(productName);
+  }
+
+  async #inPlay(productName: string, version: string): Promise<boolean> {
+    return (await this.#versions.fetch(productName))?.has(version) ?? false;
+  }
+
+  async #apply(productName: string, deviceName: string, version: string | null, event: ExecutionEvent, key: string | null): Promise<void> {
+    const moved: Moved = new Set();
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const running = await this.repo.running(productName, deviceName, version);
+      let conflict = false;
+      for (const row of running) {
+        const now = this.#now();
+        // A device may answer before its sender recorded the broker's confirmation: notified first.
+        let execution = row.execution;
+        if (execution.state === "QUEUED" && row.dispatchRequestId !== null) {
+          const notified = transition(execution, { type: "notified", requestId: row.dispatchRequestId }, row.policy, row.targetVersion, now);
+          if (notified.changed) execution = notified.next;
+        }
+        const t = transition(execution, event, row.policy, row.targetVersion, now);
+        const next = t.changed ? t.next : execution;
+        if (next === row.execution) continue;
+        const dispatch = row.execution.state === "QUEUED" && row.dispatchRequestId !== null ? { requestId: null } : undefined;
+        const written = await this.repo.write(row.rolloutId, [{ deviceName, seq: row.seq, next, ...(dispatch && { dispatch }) }]);
+        if (written.size === 0) {
+          conflict = true;
+          continue;
+        }
+        moved.add(row.rolloutId);
+        if (key !== null) this.#lastSeen.set(key, { state: next.state, lastEventAt: next.lastEventAt, timeoutMs: row.policy.inProgressTimeoutSeconds * 1000 });
+      }
+      if (!conflict) break;
+    }
+    for (const id of moved) this.options.signals.changed(id, productName);
+  }
+
+  // ---- the scheduler's pass -------------------------------------------------------------------
+
+  /**
+   * One pass over an active rollout, holding its row lock (another instance
+   * skips it meanwhile): start it when due, take in joiners, time out silent
+   * executions, open waves, apply abort rules, complete it, and claim the
+   * next devices to notify within the pacing. The commands go out after the
+   * lock is released, under requestIds recorded first: a crash between the
+   * two re-sends the same command (same requestId) once it is stale, never a
+   * second attempt. Returns whether the rollout is still active.
+   */
+  async tick(id: string): Promise<boolean> {
+    const now = this.#now();
+    const locked = await this.repo.withLock(id, async (rollout, tx) => {
+      if (!ACTIVE_ROLLOUT.includes(rollout.state)) return { rollout, send: [] as ExecutionRow[], changed: false, active: false };
+      let changed = false;
+      const patch: Partial<Rollout> = {};
+      let state = rollout.state;
+      if (state === "SCHEDULED" && (rollout.policy.startAt === null || rollout.policy.startAt <= now)) {
+        state = patch.state = "RUNNING";
+        patch.startedAt = now;
+      }
+      if (rollout.state !== "SCHEDULED" && rollout.startedAt === null) patch.startedAt = rollout.createdAt;
+
+      if (rollout.membership === "CONTINUOUS" && now - (this.#joinedAt.get(id) ?? 0) >= JOIN_INTERVAL_MS) {
+        this.#joinedAt.set(id, now);
+        const joiners = await this.repo.targetDevices(rollout.productName, rollout.target, id);
+        if (joiners.length > 0) {
+          const lastWave = Math.max(0, rollout.policy.waves.length - 1);
+          const added = await this.repo.addExecutions(
+            id,
+            rollout.productName,
+            joiners.map((d) => ({ deviceName: d.deviceName, wave: lastWave, execution: newExecution(d, rollout.firmware.version, rollout.policy, now) })),
+          );
+          changed ||= added > 0;
+        }
+      }
+
+      // Silent executions time out (or are queued again by their retry rule), unless what the device stored says otherwise.
+      const timeoutMs = rollout.policy.inProgressTimeoutSeconds * 1000;
+      const silent = await this.repo.silentSince(id, now - timeoutMs, PASS_LIMIT, tx);
+      if (silent.length > 0) changed ||= (await this.repo.write(id, await this.#timeouts(rollout, silent, now), tx)).size > 0;
+
+      // Waves, abort rules, completion: from the counts.
+      const rows = await this.repo.counts(id, tx);
+      const waves = Math.max(1, rollout.policy.waves.length);
+      let openWave = rollout.openWave;
+      let readyAt = rollout.waveReadyAt;
+      let abortedBy: AbortCause | null = null;
+      while (openWave < waves - 1 && state !== "SCHEDULED") {
+        const spec = rollout.policy.waves[openWave];
+        if (!spec) break;
+        const gate = waveGate(waveCounts(rows, openWave), spec, readyAt, now);
+        if (gate.open) {
+          openWave++;
+          readyAt = null;
+          continue;
+        }
+        readyAt = gate.readyAt;
+        if (gate.unreachable) {
+          const w = waveCounts(rows, openWave);
+          abortedBy = { kind: "WAVE_GATE", wave: openWave, succeeded: w.succeeded, eligible: w.eligible, successRatio: spec.successRatio };
+        }
+        break;
+      }
+      if (openWave !== rollout.openWave) patch.openWave = openWave;
+      if (readyAt !== rollout.waveReadyAt) patch.waveReadyAt = readyAt;
+      const counts = toCounts(rows);
+      const fired = abortCheck(
+        { finished: counts.byState.SUCCEEDED + counts.byState.FAILED + counts.byState.TIMED_OUT, failedByClass: counts.byFailureClass },
+        rollout.policy.abortRules,
+      );
+      if (fired) abortedBy = { kind: "ABORT_RULE", ...fired };
+      if (abortedBy) {
+        state = patch.state = "ABORTED";
+        patch.abortedBy = abortedBy;
+        patch.finishedAt = now;
+      } else if (
+        rollout.membership === "SNAPSHOT" &&
+        state === "RUNNING" &&
+        openWave === waves - 1 &&
+        counts.byState.QUEUED + IN_PROGRESS.reduce((n, s) => n + counts.byState[s], 0) === 0
+      ) {
+        state = patch.state = "COMPLETED";
+        patch.finishedAt = now;
+      }
+
+      // The next devices to notify, and commands whose sender died before recording the broker's answer.
+      let send: ExecutionRow[] = [];
+      if (state === "RUNNING" && inWindow(rollout.policy.maintenanceWindow, now) && now >= rollout.createdAt + VERSIONS_TTL_MS) {
+        const stale = await this.repo.staleDispatches(id, now - 2 * this.options.publishTimeoutMs, PASS_LIMIT, tx);
+        const pacing = await this.repo.pacing(id, now - 60_000, tx);
+        const allowance = Math.min(PASS_LIMIT, notifyAllowance(rollout.policy, pacing.inProgress, pacing.notifiedSince));
+        const claims: Parameters<RolloutRepository["write"]>[1][number][] = [];
+        if (allowance > 0) {
+          for (const { row, device } of await this.repo.notifiable(id, openWave, now, allowance, tx)) {
+            if (device === null) {
+              const t = transition(row.execution, { type: "skip", reason: "DEVICE_DELETED" }, rollout.policy, rollout.firmware.version, now);
+              if (t.changed) claims.push({ deviceName: row.deviceName, seq: row.seq, next: t.next });
+              continue;
+            }
+            // Guards again, on the version the device reports now (a wave can open hours after creation).
+            const fresh = newExecution(device, rollout.firmware.version, rollout.policy, now);
+            if (fresh.state === "SKIPPED" && fresh.skipReason !== null) {
+              const t = transition(row.execution, { type: "skip", reason: fresh.skipReason }, rollout.policy, rollout.firmware.version, now);
+              if (t.changed) claims.push({ deviceName: row.deviceName, seq: row.seq, next: { ...t.next, fromVersion: device.firmwareVersion } });
+              continue;
+            }
+            const requestId = newObjectId();
+            claims.push({ deviceName: row.deviceName, seq: row.seq, next: { ...row.execution, fromVersion: device.firmwareVersion }, dispatch: { requestId, at: now } });
+            send.push({ ...row, dispatchRequestId: requestId, dispatchedAt: now, seq: row.seq + 1 });
+          }
+        }
+        const written = await this.repo.write(id, claims, tx);
+        send = send.filter((r) => written.has(r.deviceName));
+        changed ||= written.size > 0;
+        // Re-sent as they were: the same requestId, a fresh claim time so that only one sender takes them.
+        const resent = await this.repo.write(
+          id,
+          stale.map((r) => ({ deviceName: r.deviceName, seq: r.seq, next: r.execution, dispatch: { requestId: r.dispatchRequestId, at: now } })),
+          tx,
+        );
+        for (const r of stale) if (resent.has(r.deviceName)) send.push({ ...r, seq: r.seq + 1, dispatchedAt: now });
+      }
+
+      let current = rollout;
+      if (Object.keys(patch).length > 0) {
+        current = (await this.repo.update(id, patch, undefined, tx)) ?? rollout;
+        changed = true;
+      }
+      return { rollout: current, send, changed, active: ACTIVE_ROLLOUT.includes(current.state) };
+    });
+    if (!locked) return true; // another instance has it this time
+    const { rollout, send, changed, active } = locked.value;
+    if (rollout.state === "ABORTED" && changed) {
+      this.options.log.warn({ rolloutId: id, abortedBy: rollout.abortedBy }, "rollout aborted");
+      await this.#cancelExecutions(rollout, false);
+    }
+    if (rollout.state === "COMPLETED" && changed) this.options.log.info({ rolloutId: id }, "rollout completed");
+    const sent = await this.#send(rollout, send);
+    if (changed || sent) this.options.signals.changed(id, rollout.productName);
+    return active;
+  }
+
+  /**
+   * Silent executions: a device report stored but never applied to its
+   * execution (the listener failed and the redelivery was a duplicate) is
+   * applied now from the stored progress and `firmware_ver`; the rest time out.
+   */
+  async #timeouts(rollout: Rollout, silent: { row: ExecutionRow; firmwareVersion: string | null }[], now: number) {
+    const target = rollout.firmware.version;
+    const records = await this.progress.getMany(rollout.productName, silent.map((s) => s.row.deviceName));
+    return silent.map(({ row, firmwareVersion }, i) => {
+      const x = row.execution;
+      const record = records[i];
+      const attemptAt = x.attempts.at(-1)?.notifiedAt ?? 0;
+      let t = { changed: false } as ReturnType<typeof transition>;
+      if (firmwareVersion === target) t = transition(x, { type: "status", firmwareVersion }, rollout.policy, target, now);
+      else if (record && record.version === target && record.receivedAt >= attemptAt && record.receivedAt > x.lastEventAt) {
+        t = transition(x, progressEvent(record), rollout.policy, target, now);
+      }
+      if (!t.changed) t = transition(x, { type: "timeout" }, rollout.policy, target, now);
+      return { deviceName: row.deviceName, seq: row.seq, next: t.changed ? t.next : x };
+    });
+  }
+
+  /** Sends the claimed commands and records each confirmation; returns whether any execution moved. */
+  async #send(rollout: Rollout, rows: readonly ExecutionRow[]): Promise<boolean> {
+    let moved = false;
+    const queue = [...rows];
+    const worker = async () => {
+      for (let row = queue.shift(); row !== undefined; row = queue.shift()) {
+        if (await this.#sendOne(rollout, row)) moved = true;
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(SEND_CONCURRENCY, queue.length) }, worker));
+    return moved;
+  }
+
+  async #sendOne(rollout: Rollout, row: ExecutionRow): Promise<boolean> {
+    const requestId = row.dispatchRequestId as string;
+    const now = this.#now();
+    const expiresAt = Math.floor((now + rollout.policy.inProgressTimeoutSeconds * 1000) / 1000);
+    const topic = buildCommandTopic({
+      target: { productName: rollout.productName, deviceName: row.deviceName },
+      command: "$ota_upgrade",
+      encoding: "plain",
+      requestId,
+      expiresAt,
+    });
+    const { url, version, size, md5, type, sha256 } = rollout.firmware;
+    try {
+      await this.commands.publishCommand(topic, JSON.stringify({ url, version, size, md5, type, sha256 }));
+    } catch (err) {
+      if (err instanceof AppError && err.code === ErrorCode.BROKER_UNAVAILABLE) {
+        // Nothing was sent: the claim goes, and a later pass notifies the device.
+        await this.repo.write(rollout.id, [{ deviceName: row.deviceName, seq: row.seq, next: row.execution, dispatch: { requestId: null } }]).catch((e: unknown) =>
+          this.options.log.warn({ err: e, rolloutId: rollout.id }, "could not release a claim; it is re-sent once stale"),
+        );
+        return false;
+      }
+      // COMMAND_UNCONFIRMED: it may still arrive; recorded as notified, the timeout covers it if it never does.
+      this.options.log.warn({ err, rolloutId: rollout.id, deviceName: row.deviceName }, "rollout command not confirmed by the broker");
+    }
+    return this.#confirm(rollout, row.deviceName, requestId);
+  }
+
+  /** Records that the broker took the command; a device that already answered moved it past QUEUED, which is fine. */
+  async #confirm(rollout: Rollout, deviceName: string, requestId: string): Promise<boolean> {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const [row] = (await this.repo.running(rollout.productName, deviceName, rollout.firmware.version)).filter((r) => r.rolloutId === rollout.id);
+      if (!row || row.dispatchRequestId !== requestId) {
+        await this.#withdrawIfCanceled(rollout, deviceName, requestId);
+        return false;
+      }
+      const t = transition(row.execution, { type: "notified", requestId }, rollout.policy, rollout.firmware.version, this.#now());
+      if (!t.changed) return false;
+      const written = await this.repo.write(rollout.id, [{ deviceName, seq: row.seq, next: t.next, dispatch: { requestId: null } }]);
+      if (written.size > 0) return true;
+    }
+    return false;
+  }
+
+  /** A command that went out for an execution canceled meanwhile is taken back if still queued. */
+  async #withdrawIfCanceled(rollout: Rollout, deviceName: string, requestId: string): Promise<void> {
+    const row = await this.repo.findExecution(rollout.id, deviceName);
+    if (row?.execution.state === "CANCELED") await this.sessions.withdraw(rollout.productName, deviceName, [requestId]);
+  }
+
+  /**
+   * Cancels the queued executions and, when `withdraw`, the notified ones whose
+   * command is still queued for an offline device (taken back from its session).
+   */
+  async #cancelExecutions(rollout: Rollout, withdraw: boolean): Promise<void> {
+    const now = this.#now();
+    for (;;) {
+      const queued = await this.repo.byStates(rollout.id, ["QUEUED"], PASS_LIMIT * 4);
+      const updates = this.#decide(rollout, queued, { type: "cancel", withdrawn: false }, now).map((u) => ({ ...u, dispatch: { requestId: null } }));
+      const written = await this.repo.write(rollout.id, updates);
+      // A claim being sent right now is taken back by its sender once it finds the execution canceled (#confirm).
+      if (written.size === 0) break;
+    }
+    if (withdraw) {
+      const notified = await this.repo.byStates(rollout.id, ["NOTIFIED"], 1_000_000);
+      for (const row of notified) {
+        const requestId = row.execution.attempts.at(-1)?.requestId;
+        if (requestId === undefined) continue;
+        const withdrawn = await this.sessions.withdraw(rollout.productName, row.deviceName, [requestId]);
+        if (withdrawn.length === 0) continue;
+        const t = transition(row.execution, { type: "cancel", withdrawn: true }, rollout.policy, rollout.firmware.version, now);
+        if (t.changed) await this.repo.write(rollout.id, [{ deviceName: row.deviceName, seq: row.seq, next: t.next }]);
+      }
+    }
+    this.options.signals.changed(rollout.id, rollout.productName);
+  }
+
+  /** The machine's decision for each row; rows it leaves unchanged are left out. */
+  #decide(rollout: Rollout, rows: readonly ExecutionRow[], event: ExecutionEvent, now: number) {
+    const out: { deviceName: string; seq: number; next: ExecutionRow["execution"] }[] = [];
+    for (const row of rows) {
+      const t = transition(row.execution, event, rollout.policy, rollout.firmware.version, now);
+      if (t.changed) out.push({ deviceName: row.deviceName, seq: row.seq, next: t.next });
+    }
+    return out;
+  }
+
+  // ---- input ----------------------------------------------------------------------------------
+
+  #checkInput(input: RolloutInput) {
+    const productName = requireName("productName", input.productName);
+    const name = input.name ?? "";
+    if (typeof name !== "string" || name.length > 200 || /[\u0000-\u001f]/.test(name)) throw badInput("name", "must be at most 200 characters, no control characters");
+    const { tag, deviceNames, wholeProduct } = input.target;
+    const given = [tag != null, deviceNames != null, wholeProduct === true].filter(Boolean).length;
+    if (given !== 1) throw badInput("target", "give exactly one of tag, deviceNames and wholeProduct: true");
+    let target: RolloutTarget;
+    if (tag != null) target = { kind: "TAG", tag: requireName("tag", tag) };
+    else if (deviceNames != null) {
+      if (deviceNames.length === 0 || deviceNames.length > MAX_TARGET_DEVICES) throw badInput("target.deviceNames", `must hold 1..${MAX_TARGET_DEVICES} names`);
+      target = { kind: "DEVICES", deviceNames: [...new Set(deviceNames.map((d) => requireName("deviceName", d)))] };
+    } else target = { kind: "PRODUCT" };
+    const membership: Membership = input.membership ?? "SNAPSHOT";
+    if (membership === "CONTINUOUS" && target.kind === "DEVICES") throw badInput("membership", "a list of devices is a SNAPSHOT target");
+    const firmware = checkFirmware(input.firmware);
+    if (!firmware.ok) throw badInput(`firmware.${firmware.reason}`, firmware.message);
+    const sha256 = input.firmware.sha256;
+    if (typeof sha256 !== "string" || !SHA256.test(sha256)) throw badInput("firmware.sha256", "must be 64 hexadecimal characters");
+    const policy = checkPolicy(input.policy ?? {});
+    if (!policy.ok) throw badInput(policy.reason, policy.message);
+    return { productName, name, target, membership, firmware: { ...firmware.value, sha256: sha256.toLowerCase() }, policy: policy.value };
+  }
+
+  #checkDevicesExist(target: RolloutTarget, found: number): void {
+    if (target.kind === "DEVICES" && found < target.deviceNames.length) {
+      throw badInput("target.deviceNames", `${target.deviceNames.length - found} of the devices are not registered for this product`);
+    }
+  }
+}
+
+/** A stored progress report as a machine event (SUCCEEDED in Redis means the download had finished). */
+function progressEvent(record: ProgressRecord): Extract<ExecutionEvent, { type: "progress" }> {
+  return record.state === "FAILED"
+    ? { type: "progress", phase: "FAILED", reason: record.failureReason }
+    : { type: "progress", phase: record.state === "SUCCEEDED" ? "DOWNLOADED" : record.state };
+}
+
+/** The counts of one wave, for its gate. */
+function waveCounts(rows: readonly CountRow[], wave: number) {
+  let eligible = 0;
+  let succeeded = 0;
+  let final = 0;
+  for (const r of rows) {
+    if (r.wave !== wave || r.state === "SKIPPED" || r.state === "CANCELED") continue;
+    eligible += r.n;
+    if (r.state === "SUCCEEDED") succeeded += r.n;
+    if (FINAL.includes(r.state)) final += r.n;
+  }
+  return { eligible, succeeded, final };
+}
+
+export function toCounts(rows: readonly CountRow[]): ExecutionCounts {
+  const counts = emptyCounts();
+  for (const r of rows) {
+    if (!EXECUTION_STATES.includes(r.state)) continue;
+    counts.total += r.n;
+    counts.byState[r.state] += r.n;
+    if (r.failureClass !== null && (r.state === "FAILED" || r.state === "TIMED_OUT")) counts.byFailureClass[r.failureClass] += r.n;
+    if (r.skipReason !== null && r.state === "SKIPPED") counts.bySkipReason[r.skipReason] += r.n;
+  }
+  return counts;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+export const isUuid = (id: string) => UUID.test(id);
+
+function encodeRolloutCursor(r: Rollout): string {
+  return Buffer.from(`${r.createdAt}/${r.id}`, "utf8").toString("base64url");
+}
+
+function decodeRolloutCursor(cursor: string): { createdAt: number; id: string } {
+  const [at, id] = Buffer.from(cursor, "base64url").toString("utf8").split("/");
+  const createdAt = Number(at);
+  if (!Number.isSafeInteger(createdAt) || id === undefined || !isUuid(id)) throw badInput("after", "not a cursor from this API");
+  return { createdAt, id };
+}
