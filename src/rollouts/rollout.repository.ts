@@ -139,8 +139,13 @@ export class RolloutRepository {
   }
 
   /** Adds executions for devices that joined a CONTINUOUS rollout; a device already in it is left as it is. */
-  addExecutions(rolloutId: string, productName: string, executions: { deviceName: string; wave: number; execution: Execution }[]) {
-    return insertExecutions(this.db(), rolloutId, productName, executions);
+  addExecutions(
+    rolloutId: string,
+    productName: string,
+    executions: { deviceName: string; wave: number; execution: Execution }[],
+    db: Db = this.db(),
+  ) {
+    return insertExecutions(db, rolloutId, productName, executions);
   }
 
   async find(id: string): Promise<Rollout | null> {
@@ -419,7 +424,7 @@ export class RolloutRepository {
   }
 
   /** Devices the target matches now, with their version; `notIn`: only those without an execution in that rollout. */
-  async targetDevices(productName: string, target: RolloutTarget, notIn?: string): Promise<TargetDevice[]> {
+  async targetDevices(productName: string, target: RolloutTarget, notIn?: string, db: Db = this.db()): Promise<TargetDevice[]> {
     const d = devices;
     const where: (SQL | undefined)[] = [eq(d.productName, productName)];
     if (target.kind === "TAG") where.push(sql`${d.tags} @> array[${target.tag}]::text[]`);
@@ -429,7 +434,7 @@ export class RolloutRepository {
         sql`not exists (select 1 from ${rolloutExecutions} x where x.rollout_id = ${notIn} and x.device_name = ${d.deviceName})`,
       );
     }
-    const rows = await this.db()
+    const rows = await db
       .select({ deviceName: d.deviceName, firmwareVersion: firmwareVer, suspended: d.suspended })
       .from(d)
       .where(and(...where))

@@ -70,6 +70,12 @@ const JOIN_INTERVAL_MS = 2_000;
 const MAX_TARGET_DEVICES = 10_000;
 const SHA256 = /^[0-9a-fA-F]{64}$/;
 
+/** A claimed execution to notify; `resend`: a stale claim of a sender that died, sent again under its requestId. */
+interface Dispatch {
+  row: ExecutionRow;
+  resend: boolean;
+}
+
 /** A report's or a status's effect on executions: which rollouts moved. */
 type Moved = Set<string>;
 
@@ -335,7 +341,7 @@ export class RolloutService {
   async tick(id: string): Promise<boolean> {
     const now = this.#now();
     const locked = await this.repo.withLock(id, async (rollout, tx) => {
-      if (!ACTIVE_ROLLOUT.includes(rollout.state)) return { rollout, send: [] as ExecutionRow[], changed: false, active: false };
+      if (!ACTIVE_ROLLOUT.includes(rollout.state)) return { rollout, send: [] as Dispatch[], changed: false, active: false };
       let changed = false;
       const patch: Partial<Rollout> = {};
       let state = rollout.state;
@@ -347,13 +353,14 @@ export class RolloutService {
 
       if (rollout.membership === "CONTINUOUS" && now - (this.#joinedAt.get(id) ?? 0) >= JOIN_INTERVAL_MS) {
         this.#joinedAt.set(id, now);
-        const joiners = await this.repo.targetDevices(rollout.productName, rollout.target, id);
+        const joiners = await this.repo.targetDevices(rollout.productName, rollout.target, id, tx);
         if (joiners.length > 0) {
           const lastWave = Math.max(0, rollout.policy.waves.length - 1);
           const added = await this.repo.addExecutions(
             id,
             rollout.productName,
             joiners.map((d) => ({ deviceName: d.deviceName, wave: lastWave, execution: newExecution(d, rollout.firmware.version, rollout.policy, now) })),
+            tx,
           );
           changed ||= added > 0;
         }
@@ -409,7 +416,7 @@ export class RolloutService {
       }
 
       // The next devices to notify, and commands whose sender died before recording the broker's answer.
-      let send: ExecutionRow[] = [];
+      let send: Dispatch[] = [];
       if (state === "RUNNING" && inWindow(rollout.policy.maintenanceWindow, now) && now >= rollout.createdAt + VERSIONS_TTL_MS) {
         const stale = await this.repo.staleDispatches(id, now - 2 * this.options.publishTimeoutMs, PASS_LIMIT, tx);
         const pacing = await this.repo.pacing(id, now - 60_000, tx);
@@ -431,11 +438,11 @@ export class RolloutService {
             }
             const requestId = newObjectId();
             claims.push({ deviceName: row.deviceName, seq: row.seq, next: { ...row.execution, fromVersion: device.firmwareVersion }, dispatch: { requestId, at: now } });
-            send.push({ ...row, dispatchRequestId: requestId, dispatchedAt: now, seq: row.seq + 1 });
+            send.push({ row: { ...row, dispatchRequestId: requestId, dispatchedAt: now, seq: row.seq + 1 }, resend: false });
           }
         }
         const written = await this.repo.write(id, claims, tx);
-        send = send.filter((r) => written.has(r.deviceName));
+        send = send.filter((d) => written.has(d.row.deviceName));
         changed ||= written.size > 0;
         // Re-sent as they were: the same requestId, a fresh claim time so that only one sender takes them.
         const resent = await this.repo.write(
@@ -443,7 +450,7 @@ export class RolloutService {
           stale.map((r) => ({ deviceName: r.deviceName, seq: r.seq, next: r.execution, dispatch: { requestId: r.dispatchRequestId, at: now } })),
           tx,
         );
-        for (const r of stale) if (resent.has(r.deviceName)) send.push({ ...r, seq: r.seq + 1, dispatchedAt: now });
+        for (const r of stale) if (resent.has(r.deviceName)) send.push({ row: { ...r, seq: r.seq + 1, dispatchedAt: now }, resend: true });
       }
 
       let current = rollout;
@@ -488,19 +495,19 @@ export class RolloutService {
   }
 
   /** Sends the claimed commands and records each confirmation; returns whether any execution moved. */
-  async #send(rollout: Rollout, rows: readonly ExecutionRow[]): Promise<boolean> {
+  async #send(rollout: Rollout, dispatches: readonly Dispatch[]): Promise<boolean> {
     let moved = false;
-    const queue = [...rows];
+    const queue = [...dispatches];
     const worker = async () => {
-      for (let row = queue.shift(); row !== undefined; row = queue.shift()) {
-        if (await this.#sendOne(rollout, row)) moved = true;
+      for (let d = queue.shift(); d !== undefined; d = queue.shift()) {
+        if (await this.#sendOne(rollout, d)) moved = true;
       }
     };
     await Promise.all(Array.from({ length: Math.min(SEND_CONCURRENCY, queue.length) }, worker));
     return moved;
   }
 
-  async #sendOne(rollout: Rollout, row: ExecutionRow): Promise<boolean> {
+  async #sendOne(rollout: Rollout, { row, resend }: Dispatch): Promise<boolean> {
     const requestId = row.dispatchRequestId as string;
     const now = this.#now();
     const expiresAt = Math.floor((now + rollout.policy.inProgressTimeoutSeconds * 1000) / 1000);
@@ -515,8 +522,10 @@ export class RolloutService {
     try {
       await this.commands.publishCommand(topic, JSON.stringify({ url, version, size, md5, type, sha256 }));
     } catch (err) {
+      // Nothing was sent this time. A first send's claim goes, and a later pass notifies the device; a re-sent
+      // claim stays (its sender may have delivered it before dying): sent again under the same requestId once stale.
+      if (err instanceof AppError && err.code === ErrorCode.BROKER_UNAVAILABLE && resend) return false;
       if (err instanceof AppError && err.code === ErrorCode.BROKER_UNAVAILABLE) {
-        // Nothing was sent: the claim goes, and a later pass notifies the device.
         await this.repo.write(rollout.id, [{ deviceName: row.deviceName, seq: row.seq, next: row.execution, dispatch: { requestId: null } }]).catch((e: unknown) =>
           this.options.log.warn({ err: e, rolloutId: rollout.id }, "could not release a claim; it is re-sent once stale"),
         );

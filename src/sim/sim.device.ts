@@ -82,6 +82,7 @@ export class SimulatedDevice {
 
   /** Connects (resolving on CONNACK) and asks for its tags, as the SDK does on every connect. */
   async connect(): Promise<void> {
+    this.#stopped = false;
     const { productName, deviceName, secret } = this.credentials;
     const client = mqtt.connect(this.url, {
       clientId: `${productName}/${deviceName}`,

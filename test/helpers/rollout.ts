@@ -32,20 +32,16 @@ export async function simFleet(t: TestApp, o: SimFleetOptions) {
   const productName = o.productName ?? uniq("ro");
   const tags = o.tags ?? ["beta"];
   const credentials = await registerDevices(`${t.httpUrl}/graphql`, t.token, productName, o.count, tags);
-  const fleet = new Fleet(credentials, {
-    mqttUrl: t.mqttUrl,
-    initialVersion: o.initialVersion ?? "1.0",
-    connectConcurrency: 20,
-    behaviour: {
-      step: 50,
-      paceMs: 0,
-      installMs: o.installMs ?? 20,
-      offlineMs: 50,
-      faults: { ...NO_FAULTS, ...o.faults },
-      random: seededRandom(o.seed ?? 11),
-      rejectUnauthorized: true,
-    },
-  });
+  const behaviour = {
+    step: 50,
+    paceMs: 0,
+    installMs: o.installMs ?? 20,
+    offlineMs: 50,
+    faults: { ...NO_FAULTS, ...o.faults },
+    random: seededRandom(o.seed ?? 11),
+    rejectUnauthorized: true,
+  };
+  const fleet = new Fleet(credentials, { mqttUrl: t.mqttUrl, initialVersion: o.initialVersion ?? "1.0", connectConcurrency: 20, behaviour });
   onTeardown(() => fleet.stop());
   await fleet.connectAll();
   // Each device asked for its tags and reported its version on connect.
@@ -56,7 +52,7 @@ export async function simFleet(t: TestApp, o: SimFleetOptions) {
     const page = await gqlOk(t, DevicesWithExecutionsDocument, { productName, first: 1000 });
     if (page.devices.nodes.some((d) => d.firmwareVersion === null)) throw new Error("versions not reported yet");
   }, 20_000);
-  return { productName, fleet, credentials };
+  return { productName, fleet, credentials, behaviour };
 }
 
 export const sha256Of = (text: string) => createHash("sha256").update(text).digest("hex");

@@ -1,7 +1,23 @@
 import { beforeAll, describe, expect, it } from "vitest";
-import { PreviewRolloutDocument, RolloutChangedDocument } from "../generated/graphql.js";
-import { gqlOk, startApp, subscribe, wsClient, type TestApp } from "../helpers/app.js";
-import { createRollout, executionsOf, firmwareFile, rolloutIn, rolloutInput, simFleet } from "../helpers/rollout.js";
+import {
+  CancelRolloutDocument,
+  CreateApiTokenDocument,
+  CreateRolloutDocument,
+  DevicesWithExecutionsDocument,
+  PauseRolloutDocument,
+  PreviewRolloutDocument,
+  RegisterDeviceDocument,
+  ResumeRolloutDocument,
+  RetryRolloutDocument,
+  RolloutChangedDocument,
+  RolloutDocument,
+  RolloutsDocument,
+  SetDeviceTagsDocument,
+} from "../generated/graphql.js";
+import { gql, gqlOk, startApp, subscribe, wsClient, type TestApp } from "../helpers/app.js";
+import { TestDevice } from "../helpers/device.js";
+import { createRollout, executionsOf, firmwareFile, rolloutIn, rolloutInput, rolloutOf, simFleet } from "../helpers/rollout.js";
+import { uniq } from "../helpers/services.js";
 import { eventually } from "../helpers/wait.js";
 import type { FirmwareServer } from "../../src/sim/firmware.server.js";
 
@@ -58,4 +74,214 @@ describe("rollouts driven by the server against simulated IotHub devices", () =>
       expect(last?.counts).toEqual(done.counts);
     });
   }, 120_000);
+
+  it("aborts when more than the rule's share of md5 failures is reached, with no device of the next wave notified", async () => {
+    const { productName } = await simFleet(t, { count: 50, faults: { md5Mismatch: 20 }, seed: 3 });
+    const rollout = await createRollout(
+      t,
+      rolloutInput(productName, fw, {
+        policy: {
+          maxInProgress: 5,
+          waves: [{ count: 25, successRatio: 0.9 }, { percent: 100 }],
+          abortRules: [{ failureClass: "MD5_MISMATCH", thresholdPercent: 10, minFinished: 10 }],
+        },
+      }),
+    );
+    const aborted = await rolloutIn(t, rollout.id, ["ABORTED"]);
+    expect(aborted.abortedBy).toMatchObject({ kind: "ABORT_RULE", rule: { failureClass: "MD5_MISMATCH", thresholdPercent: 10, minFinished: 10 } });
+    expect(aborted.abortedBy!.failed! * 100).toBeGreaterThan(10 * aborted.abortedBy!.finished!);
+    expect(aborted.abortedBy!.message).toContain("MD5_MISMATCH");
+    const executions = await executionsOf(t, rollout.id);
+    const later = executions.filter((e) => e.wave === 1);
+    expect(later).toHaveLength(25);
+    expect(later.every((e) => e.attempts.length === 0 && e.state === "CANCELED")).toBe(true);
+    expect(executions.filter((e) => e.failureClass === "MD5_MISMATCH").length).toBeGreaterThan(0);
+  }, 90_000);
+
+  it("cures download failures with retries, each attempt recorded with its requestId", async () => {
+    const { productName } = await simFleet(t, { count: 20, faults: { downloadError: 40 }, seed: 5 });
+    const rollout = await createRollout(
+      t,
+      rolloutInput(productName, fw, { policy: { retries: [{ failureClass: "DOWNLOAD_FAILED", maxAttempts: 8, backoffSeconds: 1, maxBackoffSeconds: 2 }] } }),
+    );
+    const done = await rolloutIn(t, rollout.id, ["COMPLETED"]);
+    expect(done.counts).toMatchObject({ total: 20, succeeded: 20, failed: 0 });
+    const executions = await executionsOf(t, rollout.id);
+    const retried = executions.filter((e) => e.attempts.length > 1);
+    expect(retried.length).toBeGreaterThan(0);
+    for (const e of retried) {
+      expect(e.attempts.slice(0, -1).every((a) => a.outcome === "DOWNLOAD_FAILED")).toBe(true);
+      expect(e.attempts.at(-1)?.outcome).toBe("SUCCEEDED");
+      expect(new Set(e.attempts.map((a) => a.requestId)).size).toBe(e.attempts.length);
+    }
+  }, 90_000);
+
+  it("records silent rollbacks as ROLLED_BACK and a failure class left to retryRollout", async () => {
+    const { productName, fleet, behaviour } = await simFleet(t, { count: 6, faults: { rollback: 100 } });
+    const rollout = await createRollout(t, rolloutInput(productName, fw));
+    const done = await rolloutIn(t, rollout.id, ["COMPLETED"]);
+    expect(done.counts).toMatchObject({ total: 6, failed: 6, byFailureClass: [{ failureClass: "ROLLED_BACK", count: 6 }] });
+    expect(fleet.devices.every((d) => d.firmwareVersion === "1.0")).toBe(true);
+    // The operator fixes the image and retries: the same devices run a second attempt.
+    behaviour.faults.rollback = 0;
+    const { retryRollout } = await gqlOk(t, RetryRolloutDocument, { id: rollout.id, failureClasses: ["ROLLED_BACK"] });
+    expect(retryRollout.state).toBe("RUNNING");
+    const again = await rolloutIn(t, rollout.id, ["COMPLETED"]);
+    expect(again.counts).toMatchObject({ succeeded: 6, failed: 0 });
+    expect((await executionsOf(t, rollout.id)).every((e) => e.attempts.length === 2)).toBe(true);
+  }, 90_000);
+
+  it("notifies devices that are offline, and they finish when they come back", async () => {
+    const { productName, fleet } = await simFleet(t, { count: 6 });
+    const away = fleet.devices.slice(0, 3);
+    await Promise.all(away.map((d) => d.stop()));
+    const rollout = await createRollout(t, rolloutInput(productName, fw));
+    await eventually(async () => expect((await rolloutOf(t, rollout.id)).counts).toMatchObject({ succeeded: 3, notified: 3 }), 30_000);
+    for (const d of away) await d.connect();
+    const done = await rolloutIn(t, rollout.id, ["COMPLETED"]);
+    expect(done.counts).toMatchObject({ succeeded: 6 });
+  }, 90_000);
+
+  it("times out a device that never reports, within the policy's timeout", async () => {
+    const productName = uniq("ro");
+    const { registerDevice } = await gqlOk(t, RegisterDeviceDocument, { input: { productName, tags: ["beta"] } });
+    const device = await TestDevice.connect(t.mqttUrl, productName, registerDevice.device.deviceName, registerDevice.secret);
+    const rollout = await createRollout(t, rolloutInput(productName, fw, { policy: { inProgressTimeoutSeconds: 10 } }));
+    const command = await device.nextCommand("$ota_upgrade");
+    const expiresAt = Number(command.topic.split("/").at(-1));
+    expect(command.json).toMatchObject({ version: "2.0", sha256: expect.stringMatching(/^[0-9a-f]{64}$/) });
+    expect(expiresAt).toBeGreaterThan(Date.now() / 1000 + 5);
+    await device.reportProgress({ version: "2.0", type: "firmware", progress: 10, desc: "download" });
+    await eventually(async () => expect((await rolloutOf(t, rollout.id)).counts.downloading).toBe(1));
+    const done = await rolloutIn(t, rollout.id, ["COMPLETED"], 30_000);
+    expect(done.counts).toMatchObject({ timedOut: 1, byFailureClass: [{ failureClass: "TIMED_OUT", count: 1 }] });
+  }, 60_000);
+
+  it("pauses (nobody new notified, those notified finish) and resumes to completion", async () => {
+    const { productName } = await simFleet(t, { count: 12, installMs: 300 });
+    const rollout = await createRollout(t, rolloutInput(productName, fw, { policy: { maxInProgress: 2 } }));
+    await eventually(async () => expect((await rolloutOf(t, rollout.id)).counts.inProgress).toBeGreaterThan(0));
+    const { pauseRollout } = await gqlOk(t, PauseRolloutDocument, { id: rollout.id });
+    expect(pauseRollout.state).toBe("PAUSED");
+    // Those notified before the pause finish; then nothing moves.
+    await eventually(async () => expect((await rolloutOf(t, rollout.id)).counts.inProgress).toBe(0), 20_000);
+    const paused = await rolloutOf(t, rollout.id);
+    const notified = (await executionsOf(t, rollout.id)).filter((e) => e.attempts.length > 0).length;
+    expect(notified).toBeLessThanOrEqual(4);
+    expect(paused.counts.queued).toBe(12 - notified);
+    const again = await gql(t, PauseRolloutDocument, { id: rollout.id });
+    expect(again.errors?.[0]?.extensions?.code).toBe("BAD_USER_INPUT");
+    await gqlOk(t, ResumeRolloutDocument, { id: rollout.id });
+    const done = await rolloutIn(t, rollout.id, ["COMPLETED"]);
+    expect(done.counts.succeeded).toBe(12);
+  }, 90_000);
+
+  it("cancels: queued executions CANCELED, commands queued for offline devices withdrawn and never delivered", async () => {
+    const { productName, fleet } = await simFleet(t, { count: 4 });
+    const [online, ...offline] = fleet.devices as [(typeof fleet.devices)[number], ...typeof fleet.devices];
+    await Promise.all(offline.map((d) => d.stop()));
+    const rollout = await createRollout(t, rolloutInput(productName, fw));
+    await eventually(async () => expect((await rolloutOf(t, rollout.id)).counts).toMatchObject({ succeeded: 1, notified: 3 }), 30_000);
+    const { cancelRollout } = await gqlOk(t, CancelRolloutDocument, { id: rollout.id });
+    expect(cancelRollout.state).toBe("CANCELED");
+    await eventually(async () => expect((await rolloutOf(t, rollout.id)).counts).toMatchObject({ succeeded: 1, canceled: 3, notified: 0 }));
+    // Back online, each gets a later command (its tags) and never the withdrawn upgrade.
+    for (const d of offline) {
+      await d.connect();
+      await gqlOk(t, SetDeviceTagsDocument, { productName, deviceName: d.credentials.deviceName, tags: ["beta", "after-cancel"] });
+    }
+    await eventually(() => expect(offline.every((d) => d.tags.includes("after-cancel"))).toBe(true), 20_000);
+    expect(offline.every((d) => d.state === "idle" && d.firmwareVersion === "1.0")).toBe(true);
+    expect(online.firmwareVersion).toBe("2.0");
+  }, 90_000);
+
+  it("takes in devices that gain the tag or are registered with it during a CONTINUOUS rollout", async () => {
+    const { productName, fleet } = await simFleet(t, { count: 3 });
+    const { credentials: late } = await simFleet(t, { count: 1, tags: ["other"], productName });
+    const rollout = await createRollout(t, rolloutInput(productName, fw, { membership: "CONTINUOUS" }));
+    await eventually(async () => expect((await rolloutOf(t, rollout.id)).counts).toMatchObject({ total: 3, succeeded: 3 }), 30_000);
+    await gqlOk(t, SetDeviceTagsDocument, { productName, deviceName: late[0]!.deviceName, tags: ["beta"] });
+    await simFleet(t, { count: 1, productName });
+    await eventually(async () => expect((await rolloutOf(t, rollout.id)).counts).toMatchObject({ total: 5, succeeded: 5 }), 30_000);
+    expect((await rolloutOf(t, rollout.id)).state).toBe("RUNNING");
+    expect(fleet.devices.every((d) => d.firmwareVersion === "2.0")).toBe(true);
+  }, 90_000);
+
+  it("skips devices by version guards as previewed: on the target, newer (no downgrade), not an allowed from-version", async () => {
+    const productName = uniq("ro");
+    await simFleet(t, { count: 3, productName, initialVersion: "1.0" });
+    await simFleet(t, { count: 2, productName, initialVersion: "1.4.2" });
+    await simFleet(t, { count: 2, productName, initialVersion: "2.0" });
+    await simFleet(t, { count: 2, productName, initialVersion: "3.1" });
+    const preview = async (policy: NonNullable<Parameters<typeof rolloutInput>[2]>["policy"]) =>
+      (await gqlOk(t, PreviewRolloutDocument, { input: rolloutInput(productName, fw, { policy }) })).previewRollout;
+    expect(await preview({})).toMatchObject({
+      targeted: 9,
+      eligible: 5,
+      skippedByReason: [
+        { reason: "ALREADY_ON_TARGET", count: 2 },
+        { reason: "WOULD_DOWNGRADE", count: 2 },
+      ],
+    });
+    expect(await preview({ allowDowngrade: true })).toMatchObject({ eligible: 7, skippedByReason: [{ reason: "ALREADY_ON_TARGET", count: 2 }] });
+    // The allowed from-versions are checked before the downgrade guard.
+    const input = rolloutInput(productName, fw, { policy: { allowedFromVersions: [">=1.2 <2"] } });
+    const { previewRollout } = await gqlOk(t, PreviewRolloutDocument, { input });
+    expect(previewRollout).toMatchObject({ targeted: 9, eligible: 2, skipped: 7 });
+    expect(previewRollout.skippedByReason).toEqual([
+      { reason: "ALREADY_ON_TARGET", count: 2 },
+      { reason: "NOT_ALLOWED_FROM_VERSION", count: 5 },
+    ]);
+    const rollout = await createRollout(t, input);
+    const done = await rolloutIn(t, rollout.id, ["COMPLETED"]);
+    expect(done.counts).toMatchObject({ total: 9, succeeded: 2, skipped: 7 });
+    expect(done.counts.bySkipReason).toEqual(previewRollout.skippedByReason);
+    const executions = await executionsOf(t, rollout.id);
+    expect(executions.filter((e) => e.state === "SUCCEEDED").map((e) => e.fromVersion)).toEqual(["1.4.2", "1.4.2"]);
+  }, 90_000);
+
+  it("shows each device's executions and progress in one page, and lists rollouts newest first", async () => {
+    const { productName } = await simFleet(t, { count: 3 });
+    const first = await createRollout(t, rolloutInput(productName, fw));
+    await rolloutIn(t, first.id, ["COMPLETED"]);
+    const second = await createRollout(t, rolloutInput(productName, fw, { version: "3.0" }));
+    await rolloutIn(t, second.id, ["COMPLETED"]);
+    const { devices } = await gqlOk(t, DevicesWithExecutionsDocument, { productName, first: 10 });
+    for (const d of devices.nodes) {
+      expect(d.firmwareVersion).toBe("3.0");
+      expect(d.otaProgress).toMatchObject({ version: "3.0", state: "SUCCEEDED" });
+      expect(d.executions.map((e) => [e.rolloutId, e.state])).toEqual([
+        [second.id, "SUCCEEDED"],
+        [first.id, "SUCCEEDED"],
+      ]);
+    }
+    const { rollouts } = await gqlOk(t, RolloutsDocument, { productName, first: 1 });
+    expect(rollouts.nodes.map((r) => r.id)).toEqual([second.id]);
+    const next = await gqlOk(t, RolloutsDocument, { productName, first: 1, after: rollouts.pageInfo.endCursor });
+    expect(next.rollouts.nodes.map((r) => r.id)).toEqual([first.id]);
+    expect(next.rollouts.pageInfo.hasNextPage).toBe(false);
+  }, 90_000);
+
+  it("refuses bad input with the field at fault, and another product's token", async () => {
+    const productName = uniq("ro");
+    const bad = async (input: Parameters<typeof rolloutInput>[2], field: string) => {
+      const r = await gql(t, CreateRolloutDocument, { input: rolloutInput(productName, fw, input) });
+      expect(r.errors?.[0]?.extensions).toMatchObject({ code: "BAD_USER_INPUT", field });
+    };
+    await bad({ policy: { waves: [{ percent: 50 }, { percent: 20 }] } }, "policy.waves.1.percent");
+    await bad({ policy: { maxInProgress: 0 } }, "policy.maxInProgress");
+    await bad({ policy: { maintenanceWindow: { start: "25:00", end: "01:00" } } }, "policy.maintenanceWindow.start");
+    await bad({ target: { tag: "beta", wholeProduct: true } }, "target");
+    const wrongSha = rolloutInput(productName, fw);
+    wrongSha.firmware.sha256 = "abc";
+    expect((await gql(t, CreateRolloutDocument, { input: wrongSha })).errors?.[0]?.extensions).toMatchObject({ field: "firmware.sha256" });
+
+    const { productName: other } = await simFleet(t, { count: 1 });
+    const rollout = await createRollout(t, rolloutInput(other, fw));
+    const { createApiToken } = await gqlOk(t, CreateApiTokenDocument, { input: { name: "limited", access: "WRITE", products: [productName] } });
+    const limited = { httpUrl: t.httpUrl, token: createApiToken.token };
+    expect((await gql(limited, RolloutDocument, { id: rollout.id })).errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
+    expect((await gql(limited, CancelRolloutDocument, { id: rollout.id })).errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
+    expect((await gql(t, RolloutDocument, { id: "not-a-uuid" })).data?.rollout).toBeNull();
+  }, 60_000);
 });
