@@ -5,6 +5,7 @@ import { Command } from "commander";
 import { fleetBench, type FleetOptions } from "./fleet.js";
 import { ingestBench } from "./ingest.js";
 import { queriesBench, type QueriesOptions } from "./queries.js";
+import { rolloutBench, type RolloutBenchOptions } from "./rollout.js";
 import { simulatorBench, type SimulatorOptions } from "./simulator.js";
 import { subscriptionsBench, type SubscriptionsOptions } from "./subscriptions.js";
 import { report } from "./lib.js";
@@ -12,6 +13,18 @@ import { report } from "./lib.js";
 const int = (v: string) => {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 1) throw new Error(`expected a positive integer, got ${v}`);
+  return n;
+};
+
+const count = (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new Error(`expected a whole number, got ${v}`);
+  return n;
+};
+
+const percent = (v: string) => {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0 || n > 100) throw new Error(`expected a percentage 0..100, got ${v}`);
   return n;
 };
 
@@ -59,6 +72,34 @@ program
   .option("--devices <n>", "devices against a Mosquitto of its own", int, 10_000)
   .option("--embedded-devices <n>", "devices against the embedded broker (scrypt on first connect)", int, 500)
   .action(async (o: SimulatorOptions) => report("simulator", await simulatorBench(o), { ...o }));
+
+program
+  .command("rollout")
+  .description(
+    "a rollout over N simulated devices (simulator in its own process): time to COMPLETED, notifications/s, server CPU per execution; " +
+      "ingest CPU per report with and without an active rollout; the same rollout with injected download failures and retries",
+  )
+  .option("--devices <n>", "simulated devices in the rollouts", int, 10_000)
+  .option("--fail-percent <p>", "upgrades that fail to download (-1) in the run with failures", percent, 5)
+  .option("--max-in-progress <n>", "the rollouts' policy.maxInProgress (0: no bound)", count, 1000)
+  .option("--max-attempts <n>", "attempts per device for DOWNLOAD_FAILED in the run with failures (first included)", int, 4)
+  .option("--backoff-seconds <s>", "retry backoff, doubling up to twice this", int, 1)
+  .option("--install-ms <ms>", "the simulated devices' install time", count, 50)
+  .option("--firmware-bytes <n>", "size of the firmware file the devices download", int, 4096)
+  .option("--tick-ms <ms>", "the server's ROLLOUT_TICK_MS (pause between scheduler passes)", int, 1000)
+  .option("--ingest-devices <n>", "MQTT clients reporting progress in the ingest runs", int, 200)
+  .option("--ingest-reports <n>", "reports per client per ingest run", int, 100)
+  .option("--ingest-rate <n>", "reports per second offered in the ingest runs", int, 2000)
+  .option("--phases <list>", "rollout,ingest,failures", "rollout,ingest,failures")
+  .action(async (o: Omit<RolloutBenchOptions, "phases"> & { phases: string }) => {
+    const phases = o.phases.split(",").map((p) => p.trim()) as RolloutBenchOptions["phases"];
+    const r = await rolloutBench({ ...o, phases });
+    const { phases: _, ...flags } = o;
+    if (r.rollouts.length > 0) report("rollout", r.rollouts, { ...flags });
+    if (r.ingest.length > 0) report("rollout-ingest", r.ingest, { devices: o.ingestDevices, reports: o.ingestReports, rate: o.ingestRate });
+    process.stdout.write(`${JSON.stringify({ bench: "rollout-summary", ...r.summary })}\n`);
+    if (r.problems.length > 0) throw new Error(`rollout benchmark: ${r.problems.join("; ")}`);
+  });
 
 program
   .command("all", { isDefault: true })

@@ -48,6 +48,11 @@ export function createMetrics() {
       help: "Reports a slow subscriber did not get because a newer report of the same device replaced them in its full queue.",
       registers: [registry],
     }),
+    rolloutLagging: new Counter({
+      name: "iothub_ota_rollout_reports_deferred_total",
+      help: "Stored progress reports whose rollout execution could not be updated at once (database unavailable); the scheduler applies them from the stored progress.",
+      registers: [registry],
+    }),
     commands: new Counter({
       name: "iothub_ota_commands_sent_total",
       help: "Commands published to devices, by command.",

@@ -4,7 +4,7 @@ import type { DeviceService } from "../devices/device.service.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import type { IngestContext, MessageDeduplicator, ProgressStore, ReportListener } from "../ota/ports.js";
-import { rankOf, recordFromReport, succeedIfVersion } from "../ota/progress.model.js";
+import { rankOf, recordFromReport, succeedIfVersion, type ProgressRecord } from "../ota/progress.model.js";
 import { parseOtaStatus, parseStatus, parseTagsRequest } from "../protocol/payloads.js";
 import { parseDeviceTopic, type DeviceMessageTopic } from "../protocol/topics.js";
 
@@ -209,10 +209,9 @@ export class IngestDispatcher {
   /** Applies the message, trying again while a dependency fails; rejects when it never took effect. */
   async #process(m: DeviceMessageTopic, topic: string, payload: Buffer, receipt: Receipt, lane: Lane): Promise<void> {
     if (lane.failed) throw this.#unacknowledged(m, topic, new IngestRefused("an earlier message of this device was not stored"));
-    const tries = { listenerOwed: false };
     for (let attempt = 0; ; attempt++) {
       try {
-        const outcome = await this.#apply(m, topic, payload, receipt, tries);
+        const outcome = await this.#apply(m, topic, payload, receipt);
         if (outcome !== null) this.metrics.ingest.inc({ kind: m.kind, result: outcome });
         return;
       } catch (err) {
@@ -235,8 +234,7 @@ export class IngestDispatcher {
   }
 
   /** Returns the outcome, or null when the message was malformed (already counted). */
-  /** `tries.listenerOwed`: an earlier try stored the report and then failed in the listener, which this one owes. */
-  async #apply(m: DeviceMessageTopic, topic: string, payload: Buffer, receipt: Receipt, tries: { listenerOwed: boolean }): Promise<Outcome | null> {
+  async #apply(m: DeviceMessageTopic, topic: string, payload: Buffer, receipt: Receipt): Promise<Outcome | null> {
     const { maxPayloadBytes: max, dedupTtlSeconds: ttl } = this.options;
     switch (m.kind) {
       case "ota_status": {
@@ -244,13 +242,7 @@ export class IngestDispatcher {
         if (!report.ok) return this.#malformed(m.kind, report.reason, topic, report.message);
         const record = recordFromReport(m, report.value, m.messageId, receipt.at);
         const result = await this.progress.ingest(record, this.#context);
-        // Not for a plain duplicate: an old report repeated must not move a newer attempt. A redelivery after the
-        // listener failed in an earlier handling is left to the rollout scheduler, which reads the stored progress.
-        if (result.outcome === "accepted" || (result.outcome === "duplicate" && tries.listenerOwed)) {
-          tries.listenerOwed = true;
-          await this.options.listener?.onProgress(record);
-          tries.listenerOwed = false;
-        }
+        if (result.outcome === "accepted") await this.#tellListener(record, topic);
         if (result.outcome !== "stale") return result.outcome;
         const { why, stored } = result;
         this.#throttledLog(`stale:${m.kind}:${why}`, (suppressed) =>
@@ -306,6 +298,23 @@ export class IngestDispatcher {
     const outcome = await effect();
     await this.progress.remember(m.productName, m.deviceName, m.messageId, ttl);
     return outcome;
+  }
+
+  /**
+   * The report is stored (Redis): acknowledged whatever the listener does. A
+   * listener that fails (PostgreSQL down) is counted and logged; the rollout
+   * scheduler applies the stored progress to the execution later. Never told
+   * of a duplicate: an old report repeated must not move a newer attempt.
+   */
+  async #tellListener(record: ProgressRecord, topic: string): Promise<void> {
+    try {
+      await this.options.listener?.onProgress(record);
+    } catch (err) {
+      this.metrics.rolloutLagging.inc();
+      this.#throttledLog("listener:ota_status", (suppressed) =>
+        this.log.warn({ err, topic, suppressed }, "a stored progress report could not be applied to its rollout execution yet"),
+      );
+    }
   }
 
   /** `firmware_ver` equal to the target version completes the upgrade; tried again if a report races it. */

@@ -69,7 +69,7 @@ export class RolloutFeed {
   watch(id: string, first: RolloutSnapshot): AsyncIterableIterator<RolloutSnapshot> {
     let hub = this.#hubs.get(id);
     if (!hub) {
-      hub = { watchers: new Set(), last: undefined, timer: undefined, loading: false, dirty: false };
+      hub = { watchers: new Set(), last: JSON.stringify(first), timer: undefined, loading: false, dirty: false };
       this.#hubs.set(id, hub);
     }
     const watcher: Watcher = { pending: first, wake: undefined, closed: false };

@@ -42,6 +42,7 @@ export interface TargetDevice {
 export interface RunningExecution extends ExecutionRow {
   targetVersion: string;
   policy: RolloutPolicy;
+  rolloutState: RolloutState;
 }
 
 export interface CountRow {
@@ -100,6 +101,11 @@ function toExecutionRow(row: ExecutionDbRow): ExecutionRow {
 const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString());
 const firmwareVer = sql<string | null>`${devices.status}->>'firmware_ver'`;
 const RUNNING: ExecutionState[] = ["NOTIFIED", "DOWNLOADING", "DOWNLOADED"];
+/** Rollouts whose executions may still move: active, or ended less than one in-progress timeout ago. */
+const inPlay = or(
+  inArray(rollouts.state, [...ACTIVE_ROLLOUT]),
+  sql`${rollouts.finishedAt} > now() - make_interval(secs => (${rollouts.policy}->>'inProgressTimeoutSeconds')::int)`,
+);
 /** Rows per INSERT or batched UPDATE: bounded statements, whatever the rollout's size. */
 const CHUNK = 1000;
 
@@ -175,33 +181,22 @@ export class RolloutRepository {
     return { rows: rows.slice(0, first).map(toRollout), hasNextPage: rows.length > first };
   }
 
-  /** Ids of the rollouts a scheduler drives. */
+  /**
+   * Ids of the rollouts a scheduler drives: active ones, and those ended less
+   * than one in-progress timeout ago (their devices notified before the end
+   * still finish or time out).
+   */
   async activeIds(): Promise<string[]> {
-    const rows = await this.db()
-      .select({ id: rollouts.id })
-      .from(rollouts)
-      .where(inArray(rollouts.state, [...ACTIVE_ROLLOUT]));
+    const rows = await this.db().select({ id: rollouts.id }).from(rollouts).where(inPlay);
     return rows.map((r) => r.id);
   }
 
-  /**
-   * Target versions of the product's rollouts whose executions may still move:
-   * active ones, and those ended less than one in-progress timeout ago (their
-   * devices notified before the end still finish and are recorded).
-   */
+  /** Target versions of the product's rollouts whose executions may still move (see {@link activeIds}). */
   async versionsInPlay(productName: string): Promise<string[]> {
     const rows = await this.db()
       .selectDistinct({ version: sql<string>`${rollouts.firmware}->>'version'` })
       .from(rollouts)
-      .where(
-        and(
-          eq(rollouts.productName, productName),
-          or(
-            inArray(rollouts.state, [...ACTIVE_ROLLOUT]),
-            sql`${rollouts.finishedAt} > now() - make_interval(secs => (${rollouts.policy}->>'inProgressTimeoutSeconds')::int)`,
-          ),
-        ),
-      );
+      .where(and(eq(rollouts.productName, productName), inPlay));
     return rows.map((r) => r.version);
   }
 
@@ -327,6 +322,8 @@ export class RolloutRepository {
       .from(e)
       .leftJoin(devices, and(eq(devices.productName, e.productName), eq(devices.deviceName, e.deviceName)))
       .where(and(eq(e.rolloutId, rolloutId), inArray(e.state, RUNNING), lt(e.lastEventAt, new Date(before))))
+      // Oldest first: the next to time out are never crowded out by others.
+      .orderBy(e.lastEventAt)
       .limit(limit);
     return rows.map((r) => ({ row: toExecutionRow(r.row), firmwareVersion: r.firmwareVersion }));
   }
@@ -405,7 +402,7 @@ export class RolloutRepository {
   async running(productName: string, deviceName: string, version: string | null): Promise<RunningExecution[]> {
     const e = rolloutExecutions;
     const rows = await this.db()
-      .select({ e, firmware: rollouts.firmware, policy: rollouts.policy })
+      .select({ e, firmware: rollouts.firmware, policy: rollouts.policy, state: rollouts.state })
       .from(e)
       .innerJoin(rollouts, eq(rollouts.id, e.rolloutId))
       .where(
@@ -420,6 +417,7 @@ export class RolloutRepository {
       ...toExecutionRow(r.e),
       targetVersion: (r.firmware as unknown as RolloutFirmware).version,
       policy: r.policy as unknown as RolloutPolicy,
+      rolloutState: r.state as RolloutState,
     }));
   }
 

@@ -304,13 +304,14 @@ export class RolloutService {
       let conflict = false;
       for (const row of running) {
         const now = this.#now();
+        const policy = policyIn(row.rolloutState, row.policy);
         // A device may answer before its sender recorded the broker's confirmation: notified first.
         let execution = row.execution;
         if (execution.state === "QUEUED" && row.dispatchRequestId !== null) {
-          const notified = transition(execution, { type: "notified", requestId: row.dispatchRequestId }, row.policy, row.targetVersion, now);
+          const notified = transition(execution, { type: "notified", requestId: row.dispatchRequestId }, policy, row.targetVersion, now);
           if (notified.changed) execution = notified.next;
         }
-        const t = transition(execution, event, row.policy, row.targetVersion, now);
+        const t = transition(execution, event, policy, row.targetVersion, now);
         const next = t.changed ? t.next : execution;
         if (next === row.execution) continue;
         const dispatch = row.execution.state === "QUEUED" && row.dispatchRequestId !== null ? { requestId: null } : undefined;
@@ -341,8 +342,16 @@ export class RolloutService {
   async tick(id: string): Promise<boolean> {
     const now = this.#now();
     const locked = await this.repo.withLock(id, async (rollout, tx) => {
-      if (!ACTIVE_ROLLOUT.includes(rollout.state)) return { rollout, send: [] as Dispatch[], changed: false, active: false };
       let changed = false;
+      // Executions silent for a while catch up on what their device stored (a report ingest could not apply), and
+      // time out (or are queued again by their retry rule) when silent for the timeout; in an ended rollout too,
+      // whose notified devices still finish or time out.
+      const silent = await this.repo.silentSince(id, now - catchUpMs(rollout.policy), PASS_LIMIT, tx);
+      if (silent.length > 0) changed ||= (await this.repo.write(id, await this.#catchUp(rollout, silent, now), tx)).size > 0;
+      if (!ACTIVE_ROLLOUT.includes(rollout.state)) {
+        this.#joinedAt.delete(id);
+        return { rollout, send: [] as Dispatch[], changed, active: false };
+      }
       const patch: Partial<Rollout> = {};
       let state = rollout.state;
       if (state === "SCHEDULED" && (rollout.policy.startAt === null || rollout.policy.startAt <= now)) {
@@ -365,11 +374,6 @@ export class RolloutService {
           changed ||= added > 0;
         }
       }
-
-      // Silent executions time out (or are queued again by their retry rule), unless what the device stored says otherwise.
-      const timeoutMs = rollout.policy.inProgressTimeoutSeconds * 1000;
-      const silent = await this.repo.silentSince(id, now - timeoutMs, PASS_LIMIT, tx);
-      if (silent.length > 0) changed ||= (await this.repo.write(id, await this.#timeouts(rollout, silent, now), tx)).size > 0;
 
       // Waves, abort rules, completion: from the counts.
       const rows = await this.repo.counts(id, tx);
@@ -473,25 +477,30 @@ export class RolloutService {
   }
 
   /**
-   * Silent executions: a device report stored but never applied to its
-   * execution (the listener failed and the redelivery was a duplicate) is
-   * applied now from the stored progress and `firmware_ver`; the rest time out.
+   * Silent executions: a device report stored but not applied to its
+   * execution (ingest could not reach PostgreSQL) is applied now from the
+   * stored progress and `firmware_ver`; those silent for the whole timeout
+   * time out.
    */
-  async #timeouts(rollout: Rollout, silent: { row: ExecutionRow; firmwareVersion: string | null }[], now: number) {
+  async #catchUp(rollout: Rollout, silent: { row: ExecutionRow; firmwareVersion: string | null }[], now: number) {
     const target = rollout.firmware.version;
+    const policy = policyIn(rollout.state, rollout.policy);
+    const timeoutMs = policy.inProgressTimeoutSeconds * 1000;
     const records = await this.progress.getMany(rollout.productName, silent.map((s) => s.row.deviceName));
-    return silent.map(({ row, firmwareVersion }, i) => {
+    const updates: Parameters<RolloutRepository["write"]>[1][number][] = [];
+    silent.forEach(({ row, firmwareVersion }, i) => {
       const x = row.execution;
       const record = records[i];
       const attemptAt = x.attempts.at(-1)?.notifiedAt ?? 0;
-      let t = { changed: false } as ReturnType<typeof transition>;
-      if (firmwareVersion === target) t = transition(x, { type: "status", firmwareVersion }, rollout.policy, target, now);
+      let t: ReturnType<typeof transition> = { changed: false, why: "nothing stored" };
+      if (firmwareVersion === target) t = transition(x, { type: "status", firmwareVersion }, policy, target, now);
       else if (record && record.version === target && record.receivedAt >= attemptAt && record.receivedAt > x.lastEventAt) {
-        t = transition(x, progressEvent(record), rollout.policy, target, now);
+        t = transition(x, progressEvent(record), policy, target, record.receivedAt);
       }
-      if (!t.changed) t = transition(x, { type: "timeout" }, rollout.policy, target, now);
-      return { deviceName: row.deviceName, seq: row.seq, next: t.changed ? t.next : x };
+      if (!t.changed && now - x.lastEventAt >= timeoutMs) t = transition(x, { type: "timeout" }, policy, target, now);
+      if (t.changed) updates.push({ deviceName: row.deviceName, seq: row.seq, next: t.next });
     });
+    return updates;
   }
 
   /** Sends the claimed commands and records each confirmation; returns whether any execution moved. */
@@ -627,6 +636,20 @@ export class RolloutService {
       throw badInput("target.deviceNames", `${target.deviceNames.length - found} of the devices are not registered for this product`);
     }
   }
+}
+
+/**
+ * How long an execution in progress may go without an event before the
+ * scheduler looks at what its device stored: a little more than the machine's
+ * refresh of a device that keeps reporting the same phase (a tenth of the timeout).
+ */
+function catchUpMs(policy: RolloutPolicy): number {
+  return (policy.inProgressTimeoutSeconds * 1000) / 10 + 1_000;
+}
+
+/** An ended rollout notifies nobody again: its devices still in progress finish or fail, without retries. */
+function policyIn(state: RolloutState, policy: RolloutPolicy): RolloutPolicy {
+  return ACTIVE_ROLLOUT.includes(state) ? policy : { ...policy, retries: [] };
 }
 
 /** A stored progress report as a machine event (SUCCEEDED in Redis means the download had finished). */

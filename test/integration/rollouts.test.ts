@@ -11,13 +11,16 @@ import {
   RetryRolloutDocument,
   RolloutChangedDocument,
   RolloutDocument,
+  RolloutProgressDocument,
   RolloutsDocument,
   SetDeviceTagsDocument,
 } from "../generated/graphql.js";
 import { gql, gqlOk, startApp, subscribe, wsClient, type TestApp } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
 import { createRollout, executionsOf, firmwareFile, rolloutIn, rolloutInput, rolloutOf, simFleet } from "../helpers/rollout.js";
+import { metric } from "../helpers/metrics.js";
 import { uniq } from "../helpers/services.js";
+import { tempDir } from "../helpers/teardown.js";
 import { eventually } from "../helpers/wait.js";
 import type { FirmwareServer } from "../../src/sim/firmware.server.js";
 
@@ -67,12 +70,15 @@ describe("rollouts driven by the server against simulated IotHub devices", () =>
     expect(mostAtOnce(executions.flatMap((e) => e.attempts))).toBeLessThanOrEqual(40);
     expect(executions.map((e) => e.wave).filter((w) => w === 0)).toHaveLength(preview.waves[0]!.size);
     expect(executions.every((e) => e.state === "SUCCEEDED" && e.attempts.length === 1 && e.fromVersion === "1.0")).toBe(true);
-    // The subscription ends on the true final counts, and completes.
+    // The subscription ends on the true final counts, and completes; coalesced, whatever the report rate.
     await eventually(() => {
       const last = live.results.pending.at(-1)?.data?.rolloutChanged;
       expect(last?.state).toBe("COMPLETED");
       expect(last?.counts).toEqual(done.counts);
     });
+    const seconds = (Date.parse(done.finishedAt!) - Date.parse(done.createdAt)) / 1000;
+    expect(live.results.pending.length).toBeLessThanOrEqual(Math.ceil(seconds * 4) + 3);
+    expect(fleet.summary().reportsSent).toBeGreaterThan(live.results.pending.length * 2);
   }, 120_000);
 
   it("aborts when more than the rule's share of md5 failures is reached, with no device of the next wave notified", async () => {
@@ -283,5 +289,42 @@ describe("rollouts driven by the server against simulated IotHub devices", () =>
     expect((await gql(limited, RolloutDocument, { id: rollout.id })).errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
     expect((await gql(limited, CancelRolloutDocument, { id: rollout.id })).errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
     expect((await gql(t, RolloutDocument, { id: "not-a-uuid" })).data?.rollout).toBeNull();
+  }, 60_000);
+
+  it("streams only the reports of a rollout's devices about its version when otaProgressChanged is given the rollout", async () => {
+    const { productName } = await simFleet(t, { count: 2 });
+    const { registerDevice } = await gqlOk(t, RegisterDeviceDocument, { input: { productName, tags: ["outsider"] } });
+    const outsider = await TestDevice.connect(t.mqttUrl, productName, registerDevice.device.deviceName, registerDevice.secret);
+    const rollout = await createRollout(t, rolloutInput(productName, fw, { policy: { startAt: new Date(Date.now() + 3_000).toISOString() } }));
+    expect(rollout.state).toBe("SCHEDULED");
+    const live = await subscribe(wsClient(t), RolloutProgressDocument, { productName, rolloutId: rollout.id });
+    await outsider.reportProgress({ version: "2.0", type: "firmware", progress: 50, desc: "not in the rollout" });
+    const done = await rolloutIn(t, rollout.id, ["COMPLETED"]);
+    expect(Date.parse(done.startedAt!)).toBeGreaterThanOrEqual(Date.parse(rollout.createdAt) + 2_900);
+    await eventually(() => expect(live.results.pending.filter((r) => r.data?.otaProgressChanged.state === "SUCCEEDED")).toHaveLength(2));
+    const names = new Set(live.results.pending.map((r) => r.data?.otaProgressChanged.deviceName));
+    expect(names.has(registerDevice.device.deviceName)).toBe(false);
+    expect(names.size).toBe(2);
+  }, 60_000);
+});
+
+describe("a rollout when PostgreSQL is away while devices report", () => {
+  it("acknowledges a stored progress report it cannot apply, counts it, and applies it from the stored progress once the database is back", async () => {
+    const t = await startApp({ database: { kind: "pglite", dataDir: tempDir("pglite") }, env: { ROLLOUT_TICK_MS: "100" } });
+    const fw = await firmwareFile();
+    const productName = uniq("ro");
+    const { registerDevice } = await gqlOk(t, RegisterDeviceDocument, { input: { productName, tags: ["beta"] } });
+    const device = await TestDevice.connect(t.mqttUrl, productName, registerDevice.device.deviceName, registerDevice.secret);
+    // A 10 s timeout: the scheduler looks at what a device stored after a tenth of it.
+    const rollout = await createRollout(t, rolloutInput(productName, fw, { policy: { inProgressTimeoutSeconds: 10 } }));
+    await device.nextCommand("$ota_upgrade");
+    await eventually(async () => expect((await rolloutOf(t, rollout.id)).counts.notified).toBe(1));
+
+    await t.app.database.stop();
+    // Acknowledged (publish resolves on the PUBACK) though its execution cannot be written now.
+    await device.reportProgress({ version: "2.0", type: "firmware", progress: 100, desc: "download" });
+    await eventually(async () => expect(await metric(t, "iothub_ota_rollout_reports_deferred_total")).toBe(1));
+    await t.app.database.start();
+    await eventually(async () => expect((await rolloutOf(t, rollout.id)).counts).toMatchObject({ downloaded: 1, notified: 0 }), 8_000);
   }, 60_000);
 });
