@@ -98,6 +98,7 @@ program
     if (r.rollouts.length > 0) report("rollout", r.rollouts, { ...flags });
     if (r.ingest.length > 0) report("rollout-ingest", r.ingest, { devices: o.ingestDevices, reports: o.ingestReports, rate: o.ingestRate });
     process.stdout.write(`${JSON.stringify({ bench: "rollout-summary", ...r.summary })}\n`);
+    for (const w of r.warnings) process.stderr.write(`warning: ${w}\n`);
     if (r.problems.length > 0) throw new Error(`rollout benchmark: ${r.problems.join("; ")}`);
   });
 

@@ -34,6 +34,8 @@ export interface RolloutBenchResult {
   summary: Record<string, unknown>;
   /** What did not hold (executions left in progress, lost reports): the command fails after printing. */
   problems: string[];
+  /** What looked wrong without breaking an assertion (messages the server left unacknowledged, counts that disagree). */
+  warnings: string[];
 }
 
 const DATABASE_URL = process.env.DATABASE_URL ?? "postgresql://root@localhost/postgres?host=/var/run/postgresql";
@@ -227,7 +229,7 @@ const COUNTS = `total queued notified downloading downloaded succeeded failed ti
 const ROLLOUT = `query($id: ID!) { rollout(id: $id) { id state createdAt startedAt finishedAt counts { ${COUNTS} } } }`;
 const EXECUTIONS = `query($id: ID!, $first: Int, $after: String) {
   rolloutExecutions(id: $id, first: $first, after: $after) {
-    nodes { deviceName state failureClass attempts { notifiedAt outcome } }
+    nodes { deviceName state failureClass attempts { notifiedAt outcome endedAt } }
     pageInfo { hasNextPage endCursor }
   }
 }`;
@@ -259,7 +261,7 @@ interface ExecutionView {
   deviceName: string;
   state: string;
   failureClass: string | null;
-  attempts: { notifiedAt: string; outcome: string | null }[];
+  attempts: { notifiedAt: string; outcome: string | null; endedAt: string | null }[];
 }
 
 async function rolloutOf(b: BenchServer, id: string): Promise<RolloutView> {
@@ -296,16 +298,18 @@ interface Context {
   redis: Redis;
   redisPrefix: string;
   problems: string[];
+  warnings: string[];
 }
 
 /** For a rollout that did not end as it should: a few of its unfinished executions beside what the server stored of their devices. */
-async function diagnose(c: Context, id: string): Promise<void> {
+async function diagnose(c: Context, id: string, silentForSeconds = 0): Promise<number> {
   const rows = (
     await c.db.query<Record<string, unknown>>(
       `select e.device_name, e.state, e.seq, e.dispatch_request_id, e.dispatched_at, e.last_event_at, e.attempts, d.status
        from rollout_executions e join devices d on d.product_name = e.product_name and d.device_name = e.device_name
-       where e.rollout_id = $1 and e.state not in ('SUCCEEDED', 'FAILED', 'TIMED_OUT', 'SKIPPED', 'CANCELED') order by e.state, e.device_name limit 6`,
-      [id],
+       where e.rollout_id = $1 and e.state not in ('SUCCEEDED', 'FAILED', 'TIMED_OUT', 'SKIPPED', 'CANCELED')
+         and e.last_event_at < now() - make_interval(secs => $2) order by e.state, e.device_name limit 6`,
+      [id, silentForSeconds],
     )
   ).rows;
   for (const r of rows) {
@@ -314,6 +318,15 @@ async function diagnose(c: Context, id: string): Promise<void> {
     const attempt = await c.redis.get(`${c.redisPrefix}ota_attempt/${c.productName}/${d}`);
     log(`  unfinished: ${JSON.stringify({ ...r, redisProgress: progress && JSON.parse(progress), redisAttemptAt: attempt })}`);
   }
+  return rows.length;
+}
+
+/** Device messages the server took, by kind and result: what a rollout's reports came to. */
+async function ingestResults(b: BenchServer): Promise<Map<string, number>> {
+  const text = await (await fetch(`${b.server.httpUrl}/metrics`)).text();
+  const out = new Map<string, number>();
+  for (const m of text.matchAll(/^iothub_ota_ingest_messages_total\{kind="([^"]+)",result="([^"]+)"\} (\d+)/gm)) out.set(`${m[1]} ${m[2]}`, Number(m[3]));
+  return out;
 }
 
 /** The server's warnings and errors (LOG_LEVEL warn), last ones first cut. */
@@ -378,6 +391,8 @@ async function runRollout(c: Context, run: string, fromVersion: string, version:
     policy,
   };
 
+  const resultsBefore = await ingestResults(b);
+  const deferredBefore = await metric(b.server.httpUrl, "iothub_ota_rollout_reports_deferred_total");
   const commandsBefore = await metric(b.server.httpUrl, "iothub_ota_commands_sent_total", { command: "$ota_upgrade" });
   const cpu = new CpuMeter(b.server.process.pid as number, c.dbName, [c.monitorPid], sim.pid);
   const t0 = performance.now();
@@ -397,6 +412,7 @@ async function runRollout(c: Context, run: string, fromVersion: string, version:
   let movedAt = Date.now();
   let loggedAt = 0;
   let state = "RUNNING";
+  let diagnosed = false;
   while (!["COMPLETED", "ABORTED", "CANCELED"].includes(state)) {
     await sleep(200);
     state = (await c.db.query<{ state: string }>(`select state from rollouts where id = $1`, [id])).rows[0]?.state ?? "?";
@@ -409,6 +425,10 @@ async function runRollout(c: Context, run: string, fromVersion: string, version:
         movedAt = Date.now();
       }
       log(`${run}: ${state} after ${round((performance.now() - t0) / 1000)} s: ${text}`);
+      if (!diagnosed && (await diagnose(c, id, 15)) > 0) {
+        diagnosed = true;
+        log(`${run}: (above: executions in progress with no event for 15 s)`);
+      }
       if (Date.now() - movedAt > STALL_MS) {
         c.problems.push(`${run}: no execution moved for ${STALL_MS / 1000} s (${text}); canceled`);
         await gql(b.graphqlUrl, CANCEL, { id }).catch(() => undefined);
@@ -427,6 +447,17 @@ async function runRollout(c: Context, run: string, fromVersion: string, version:
   const done = await rolloutOf(b, id);
   const executions = await executionsOf(b, id);
   const simSummary = await sim.stop();
+  const resultsAfter = await ingestResults(b);
+  const results = [...resultsAfter]
+    .map(([k, v]) => [k, v - (resultsBefore.get(k) ?? 0)] as const)
+    .filter(([, v]) => v > 0)
+    .map(([k, v]) => `${k} ${v}`)
+    .join(", ");
+  log(`${run}: device messages taken: ${results}; simulator: ${JSON.stringify(simSummary)}`);
+  const unacknowledged = [...resultsAfter].filter(([k]) => k.endsWith(" unacknowledged")).reduce((n, [k, v]) => n + v - (resultsBefore.get(k) ?? 0), 0);
+  if (unacknowledged > 0) c.warnings.push(`${run}: the server left ${unacknowledged} device messages unacknowledged (${results})`);
+  const deferred = (await metric(b.server.httpUrl, "iothub_ota_rollout_reports_deferred_total")) - deferredBefore;
+  if (deferred > 0) c.warnings.push(`${run}: ${deferred} stored progress reports could not be applied to their execution at once (iothub_ota_rollout_reports_deferred_total)`);
 
   const firsts = executions.flatMap((e) => (e.attempts[0] ? [Date.parse(e.attempts[0].notifiedAt)] : [])).sort((x, y) => x - y);
   const allNotified = executions.flatMap((e) => e.attempts.map((a) => Date.parse(a.notifiedAt))).sort((x, y) => x - y);
@@ -440,6 +471,9 @@ async function runRollout(c: Context, run: string, fromVersion: string, version:
     peak = Math.max(peak, ((z.sent - a.sent) * 1000) / (z.at - a.at));
   }
   const left = executions.filter((e) => !FINAL.includes(e.state));
+  // When each execution reached its final state: its last attempt's end.
+  const ends = executions.flatMap((e) => (e.attempts.at(-1)?.endedAt ? [Date.parse(e.attempts.at(-1)!.endedAt!)] : [])).sort((x, y) => x - y);
+  const endAt = (p: number) => ends[Math.min(ends.length - 1, Math.ceil(p * ends.length) - 1)]!;
   const byState: Record<string, number> = {};
   for (const e of executions) byState[e.state] = (byState[e.state] ?? 0) + 1;
   const attempts = allNotified.length;
@@ -456,7 +490,7 @@ async function runRollout(c: Context, run: string, fromVersion: string, version:
   if (executions.length !== o.devices) c.problems.push(`${run}: ${executions.length} executions for ${o.devices} devices`);
   if (byState.SUCCEEDED !== onTarget) c.problems.push(`${run}: ${byState.SUCCEEDED ?? 0} executions SUCCEEDED but ${onTarget} devices report ${version}`);
   if (simSummary && simSummary.states.succeeded !== (byState.SUCCEEDED ?? 0)) {
-    c.problems.push(`${run}: the simulator counts ${simSummary.states.succeeded} devices upgraded, the rollout ${byState.SUCCEEDED ?? 0} SUCCEEDED`);
+    c.warnings.push(`${run}: the simulator counts ${simSummary.states.succeeded} devices upgraded, the rollout ${byState.SUCCEEDED ?? 0} SUCCEEDED`);
   }
   const finalCheck = left.length === 0 && done.counts.inProgress + done.counts.queued === 0 ? "all final" : `${left.length} left`;
   log(`${run}: ${done.state} in ${round(observedSeconds)} s; ${JSON.stringify(byState)}; ${finalCheck}`);
@@ -469,6 +503,8 @@ async function runRollout(c: Context, run: string, fromVersion: string, version:
     "connect s": connectSeconds,
     "rollout s": done.finishedAt ? round((Date.parse(done.finishedAt) - createdAt) / 1000) : "-",
     "observed s": round(observedSeconds),
+    "50 % final s": ends.length ? round((endAt(0.5) - createdAt) / 1000, 1) : "-",
+    "99 % final s": ends.length ? round((endAt(0.99) - createdAt) / 1000, 1) : "-",
     "1st notify s": firsts.length ? round((firsts[0]! - createdAt) / 1000, 2) : "-",
     "notifications/s": firsts.length > 1 ? Math.round((firsts.length - 1) / span) : "-",
     "p10-p90 /s": firsts.length > 10 ? Math.round((0.8 * firsts.length) / ((q(0.9) - q(0.1)) / 1000)) : "-",
@@ -650,6 +686,7 @@ export async function rolloutBench(o: RolloutBenchOptions): Promise<RolloutBench
   const url = new URL(DATABASE_URL);
   url.pathname = `/${dbName}`;
   const problems: string[] = [];
+  const warnings: string[] = [];
   const rollouts: Record<string, unknown>[] = [];
   let ingest: Record<string, unknown>[] = [];
   const fw = new FirmwareServer(o.firmwareBytes);
@@ -686,15 +723,22 @@ export async function rolloutBench(o: RolloutBenchOptions): Promise<RolloutBench
       redis,
       redisPrefix,
       problems,
+      warnings,
     };
     if (o.phases.includes("rollout")) rollouts.push(await runRollout(c, "rollout", "1.0", "2.0", 0));
     if (o.phases.includes("ingest")) ingest = await runIngest(c, ingestProduct);
     if (o.phases.includes("failures")) rollouts.push(await runRollout(c, "with failures", "2.0", "3.0", o.failPercent));
   } finally {
-    if (problems.length > 0 && b) log(`the server's log (warnings and errors), last lines:\n${serverLog(b)}`);
+    if ((problems.length > 0 || warnings.length > 0) && b) {
+      const file = `/tmp/iothub-ota-rollout-bench-server-${randomBytes(4).toString("hex")}.log`;
+      await writeFile(file, b.server.logs);
+      log(`the server's log (warnings and errors) is in ${file}; its last lines:\n${serverLog(b)}`);
+    }
     redis.disconnect();
     await db?.end().catch(() => undefined);
+    const stopping = performance.now();
     await b?.stop();
+    log(`server stopped in ${round((performance.now() - stopping) / 1000)} s; cleaning up`);
     await fw.stop();
     await rm(credentialsFile, { force: true });
     await admin.query(`drop database if exists ${dbName} with (force)`).catch(() => undefined);
@@ -733,6 +777,7 @@ export async function rolloutBench(o: RolloutBenchOptions): Promise<RolloutBench
       failuresFailed: failing.failed,
     }),
     problems,
+    warnings,
   };
-  return { rollouts, ingest, summary, problems };
+  return { rollouts, ingest, summary, problems, warnings };
 }

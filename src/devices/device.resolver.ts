@@ -1,4 +1,5 @@
 import { Arg, Authorized, Int, Mutation, Query, Resolver } from "type-graphql";
+import { toConnection, type Connection } from "../http/connection.types.js";
 import { DeviceService } from "./device.service.js";
 import { DeviceConnection, DeviceType, RegisterDeviceInput, RegisteredDevice } from "./device.types.js";
 
@@ -22,13 +23,13 @@ export class DeviceResolver {
     @Arg("tag", () => String, { nullable: true }) tag: string | null,
     @Arg("first", () => Int, { nullable: true, description: "Page size, 1..1000 (default 50)." }) first: number | null,
     @Arg("after", () => String, { nullable: true }) after: string | null,
-  ): Promise<DeviceConnection> {
+  ): Promise<Connection<DeviceType>> {
     const page = await this.service.list(productName, tag, first, after);
-    return {
-      edges: page.edges.map((e) => ({ cursor: e.cursor, node: e.device })),
-      nodes: page.edges.map((e) => e.device),
-      pageInfo: { hasNextPage: page.hasNextPage, endCursor: page.endCursor },
-    };
+    return toConnection(
+      page.edges.map((e) => e.device),
+      (_, i) => page.edges[i]?.cursor ?? "",
+      page.hasNextPage,
+    );
   }
 
   @Authorized("admin")

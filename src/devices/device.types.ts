@@ -1,5 +1,6 @@
 import { DateTimeISOResolver, JSONObjectResolver } from "graphql-scalars";
 import { Field, InputType, Int, ObjectType } from "type-graphql";
+import { connectionOf } from "../http/connection.types.js";
 
 @ObjectType("Device", { description: "A device registered for a product.", simpleResolvers: true })
 export class DeviceType {
@@ -52,32 +53,4 @@ export class RegisterDeviceInput {
   tags?: string[] | null;
 }
 
-@ObjectType()
-export class DeviceEdge {
-  @Field(() => String)
-  cursor!: string;
-
-  @Field(() => DeviceType)
-  node!: DeviceType;
-}
-
-@ObjectType()
-export class PageInfo {
-  @Field(() => Boolean)
-  hasNextPage!: boolean;
-
-  @Field(() => String, { nullable: true })
-  endCursor!: string | null;
-}
-
-@ObjectType()
-export class DeviceConnection {
-  @Field(() => [DeviceEdge])
-  edges!: DeviceEdge[];
-
-  @Field(() => [DeviceType])
-  nodes!: DeviceType[];
-
-  @Field(() => PageInfo)
-  pageInfo!: PageInfo;
-}
+export const DeviceConnection = connectionOf(DeviceType, "Device");

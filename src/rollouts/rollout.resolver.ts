@@ -6,6 +6,7 @@ import type { Context, SubscriptionContext } from "../http/context.js";
 import type { ExecutionCounts, ExecutionState, FailureClass, RolloutState } from "./rollout.model.js";
 import type { RolloutSnapshot } from "./rollout.feed.js";
 import { DeviceType } from "../devices/device.types.js";
+import { toConnection, type Connection } from "../http/connection.types.js";
 import { OtaService } from "../ota/ota.service.js";
 import { OtaProgress, toOtaProgress } from "../ota/ota.types.js";
 import { RolloutService, type RolloutInput } from "./rollout.service.js";
@@ -114,14 +115,13 @@ export class RolloutResolver {
     @Arg("states", () => [RolloutStateEnum], { nullable: true }) states: RolloutState[] | null,
     @Arg("first", () => Int, { nullable: true, description: "1..1000, default 50." }) first: number | null,
     @Arg("after", () => String, { nullable: true }) after: string | null,
-  ): Promise<RolloutConnection> {
+  ): Promise<Connection<RolloutType>> {
     const page = await this.service.list(productName, states, first, after);
-    const nodes = page.edges.map((e) => toRolloutType(e.rollout));
-    return {
-      edges: page.edges.map((e, i) => ({ cursor: e.cursor, node: nodes[i] as RolloutType })),
-      nodes,
-      pageInfo: { hasNextPage: page.hasNextPage, endCursor: page.endCursor },
-    };
+    return toConnection(
+      page.edges.map((e) => toRolloutType(e.rollout)),
+      (_, i) => page.edges[i]?.cursor ?? "",
+      page.hasNextPage,
+    );
   }
 
   @Authorized("read", PRODUCT_CHECKED_BY_RESOLVER)
@@ -132,15 +132,10 @@ export class RolloutResolver {
     @Arg("first", () => Int, { nullable: true, description: "1..1000, default 50." }) first: number | null,
     @Arg("after", () => String, { nullable: true }) after: string | null,
     @Ctx() ctx: Context,
-  ): Promise<ExecutionConnection> {
+  ): Promise<Connection<ExecutionType>> {
     await this.#authorized(ctx, id, "read");
     const page = await this.service.executions(id, states, first, after);
-    const nodes = page.rows.map(toExecutionType);
-    return {
-      edges: nodes.map((node) => ({ cursor: node.deviceName, node })),
-      nodes,
-      pageInfo: { hasNextPage: page.hasNextPage, endCursor: page.endCursor },
-    };
+    return toConnection(page.rows.map(toExecutionType), (node) => node.deviceName, page.hasNextPage);
   }
 
   @Authorized("write", PRODUCT_CHECKED_BY_RESOLVER)

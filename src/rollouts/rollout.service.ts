@@ -61,10 +61,12 @@ const SEND_CONCURRENCY = 32;
 const PASS_LIMIT = 500;
 /**
  * How long ingest trusts its list of target versions in play per product.
- * A new rollout notifies no device before this has passed since its
- * creation, so every instance's ingest knows it before a device can answer.
+ * A new (or retried) rollout notifies no device before twice this has passed,
+ * so every instance's ingest knows it before a device can answer (a read
+ * begun just before the change may be kept for one period).
  */
 export const VERSIONS_TTL_MS = 1_000;
+const FIRST_NOTIFY_DELAY_MS = 2 * VERSIONS_TTL_MS;
 /** How often a CONTINUOUS rollout looks for devices that joined its target. */
 const JOIN_INTERVAL_MS = 2_000;
 const MAX_TARGET_DEVICES = 10_000;
@@ -111,6 +113,8 @@ export class RolloutService {
     this.#versions = new LRUCache<string, Set<string>>({
       max: 10_000,
       ttl: VERSIONS_TTL_MS,
+      // A change forgets the entry while a read may be under way: that read still answers (lru-cache would reject it).
+      ignoreFetchAbort: true,
       fetchMethod: async (productName) => new Set(await this.repo.versionsInPlay(productName)),
     });
   }
@@ -155,8 +159,7 @@ export class RolloutService {
     const limit = first ?? 50;
     if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw badInput("first", "must be 1..1000");
     const page = await this.repo.list(productName, states ?? null, limit, after == null ? null : decodeRolloutCursor(after));
-    const edges = page.rows.map((r) => ({ cursor: encodeRolloutCursor(r), rollout: r }));
-    return { edges, hasNextPage: page.hasNextPage, endCursor: edges.at(-1)?.cursor ?? null };
+    return { edges: page.rows.map((r) => ({ cursor: encodeRolloutCursor(r), rollout: r })), hasNextPage: page.hasNextPage };
   }
 
   async counts(id: string): Promise<ExecutionCounts> {
@@ -193,7 +196,7 @@ export class RolloutService {
     if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw badInput("first", "must be 1..1000");
     if (after != null) requireName("deviceName", after);
     const page = await this.repo.page(id, states ?? null, limit, after ?? null);
-    return { rows: page.rows, hasNextPage: page.hasNextPage, endCursor: page.rows.at(-1)?.deviceName ?? null };
+    return page;
   }
 
   /** Every execution of these devices (newest rollout first), grouped by device: one query for a page. */
@@ -236,7 +239,7 @@ export class RolloutService {
       const failed = await this.repo.byStates(id, ["FAILED", "TIMED_OUT"], PASS_LIMIT * 4, classes);
       if (failed.length === 0) break;
       // Not notified before every instance's ingest knows the rollout is in play again.
-      const updates = this.#decide(rollout, failed, { type: "retry" }, now).map((u) => ({ ...u, next: { ...u.next, notBefore: now + VERSIONS_TTL_MS } }));
+      const updates = this.#decide(rollout, failed, { type: "retry" }, now).map((u) => ({ ...u, next: { ...u.next, notBefore: now + FIRST_NOTIFY_DELAY_MS } }));
       const written = await this.repo.write(id, updates);
       requeued += written.size;
       if (written.size === 0) break;
@@ -421,7 +424,7 @@ export class RolloutService {
 
       // The next devices to notify, and commands whose sender died before recording the broker's answer.
       let send: Dispatch[] = [];
-      if (state === "RUNNING" && inWindow(rollout.policy.maintenanceWindow, now) && now >= rollout.createdAt + VERSIONS_TTL_MS) {
+      if (state === "RUNNING" && inWindow(rollout.policy.maintenanceWindow, now) && now >= rollout.createdAt + FIRST_NOTIFY_DELAY_MS) {
         const stale = await this.repo.staleDispatches(id, now - 2 * this.options.publishTimeoutMs, PASS_LIMIT, tx);
         const pacing = await this.repo.pacing(id, now - 60_000, tx);
         const allowance = Math.min(PASS_LIMIT, notifyAllowance(rollout.policy, pacing.inProgress, pacing.notifiedSince));

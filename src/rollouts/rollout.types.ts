@@ -1,6 +1,7 @@
 import { DateTimeISOResolver } from "graphql-scalars";
 import { Field, Float, ID, InputType, Int, ObjectType, registerEnumType } from "type-graphql";
-import { PageInfo } from "../devices/device.types.js";
+import { connectionOf } from "../http/connection.types.js";
+import { FirmwareInput } from "../ota/ota.types.js";
 import {
   FAILURE_CLASSES,
   SKIP_REASONS,
@@ -85,24 +86,9 @@ export class RolloutTargetInput {
 }
 
 @InputType()
-export class RolloutFirmwareInput {
-  @Field(() => String, { description: "http or https URL the device downloads." })
-  url!: string;
-
-  @Field(() => String)
-  version!: string;
-
-  @Field(() => Int, { description: "Size in bytes." })
-  size!: number;
-
-  @Field(() => String, { description: "32 hex characters (IotHub firmware checks it)." })
-  md5!: string;
-
-  @Field(() => String, { description: "64 hex characters, sent beside md5." })
+export class RolloutFirmwareInput extends FirmwareInput {
+  @Field(() => String, { description: "64 hex characters, sent beside md5 (IotHub firmware checks md5)." })
   sha256!: string;
-
-  @Field(() => String, { description: "e.g. firmware" })
-  type!: string;
 }
 
 @InputType({ description: "Exactly one of percent (cumulative share of eligible devices reached by this wave) and count (devices in this wave). The last wave takes every device left." })
@@ -502,47 +488,8 @@ export class ExecutionType {
   lastEventAt!: Date;
 }
 
-@ObjectType()
-export class RolloutEdge {
-  @Field(() => String)
-  cursor!: string;
-
-  @Field(() => RolloutType)
-  node!: RolloutType;
-}
-
-@ObjectType()
-export class RolloutConnection {
-  @Field(() => [RolloutEdge])
-  edges!: RolloutEdge[];
-
-  @Field(() => [RolloutType])
-  nodes!: RolloutType[];
-
-  @Field(() => PageInfo)
-  pageInfo!: PageInfo;
-}
-
-@ObjectType()
-export class ExecutionEdge {
-  @Field(() => String)
-  cursor!: string;
-
-  @Field(() => ExecutionType)
-  node!: ExecutionType;
-}
-
-@ObjectType()
-export class ExecutionConnection {
-  @Field(() => [ExecutionEdge])
-  edges!: ExecutionEdge[];
-
-  @Field(() => [ExecutionType])
-  nodes!: ExecutionType[];
-
-  @Field(() => PageInfo)
-  pageInfo!: PageInfo;
-}
+export const RolloutConnection = connectionOf(RolloutType, "Rollout");
+export const ExecutionConnection = connectionOf(ExecutionType, "Execution");
 
 @ObjectType({ simpleResolvers: true })
 export class WavePreview {

@@ -110,9 +110,9 @@ export type RetryRuleInput = {
 };
 
 export type RolloutFirmwareInput = {
-  /** 32 hex characters (IotHub firmware checks it). */
+  /** 32 hex characters. */
   md5: string;
-  /** 64 hex characters, sent beside md5. */
+  /** 64 hex characters, sent beside md5 (IotHub firmware checks md5). */
   sha256: string;
   /** Size in bytes. */
   size: number;

@@ -1,12 +1,13 @@
 import { createHash } from "node:crypto";
 import mqtt from "mqtt";
 import pg from "pg";
-import type { CreateRolloutInput, RolloutExecutionsQuery, RolloutFieldsFragment, RolloutPolicyInput } from "../generated/graphql.js";
-import { CreateRolloutDocument, DevicesWithExecutionsDocument, RolloutDocument, RolloutExecutionsDocument } from "../generated/graphql.js";
+import type { CreateRolloutInput } from "../generated/graphql.js";
+import { DevicesWithExecutionsDocument } from "../generated/graphql.js";
 import { buildCommandTopic, parseCommandTopic } from "../../src/protocol/topics.js";
 import { registerDevices } from "../../src/sim/sim.fleet.js";
 import type { DeviceCredentials } from "../../src/sim/sim.device.js";
-import { gqlOk, type TestApp } from "./app.js";
+import { gqlOk } from "./app.js";
+import type { Api } from "./rollout.js";
 import { TestDevice } from "./device.js";
 import { firmware } from "./fixtures.js";
 import { uniq } from "./services.js";
@@ -21,7 +22,6 @@ import { eventually, sleep } from "./wait.js";
  */
 
 /** Where the API is: an in-process app or a server process. */
-export type Api = Pick<TestApp, "httpUrl" | "token">;
 
 export interface UpgradeCommand {
   requestId: string;
@@ -133,42 +133,6 @@ export async function respondingFleet(api: Api, o: RespondingFleetOptions) {
     if (page.devices.nodes.length !== o.count || unknown > 0) throw new Error(`${unknown} of ${o.count} versions not reported yet`);
   }, 20_000);
   return { productName, devices };
-}
-
-/** A rollout of version `version` to tag "beta"; the devices here never download the file. */
-export function rolloutInputFor(productName: string, policy: RolloutPolicyInput, version = "2.0"): CreateRolloutInput {
-  return {
-    productName,
-    target: { tag: "beta" },
-    firmware: { ...firmware, version, sha256: createHash("sha256").update(firmware.url).digest("hex") },
-    policy,
-  };
-}
-
-export async function createRolloutVia(api: Api, input: CreateRolloutInput): Promise<RolloutFieldsFragment> {
-  return (await gqlOk(api, CreateRolloutDocument, { input })).createRollout;
-}
-
-/** Waits until the rollout is in one of `states`; returns it. */
-export async function rolloutReaches(api: Api, id: string, states: string[], ms = 30_000): Promise<RolloutFieldsFragment> {
-  return eventually(async () => {
-    const { rollout } = await gqlOk(api, RolloutDocument, { id });
-    if (!rollout) throw new Error(`rollout ${id} not found`);
-    if (!states.includes(rollout.state)) throw new Error(`rollout is ${rollout.state} (${JSON.stringify(rollout.counts)}), waiting for ${states.join("|")}`);
-    return rollout;
-  }, ms);
-}
-
-/** Every execution of a rollout, all pages. */
-export async function allExecutions(api: Api, id: string) {
-  const all: RolloutExecutionsQuery["rolloutExecutions"]["nodes"] = [];
-  let after: string | null = null;
-  for (;;) {
-    const { rolloutExecutions: page }: RolloutExecutionsQuery = await gqlOk(api, RolloutExecutionsDocument, { id, first: 1000, after });
-    all.push(...page.nodes);
-    if (!page.pageInfo.hasNextPage) return all;
-    after = page.pageInfo.endCursor ?? null;
-  }
 }
 
 export interface StoredExecution {

@@ -5,6 +5,9 @@ import { NO_FAULTS, seededRandom, type FaultRates } from "../../src/sim/faults.j
 import { FirmwareServer } from "../../src/sim/firmware.server.js";
 import { Fleet, registerDevices } from "../../src/sim/sim.fleet.js";
 import { gqlOk, type TestApp } from "./app.js";
+
+/** Where the API is: an in-process app or a server process. */
+export type Api = Pick<TestApp, "httpUrl" | "token">;
 import { uniq } from "./services.js";
 import { onTeardown } from "./teardown.js";
 import { eventually } from "./wait.js";
@@ -57,10 +60,10 @@ export async function simFleet(t: TestApp, o: SimFleetOptions) {
 
 export const sha256Of = (text: string) => createHash("sha256").update(text).digest("hex");
 
-/** A rollout input for a served firmware file. */
+/** A rollout input for a firmware file (served, or only described: `{file: {url, size, md5}}`). */
 export function rolloutInput(
   productName: string,
-  fw: FirmwareServer,
+  fw: Pick<FirmwareServer, "file">,
   extra: Partial<Omit<CreateRolloutInput, "productName" | "firmware">> & { version?: string } = {},
 ): CreateRolloutInput {
   const { version = "2.0", ...rest } = extra;
@@ -72,18 +75,18 @@ export function rolloutInput(
   };
 }
 
-export async function createRollout(t: TestApp, input: CreateRolloutInput): Promise<RolloutFieldsFragment> {
+export async function createRollout(t: Api, input: CreateRolloutInput): Promise<RolloutFieldsFragment> {
   return (await gqlOk(t, CreateRolloutDocument, { input })).createRollout;
 }
 
-export async function rolloutOf(t: TestApp, id: string): Promise<RolloutFieldsFragment> {
+export async function rolloutOf(t: Api, id: string): Promise<RolloutFieldsFragment> {
   const { rollout } = await gqlOk(t, RolloutDocument, { id });
   if (!rollout) throw new Error(`rollout ${id} not found`);
   return rollout;
 }
 
 /** Waits until the rollout is in one of `states`; returns it. */
-export async function rolloutIn(t: TestApp, id: string, states: string[], ms = 60_000): Promise<RolloutFieldsFragment> {
+export async function rolloutIn(t: Api, id: string, states: string[], ms = 60_000): Promise<RolloutFieldsFragment> {
   let last: RolloutFieldsFragment | undefined;
   await eventually(async () => {
     last = await rolloutOf(t, id);
@@ -93,8 +96,8 @@ export async function rolloutIn(t: TestApp, id: string, states: string[], ms = 6
 }
 
 /** Every execution of a rollout, all pages. */
-export async function executionsOf(t: TestApp, id: string) {
-  const all = [];
+export async function executionsOf(t: Api, id: string) {
+  const all: RolloutExecutionsQuery["rolloutExecutions"]["nodes"] = [];
   let after: string | null = null;
   for (;;) {
     const { rolloutExecutions: page }: RolloutExecutionsQuery = await gqlOk(t, RolloutExecutionsDocument, { id, first: 1000, after });

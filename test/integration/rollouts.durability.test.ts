@@ -6,16 +6,14 @@ import { gqlOk, startApp, type TestAppOptions } from "../helpers/app.js";
 import { metric } from "../helpers/metrics.js";
 import { freePort, OwnMosquitto, OwnRedis, ServerProcess } from "../helpers/processes.js";
 import {
-  allExecutions,
-  createRolloutVia,
   plantStaleClaim,
   publishUpgrade,
   respondingFleet,
-  rolloutInputFor,
-  rolloutReaches,
   storedExecutions,
   type RespondingDevice,
 } from "../helpers/responder.js";
+import { createRollout, executionsOf, rolloutIn, rolloutInput } from "../helpers/rollout.js";
+import { firmware } from "../helpers/fixtures.js";
 import { DATABASE_URL, freshDatabase, REDIS_URL, uniq } from "../helpers/services.js";
 import { onTeardown, tempDir } from "../helpers/teardown.js";
 import { eventually, Inbox } from "../helpers/wait.js";
@@ -88,7 +86,7 @@ describe("a rollout across a SIGKILL of its server", () => {
           },
         },
       });
-      const rollout = await createRolloutVia(api, rolloutInputFor(productName, { maxInProgress: MAX_IN_PROGRESS }));
+      const rollout = await createRollout(api, rolloutInput(productName, { file: firmware }, { policy: { maxInProgress: MAX_IN_PROGRESS } }));
       await (await kills.next(() => true, 20_000));
 
       // What the dead server left in PostgreSQL: mid-way, with executions in flight.
@@ -102,11 +100,11 @@ describe("a rollout across a SIGKILL of its server", () => {
 
       server = await ServerProcess.start({ ...env, PORT: String(await freePort()) });
       api = { httpUrl: server.httpUrl, token };
-      const done = await rolloutReaches(api, rollout.id, ["COMPLETED"], 45_000);
+      const done = await rolloutIn(api, rollout.id, ["COMPLETED"], 45_000);
       expect(done.counts).toMatchObject({ total: DEVICES, succeeded: DEVICES, failed: 0, timedOut: 0, inProgress: 0, queued: 0 });
 
       // None forgotten, one attempt each: every execution SUCCEEDED on its first attempt.
-      const executions = await allExecutions(api, rollout.id);
+      const executions = await executionsOf(api, rollout.id);
       expect(executions).toHaveLength(DEVICES);
       const attemptOf = new Map(executions.map((x) => [x.deviceName, x.attempts.map((a) => a.requestId)]));
       expect(executions.filter((x) => x.state !== "SUCCEEDED" || x.attempts.length !== 1)).toEqual([]);
@@ -159,11 +157,11 @@ describe("two instances sharing Redis, PostgreSQL and an external broker", () =>
         behaviour: { initialVersion: "1.0", downloadMs: 50 },
       });
       // Small batches: many scheduler passes, so both instances' schedulers take the rollout's lock in turn.
-      const rollout = await createRolloutVia(a, rolloutInputFor(productName, { maxInProgress: 10 }));
-      const done = await rolloutReaches(b, rollout.id, ["COMPLETED"], 45_000);
+      const rollout = await createRollout(a, rolloutInput(productName, { file: firmware }, { policy: { maxInProgress: 10 } }));
+      const done = await rolloutIn(b, rollout.id, ["COMPLETED"], 45_000);
       expect(done.counts).toMatchObject({ total: DEVICES, succeeded: DEVICES, failed: 0, timedOut: 0, inProgress: 0, queued: 0 });
 
-      const executions = await allExecutions(a, rollout.id);
+      const executions = await executionsOf(a, rollout.id);
       expect(executions.filter((x) => x.state !== "SUCCEEDED" || x.attempts.length !== 1)).toEqual([]);
       const attemptOf = new Map(executions.map((x) => [x.deviceName, x.attempts[0]?.requestId]));
       // No crash here: every device received exactly one $ota_upgrade, its attempt's.
@@ -222,8 +220,8 @@ async function rolloutLeftByACrash(env: Record<string, string> = {}) {
       },
     },
   });
-  const input = rolloutInputFor(productName, {});
-  const rollout = await createRolloutVia(first, input);
+  const input = rolloutInput(productName, { file: firmware }, { policy: {} });
+  const rollout = await createRollout(first, input);
   await gqlOk(first, PauseRolloutDocument, { id: rollout.id });
   await first.stop();
   const stored = await storedExecutions(database.url, rollout.id);
@@ -261,9 +259,9 @@ describe("claims a dead server recorded but never confirmed", () => {
 
       const second = await startApp(left.options);
       await gqlOk(second, ResumeRolloutDocument, { id: left.rollout.id });
-      await rolloutReaches(second, left.rollout.id, ["COMPLETED"]);
+      await rolloutIn(second, left.rollout.id, ["COMPLETED"]);
 
-      const executions = new Map((await allExecutions(second, left.rollout.id)).map((x) => [x.deviceName, x]));
+      const executions = new Map((await executionsOf(second, left.rollout.id)).map((x) => [x.deviceName, x]));
       expect([...executions.values()].filter((x) => x.state !== "SUCCEEDED" || x.attempts.length !== 1)).toEqual([]);
       expect(neverSent.upgrades.map((u) => u.requestId)).toEqual([ids.neverSent]);
       expect(delivered.upgrades.map((u) => u.requestId)).toEqual([ids.delivered, ids.delivered]);
@@ -307,8 +305,8 @@ describe("claims a dead server recorded but never confirmed", () => {
       // The device had the claimed command; what it receives again is that same command.
       await eventually(() => expect(delivered.upgrades.length).toBeGreaterThanOrEqual(2), 15_000);
       expect(delivered.upgrades.map((u) => u.requestId)).toEqual([claimed, claimed]);
-      await rolloutReaches(second, left.rollout.id, ["COMPLETED"]);
-      const executions = new Map((await allExecutions(second, left.rollout.id)).map((x) => [x.deviceName, x]));
+      await rolloutIn(second, left.rollout.id, ["COMPLETED"]);
+      const executions = new Map((await executionsOf(second, left.rollout.id)).map((x) => [x.deviceName, x]));
       expect(executions.get(delivered.deviceName)?.attempts.map((a) => a.requestId)).toEqual([claimed]);
       expect([...executions.values()].filter((x) => x.state !== "SUCCEEDED" || x.attempts.length !== 1)).toEqual([]);
       for (const d of others) expect(d.upgrades.map((u) => u.requestId)).toEqual(executions.get(d.deviceName)?.attempts.map((a) => a.requestId));
