@@ -457,7 +457,10 @@ export class EmbeddedBroker implements BrokerLink {
     const device = { productName, deviceName };
     const head = `cmd/${productName}/${deviceName}/`;
     const removed = new Set<string>();
-    for (const clientId of await this.#sessionIds(db, sessions, device)) {
+    // The device's session record only (every persistent CONNECT enters it): no scan of every session, a cancel
+    // withdraws from thousands of devices.
+    const clientIds = new Set([`${productName}/${deviceName}`, ...(await sessions.list(device))]);
+    for (const clientId of clientIds) {
       // In chunks, each its own script: a long queue never holds Redis for long. A chunk that removes
       // entries moves the later ones up, hence `next` from the script; a session that connects
       // meanwhile keeps the rest of its queue.

@@ -17,7 +17,7 @@ export type ExecutionEvent =
   | { type: "timeout" }
   /** The operator canceled the rollout (or it was aborted); `withdrawn`: its queued command was taken back before delivery. */
   | { type: "cancel"; withdrawn: boolean }
-  /** The operator asked to retry failed executions. */
+  /** The operator asked to retry failed executions (and those an abort canceled before they were notified). */
   | { type: "retry" };
 
 export type Transition = { changed: true; next: Execution } | { changed: false; why: string };
@@ -90,6 +90,8 @@ export function transition(
       return unchanged(`a ${state} execution runs to its end`);
 
     case "retry":
+      // A CANCELED one that was never notified (its rollout aborted before its wave) is taken up again too.
+      if (state === "CANCELED" && execution.attempts.length === 0) return { changed: true, next: { ...execution, state: "QUEUED", notBefore: null, lastEventAt: now } };
       if (state !== "FAILED" && state !== "TIMED_OUT") return unchanged(`a ${state} execution is not retried`);
       return { changed: true, next: { ...execution, state: "QUEUED", failureClass: null, notBefore: null, lastEventAt: now } };
 

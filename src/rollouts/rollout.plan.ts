@@ -49,7 +49,10 @@ export function newExecution(device: TargetDevice, targetVersion: string, policy
 export function planRollout(devices: readonly TargetDevice[], targetVersion: string, policy: RolloutPolicy, now: number): RolloutPlan {
   const skipped = Object.fromEntries(SKIP_REASONS.map((r) => [r, 0])) as Record<SkipReason, number>;
   const planned = devices.map((d) => ({ device: d, execution: newExecution(d, targetVersion, policy, now) }));
-  const eligible = planned.filter((p) => p.execution.state === "QUEUED").sort((a, b) => (spread(a.device.deviceName) < spread(b.device.deviceName) ? -1 : 1));
+  const eligible = planned
+    .filter((p) => p.execution.state === "QUEUED")
+    .map((p) => ({ ...p, order: spread(p.device.deviceName) }))
+    .sort((a, b) => (a.order < b.order ? -1 : a.order > b.order ? 1 : 0));
   const sizes = waveSizes(eligible.length, policy.waves);
   const lastWave = sizes.length - 1;
   const executions: PlannedExecution[] = eligible.map((p, i) => ({ deviceName: p.device.deviceName, wave: waveOf(i, sizes), execution: p.execution }));

@@ -53,14 +53,27 @@ export function compareVersions(a: string, b: string): number {
   return semver.compare(va, vb);
 }
 
+/**
+ * The entries of one `allowedFromVersions` list, each parsed once (null: not
+ * a range), however many devices are checked against it: a plan over a whole
+ * fleet would otherwise parse every entry for every device.
+ */
+const parsedRanges = new WeakMap<readonly string[], (semver.Range | null)[]>();
+function rangesOf(entries: readonly string[]): (semver.Range | null)[] {
+  let ranges = parsedRanges.get(entries);
+  if (!ranges) {
+    // includePrerelease: a device on 1.5.0-rc.1 is within ">=1.0.0 <2".
+    ranges = entries.map((e) => (semver.validRange(e, { loose: true }) === null ? null : new semver.Range(e, { loose: true, includePrerelease: true })));
+    parsedRanges.set(entries, ranges);
+  }
+  return ranges;
+}
+
 /** Whether the device's version matches one `allowedFromVersions` entry. */
-function matchesEntry(fromVersion: string, from: SemVer | null, entry: string): boolean {
+function matchesEntry(fromVersion: string, from: SemVer | null, entry: string, range: semver.Range | null): boolean {
   if (entry === fromVersion) return true;
-  if (from === null || semver.validRange(entry, { loose: true }) === null) return false;
-  // `from` is already parsed: handing `satisfies` the raw "1.1" would fail,
-  // since "1.1" is not a version to semver (only a range). includePrerelease:
-  // a device on 1.5.0-rc.1 is within ">=1.0.0 <2".
-  return semver.satisfies(from, entry, { loose: true, includePrerelease: true });
+  // `from` is already parsed: testing the raw "1.1" would fail, since "1.1" is not a version to semver (only a range).
+  return from !== null && range !== null && range.test(from);
 }
 
 /**
@@ -89,7 +102,8 @@ export function versionGuard(
   if (policy.allowedFromVersions !== null) {
     if (fromVersion === null) return "NOT_ALLOWED_FROM_VERSION";
     const from = toSemver(fromVersion);
-    if (!policy.allowedFromVersions.some((entry) => matchesEntry(fromVersion, from, entry))) return "NOT_ALLOWED_FROM_VERSION";
+    const ranges = rangesOf(policy.allowedFromVersions);
+    if (!policy.allowedFromVersions.some((entry, i) => matchesEntry(fromVersion, from, entry, ranges[i] ?? null))) return "NOT_ALLOWED_FROM_VERSION";
   }
   if (fromVersion !== null && !policy.allowDowngrade && compareVersions(fromVersion, targetVersion) > 0) return "WOULD_DOWNGRADE";
   return null;
@@ -98,7 +112,7 @@ export function versionGuard(
 const MAX_VERSION_CHARS = 64;
 // Ranges may be longer than one version ("^1.2.0 || ^2.0.0 || >=3.1.0 <3.4"),
 // but not without end.
-const MAX_RANGE_CHARS = 256;
+const MAX_RANGE_CHARS = 64;
 // No control, format, unassigned or private-use characters.
 const PRINTABLE = /^\P{C}+$/u;
 
@@ -447,7 +461,7 @@ const policySchema = z.strictObject(
       [],
     ),
     inProgressTimeoutSeconds: withDefault(
-      numberIn("inProgressTimeoutSeconds", 10, 30 * DAY_SECONDS, `from 10 to ${fmt(30 * DAY_SECONDS)} (30 days)`),
+      numberIn("inProgressTimeoutSeconds", 10, 30 * DAY_SECONDS, `from 10 to ${fmt(30 * DAY_SECONDS)} (30 days)`, { integer: true }),
       3600,
     ),
     allowDowngrade: withDefault(z.boolean({ error: "allowDowngrade must be true or false." }), false),
@@ -459,8 +473,8 @@ const policySchema = z.strictObject(
           }),
           { error: "allowedFromVersions must be a list of versions or ranges, or null for any version." },
         )
-        .min(1, { error: "allowedFromVersions needs 1 to 100 entries, or null for any version." })
-        .max(100, { error: "allowedFromVersions needs 1 to 100 entries, or null for any version." }),
+        .min(1, { error: "allowedFromVersions needs 1 to 20 entries, or null for any version." })
+        .max(20, { error: "allowedFromVersions needs 1 to 20 entries, or null for any version." }),
       null,
     ),
     startAt: withDefault(z.number({ error: "startAt must be a time in Unix milliseconds, or null to start at once." }), null),

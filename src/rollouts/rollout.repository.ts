@@ -1,4 +1,4 @@
-import { and, desc, eq, inArray, lt, or, sql, type SQL } from "drizzle-orm";
+import { and, desc, eq, getTableColumns, inArray, lt, or, sql, type SQL } from "drizzle-orm";
 import type { Db } from "../storage/database.js";
 import { devices, rolloutExecutions, rollouts } from "../storage/schema.js";
 import {
@@ -101,10 +101,16 @@ function toExecutionRow(row: ExecutionDbRow): ExecutionRow {
 const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString());
 const firmwareVer = sql<string | null>`${devices.status}->>'firmware_ver'`;
 const RUNNING: ExecutionState[] = ["NOTIFIED", "DOWNLOADING", "DOWNLOADED"];
-/** Rollouts whose executions may still move: active, or ended less than one in-progress timeout ago. */
+/**
+ * Rollouts whose executions may still move: active ones, and ended ones with
+ * executions not final yet (devices notified before the end finish or time
+ * out; queued ones are canceled).
+ */
 const inPlay = or(
   inArray(rollouts.state, [...ACTIVE_ROLLOUT]),
-  sql`${rollouts.finishedAt} > now() - make_interval(secs => (${rollouts.policy}->>'inProgressTimeoutSeconds')::int)`,
+  // A claim being sent is QUEUED too: four probes of the (rollout, state) index per ended rollout.
+  sql`exists (select 1 from ${rolloutExecutions} x where x.rollout_id = ${rollouts.id}
+    and x.state in ('QUEUED', 'NOTIFIED', 'DOWNLOADING', 'DOWNLOADED'))`,
 );
 /** Rows per INSERT or batched UPDATE: bounded statements, whatever the rollout's size. */
 const CHUNK = 1000;
@@ -182,9 +188,7 @@ export class RolloutRepository {
   }
 
   /**
-   * Ids of the rollouts a scheduler drives: active ones, and those ended less
-   * than one in-progress timeout ago (their devices notified before the end
-   * still finish or time out).
+   * Ids of the rollouts a scheduler drives (see {@link inPlay}).
    */
   async activeIds(): Promise<string[]> {
     const rows = await this.db().select({ id: rollouts.id }).from(rollouts).where(inPlay);
@@ -204,10 +208,15 @@ export class RolloutRepository {
    * Runs `work` holding the rollout's row lock, or returns null at once when
    * another scheduler holds it (`FOR UPDATE SKIP LOCKED`): instances share the
    * work by rollout, and a dead instance's lock goes with its connection.
+   * `wait`: waits for the lock instead (an operator's action); null only when there is no such rollout.
    */
-  async withLock<T>(id: string, work: (rollout: Rollout, tx: Db) => Promise<T>): Promise<{ value: T } | null> {
+  async withLock<T>(id: string, work: (rollout: Rollout, tx: Db) => Promise<T>, o: { wait?: boolean } = {}): Promise<{ value: T } | null> {
     return this.db().transaction(async (tx) => {
-      const [row] = await tx.select().from(rollouts).where(eq(rollouts.id, id)).for("update", { skipLocked: true });
+      const [row] = await tx
+        .select()
+        .from(rollouts)
+        .where(eq(rollouts.id, id))
+        .for("update", o.wait ? {} : { skipLocked: true });
       if (!row) return null;
       return { value: await work(toRollout(row), tx as unknown as Db) };
     });
@@ -303,6 +312,16 @@ export class RolloutRepository {
     }));
   }
 
+  /**
+   * Serialises the claims of one product's rollouts until the transaction
+   * ends (all instances): a device with a claim or an execution in progress
+   * in one rollout is then seen by the next, which leaves it queued
+   * ({@link notifiable}); without it two rollouts could claim one device at once.
+   */
+  async lockClaims(productName: string, db: Db): Promise<void> {
+    await db.execute(sql`select pg_advisory_xact_lock(hashtext(${`iothub-ota rollout claims ${productName}`}))`);
+  }
+
   /** Executions being sent since before `before`: their sender died or stalled; sent again under the same requestId. */
   async staleDispatches(rolloutId: string, before: number, limit: number, db: Db = this.db()): Promise<ExecutionRow[]> {
     const e = rolloutExecutions;
@@ -314,18 +333,18 @@ export class RolloutRepository {
     return rows.map(toExecutionRow);
   }
 
-  /** Executions in progress whose last event is older than `before`, with the device's `firmware_ver` now. */
+  /** Executions in progress whose last event is older than `before`, with the device's `firmware_ver` now and when it came. */
   async silentSince(rolloutId: string, before: number, limit: number, db: Db = this.db()) {
     const e = rolloutExecutions;
     const rows = await db
-      .select({ row: e, firmwareVersion: firmwareVer })
+      .select({ row: e, firmwareVersion: firmwareVer, statusAt: devices.statusAt })
       .from(e)
       .leftJoin(devices, and(eq(devices.productName, e.productName), eq(devices.deviceName, e.deviceName)))
       .where(and(eq(e.rolloutId, rolloutId), inArray(e.state, RUNNING), lt(e.lastEventAt, new Date(before))))
       // Oldest first: the next to time out are never crowded out by others.
       .orderBy(e.lastEventAt)
       .limit(limit);
-    return rows.map((r) => ({ row: toExecutionRow(r.row), firmwareVersion: r.firmwareVersion }));
+    return rows.map((r) => ({ row: toExecutionRow(r.row), firmwareVersion: r.firmwareVersion, statusAt: ms(r.statusAt) }));
   }
 
   async byStates(
@@ -349,12 +368,6 @@ export class RolloutRepository {
       .orderBy(e.deviceName)
       .limit(limit);
     return rows.map(toExecutionRow);
-  }
-
-  async memberNames(rolloutId: string): Promise<string[]> {
-    const e = rolloutExecutions;
-    const rows = await this.db().select({ d: e.deviceName }).from(e).where(eq(e.rolloutId, rolloutId));
-    return rows.map((r) => r.d);
   }
 
   async findExecution(rolloutId: string, deviceName: string): Promise<ExecutionRow | null> {
@@ -381,17 +394,32 @@ export class RolloutRepository {
     return { rows: rows.slice(0, first).map(toExecutionRow), hasNextPage: rows.length > first };
   }
 
-  /** Every execution of these devices, newest rollout first: one query for a whole page of devices. */
-  async ofDevices(productName: string, deviceNames: readonly string[]): Promise<ExecutionRow[]> {
+  /** The latest `perDevice` executions of each of these devices, newest rollout first: one query for a whole page of devices. */
+  async ofDevices(productName: string, deviceNames: readonly string[], perDevice: number): Promise<ExecutionRow[]> {
     if (deviceNames.length === 0) return [];
     const e = rolloutExecutions;
-    const rows = await this.db()
-      .select({ e })
+    const ranked = this.db()
+      .select({
+        ...getTableColumns(e),
+        rank: sql<number>`row_number() over (partition by ${e.deviceName} order by ${rollouts.createdAt} desc)`.as("rank"),
+        rolloutCreatedAt: sql<Date>`${rollouts.createdAt}`.as("rollout_created_at"),
+      })
       .from(e)
       .innerJoin(rollouts, eq(rollouts.id, e.rolloutId))
       .where(and(eq(e.productName, productName), inArray(e.deviceName, [...deviceNames])))
-      .orderBy(desc(rollouts.createdAt));
-    return rows.map((r) => toExecutionRow(r.e));
+      .as("ranked");
+    const rows = await this.db()
+      .select()
+      .from(ranked)
+      .where(sql`${ranked.rank} <= ${perDevice}`)
+      .orderBy(desc(ranked.rolloutCreatedAt));
+    return rows.map(({ rank: _rank, rolloutCreatedAt: _at, ...row }) => toExecutionRow(row as ExecutionDbRow));
+  }
+
+  async isMember(rolloutId: string, deviceName: string): Promise<boolean> {
+    const e = rolloutExecutions;
+    const [row] = await this.db().select({ d: e.deviceName }).from(e).where(and(eq(e.rolloutId, rolloutId), eq(e.deviceName, deviceName)));
+    return row !== undefined;
   }
 
   /**

@@ -113,7 +113,7 @@ export class RolloutResolver {
   async rollouts(
     @Arg("productName", () => String) productName: string,
     @Arg("states", () => [RolloutStateEnum], { nullable: true }) states: RolloutState[] | null,
-    @Arg("first", () => Int, { nullable: true, description: "1..1000, default 50." }) first: number | null,
+    @Arg("first", () => Int, { nullable: true, description: "1..100, default 50." }) first: number | null,
     @Arg("after", () => String, { nullable: true }) after: string | null,
   ): Promise<Connection<RolloutType>> {
     const page = await this.service.list(productName, states, first, after);
@@ -228,7 +228,7 @@ export class DeviceRolloutResolver {
     return loaders;
   }
 
-  @FieldResolver(() => [ExecutionType], { description: "The device's executions across rollouts, newest rollout first." })
+  @FieldResolver(() => [ExecutionType], { description: "The device's executions across rollouts, newest rollout first (the latest 20)." })
   executions(@Root() device: DeviceType, @Ctx() ctx: Context): Promise<ExecutionType[]> {
     return this.#loaders(ctx).executions.load(`${device.productName}/${device.deviceName}`);
   }

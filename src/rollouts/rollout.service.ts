@@ -55,6 +55,8 @@ export interface RolloutServiceOptions {
   now?: () => number;
 }
 
+/** Devices whose queued commands a cancel withdraws at once. */
+const WITHDRAW_CONCURRENCY = 16;
 /** Commands being sent at once by one scheduler pass. */
 const SEND_CONCURRENCY = 32;
 /** Executions one scheduler pass notifies, times out or re-sends, at most: a pass stays short, the next goes on. */
@@ -70,6 +72,8 @@ const FIRST_NOTIFY_DELAY_MS = 2 * VERSIONS_TTL_MS;
 /** How often a CONTINUOUS rollout looks for devices that joined its target. */
 const JOIN_INTERVAL_MS = 2_000;
 const MAX_TARGET_DEVICES = 10_000;
+/** `Device.executions`: the latest this many per device. */
+const EXECUTIONS_PER_DEVICE = 20;
 const SHA256 = /^[0-9a-fA-F]{64}$/;
 
 /** A claimed execution to notify; `resend`: a stale claim of a sender that died, sent again under its requestId. */
@@ -96,10 +100,15 @@ export class RolloutService {
   /** Last device state this instance wrote per execution: a repeated DOWNLOADING report needs no query. */
   readonly #lastSeen = new LRUCache<string, { state: ExecutionState; lastEventAt: number; timeoutMs: number }>({ max: 50_000, ttl: 2_000 });
   readonly #joinedAt = new Map<string, number>();
-  readonly #members = new LRUCache<string, Set<string>>({
-    max: 100,
+  /** `<rolloutId>/<device>` → whether the device is in the rollout, for `otaProgressChanged(rolloutId)`. */
+  readonly #members = new LRUCache<string, boolean>({
+    max: 100_000,
     ttl: 5_000,
-    fetchMethod: async (id) => new Set(await this.repo.memberNames(id)),
+    ignoreFetchAbort: true,
+    fetchMethod: async (key) => {
+      const [id, deviceName] = key.split("|") as [string, string];
+      return this.repo.isMember(id, deviceName);
+    },
   });
 
   constructor(
@@ -157,7 +166,8 @@ export class RolloutService {
   async list(productName: string, states: readonly RolloutState[] | null, first: number | null, after: string | null) {
     requireName("productName", productName);
     const limit = first ?? 50;
-    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw badInput("first", "must be 1..1000");
+    // Each rollout of a page may ask for its counts (a GROUP BY over its executions).
+    if (!Number.isInteger(limit) || limit < 1 || limit > 100) throw badInput("first", "must be 1..100");
     const page = await this.repo.list(productName, states ?? null, limit, after == null ? null : decodeRolloutCursor(after));
     return { edges: page.rows.map((r) => ({ cursor: encodeRolloutCursor(r), rollout: r })), hasNextPage: page.hasNextPage };
   }
@@ -175,14 +185,14 @@ export class RolloutService {
 
   /**
    * For `otaProgressChanged(rolloutId)`: whether a report is one of the
-   * rollout's devices about its version. Members are read in one query and
+   * rollout's devices about its version. Membership is read per device and
    * kept a few seconds (a CONTINUOUS rollout gains devices).
    */
   async reportFilter(id: string, productName: string): Promise<(record: ProgressRecord) => Promise<boolean>> {
     const rollout = await this.get(id);
     if (rollout.productName !== productName) throw badInput("rolloutId", "the rollout is of another product");
     const version = rollout.firmware.version;
-    return async (record) => record.version === version && ((await this.#members.fetch(id))?.has(record.deviceName) ?? false);
+    return async (record) => record.version === version && ((await this.#members.fetch(`${id}|${record.deviceName}`)) ?? false);
   }
 
   /** The rollout and its counts now. */
@@ -199,10 +209,10 @@ export class RolloutService {
     return page;
   }
 
-  /** Every execution of these devices (newest rollout first), grouped by device: one query for a page. */
+  /** The latest executions of these devices (newest rollout first, at most 20 each), grouped by device: one query for a page. */
   async executionsOfDevices(productName: string, deviceNames: readonly string[]): Promise<Map<string, ExecutionRow[]>> {
     const byDevice = new Map<string, ExecutionRow[]>(deviceNames.map((d) => [d, []]));
-    for (const row of await this.repo.ofDevices(productName, deviceNames)) byDevice.get(row.deviceName)?.push(row);
+    for (const row of await this.repo.ofDevices(productName, deviceNames, EXECUTIONS_PER_DEVICE)) byDevice.get(row.deviceName)?.push(row);
     return byDevice;
   }
 
@@ -213,8 +223,11 @@ export class RolloutService {
     return this.#setState(id, "PAUSED", ["RUNNING", "SCHEDULED"]);
   }
 
+  /** Back to RUNNING, or to SCHEDULED when it was paused before its start time. */
   async resume(id: string): Promise<Rollout> {
-    return this.#setState(id, "RUNNING", ["PAUSED"]);
+    const rollout = await this.get(id);
+    const waiting = rollout.startedAt === null && rollout.policy.startAt !== null && rollout.policy.startAt > this.#now();
+    return this.#setState(id, waiting ? "SCHEDULED" : "RUNNING", ["PAUSED"]);
   }
 
   /**
@@ -230,28 +243,39 @@ export class RolloutService {
 
   /** Queues the failed executions of these classes (all when empty) again, and runs the rollout if it had ended. */
   async retry(id: string, failureClasses: readonly FailureClass[] | null): Promise<{ rollout: Rollout; requeued: number }> {
-    const rollout = await this.get(id);
-    if (rollout.state === "CANCELED") throw new AppError(ErrorCode.BAD_USER_INPUT, "a canceled rollout cannot be retried", "id");
+    await this.get(id);
     const classes = failureClasses == null || failureClasses.length === 0 ? FAILURE_CLASSES : failureClasses;
-    const now = this.#now();
-    let requeued = 0;
-    for (;;) {
-      const failed = await this.repo.byStates(id, ["FAILED", "TIMED_OUT"], PASS_LIMIT * 4, classes);
-      if (failed.length === 0) break;
-      // Not notified before every instance's ingest knows the rollout is in play again.
-      const updates = this.#decide(rollout, failed, { type: "retry" }, now).map((u) => ({ ...u, next: { ...u.next, notBefore: now + FIRST_NOTIFY_DELAY_MS } }));
-      const written = await this.repo.write(id, updates);
-      requeued += written.size;
-      if (written.size === 0) break;
-    }
-    let current = rollout;
-    if (requeued > 0 && (rollout.state === "COMPLETED" || rollout.state === "ABORTED")) {
-      current = (await this.repo.update(id, { state: "RUNNING", finishedAt: null, abortedBy: null }, [rollout.state])) ?? rollout;
-    }
-    this.#versions.delete(rollout.productName);
-    this.options.signals.changed(id, rollout.productName);
+    // Under the rollout's lock, waiting for a scheduler pass to finish: a pass of the ended rollout would cancel what
+    // is queued again before the state says it runs.
+    const locked = await this.repo.withLock(
+      id,
+      async (rollout, tx) => {
+        if (rollout.state === "CANCELED") throw new AppError(ErrorCode.BAD_USER_INPUT, "a canceled rollout cannot be retried", "id");
+        const now = this.#now();
+        let requeued = 0;
+        for (;;) {
+          // After an abort, the devices it canceled before their wave are the rest of the rollout: taken up again too.
+          const rows = [
+            ...(await this.repo.byStates(id, ["FAILED", "TIMED_OUT"], PASS_LIMIT * 4, classes, tx)),
+            ...(rollout.state === "ABORTED" ? await this.repo.byStates(id, ["CANCELED"], PASS_LIMIT * 4, undefined, tx) : []),
+          ];
+          // Not notified before every instance's ingest knows the rollout is in play again.
+          const updates = this.#decide(rollout, rows, { type: "retry" }, now).map((u) => ({ ...u, next: { ...u.next, notBefore: now + FIRST_NOTIFY_DELAY_MS } }));
+          const written = await this.repo.write(id, updates, tx);
+          requeued += written.size;
+          if (written.size === 0) break;
+        }
+        const ended = rollout.state === "COMPLETED" || rollout.state === "ABORTED";
+        const current = requeued > 0 && ended ? await this.repo.update(id, { state: "RUNNING", finishedAt: null, abortedBy: null }, undefined, tx) : rollout;
+        return { rollout: current ?? rollout, requeued };
+      },
+      { wait: true },
+    );
+    if (!locked) throw new AppError(ErrorCode.NOT_FOUND, `rollout ${id} not found`);
+    this.#versions.delete(locked.value.rollout.productName);
+    this.options.signals.changed(id, locked.value.rollout.productName);
     this.options.wake();
-    return { rollout: current, requeued };
+    return locked.value;
   }
 
   async #setState(id: string, state: RolloutState, from: readonly RolloutState[], extra: Partial<Rollout> = {}): Promise<Rollout> {
@@ -352,7 +376,11 @@ export class RolloutService {
       const silent = await this.repo.silentSince(id, now - catchUpMs(rollout.policy), PASS_LIMIT, tx);
       if (silent.length > 0) changed ||= (await this.repo.write(id, await this.#catchUp(rollout, silent, now), tx)).size > 0;
       if (!ACTIVE_ROLLOUT.includes(rollout.state)) {
+        // Ended: what is still queued is canceled (again, after a crash or an outage halfway through the cancel).
         this.#joinedAt.delete(id);
+        const queued = await this.repo.byStates(id, ["QUEUED"], PASS_LIMIT, undefined, tx);
+        const canceled = this.#decide(rollout, queued, { type: "cancel", withdrawn: false }, now).map((u) => ({ ...u, dispatch: { requestId: null } }));
+        if (canceled.length > 0) changed ||= (await this.repo.write(id, canceled, tx)).size > 0;
         return { rollout, send: [] as Dispatch[], changed, active: false };
       }
       const patch: Partial<Rollout> = {};
@@ -425,6 +453,7 @@ export class RolloutService {
       // The next devices to notify, and commands whose sender died before recording the broker's answer.
       let send: Dispatch[] = [];
       if (state === "RUNNING" && inWindow(rollout.policy.maintenanceWindow, now) && now >= rollout.createdAt + FIRST_NOTIFY_DELAY_MS) {
+        await this.repo.lockClaims(rollout.productName, tx);
         const stale = await this.repo.staleDispatches(id, now - 2 * this.options.publishTimeoutMs, PASS_LIMIT, tx);
         const pacing = await this.repo.pacing(id, now - 60_000, tx);
         const allowance = Math.min(PASS_LIMIT, notifyAllowance(rollout.policy, pacing.inProgress, pacing.notifiedSince));
@@ -482,23 +511,28 @@ export class RolloutService {
   /**
    * Silent executions: a device report stored but not applied to its
    * execution (ingest could not reach PostgreSQL) is applied now from the
-   * stored progress and `firmware_ver`; those silent for the whole timeout
-   * time out.
+   * stored progress of this attempt and the device's latest `firmware_ver`;
+   * those silent for the whole timeout time out.
    */
-  async #catchUp(rollout: Rollout, silent: { row: ExecutionRow; firmwareVersion: string | null }[], now: number) {
+  async #catchUp(rollout: Rollout, silent: { row: ExecutionRow; firmwareVersion: string | null; statusAt: number | null }[], now: number) {
     const target = rollout.firmware.version;
     const policy = policyIn(rollout.state, rollout.policy);
     const timeoutMs = policy.inProgressTimeoutSeconds * 1000;
     const records = await this.progress.getMany(rollout.productName, silent.map((s) => s.row.deviceName));
     const updates: Parameters<RolloutRepository["write"]>[1][number][] = [];
-    silent.forEach(({ row, firmwareVersion }, i) => {
+    silent.forEach(({ row, firmwareVersion, statusAt }, i) => {
       const x = row.execution;
       const record = records[i];
-      const attemptAt = x.attempts.at(-1)?.notifiedAt ?? 0;
+      // The attempt began when its command was claimed: the device cannot have answered it before.
+      const attemptAt = row.dispatchedAt ?? x.attempts.at(-1)?.notifiedAt ?? 0;
       let t: ReturnType<typeof transition> = { changed: false, why: "nothing stored" };
-      if (firmwareVersion === target) t = transition(x, { type: "status", firmwareVersion }, policy, target, now);
-      else if (record && record.version === target && record.receivedAt >= attemptAt && record.receivedAt > x.lastEventAt) {
-        t = transition(x, progressEvent(record), policy, target, record.receivedAt);
+      // The machine decides what a report changes (progress never goes backwards; a rollback only after DOWNLOADED).
+      if (record && record.version === target && record.receivedAt >= attemptAt) t = transition(x, progressEvent(record), policy, target, record.receivedAt);
+      // A status of this attempt: the target completes it; another version is a rollback only if it came after DOWNLOADED.
+      const current = t.changed ? t.next : x;
+      if (firmwareVersion !== null && statusAt !== null && statusAt >= attemptAt && (firmwareVersion === target || statusAt > current.lastEventAt)) {
+        const status = transition(current, { type: "status", firmwareVersion }, policy, target, now);
+        if (status.changed) t = status;
       }
       if (!t.changed && now - x.lastEventAt >= timeoutMs) t = transition(x, { type: "timeout" }, policy, target, now);
       if (t.changed) updates.push({ deviceName: row.deviceName, seq: row.seq, next: t.next });
@@ -506,20 +540,34 @@ export class RolloutService {
     return updates;
   }
 
-  /** Sends the claimed commands and records each confirmation; returns whether any execution moved. */
+  /**
+   * Sends the claimed commands and records each confirmation; returns whether
+   * any execution moved. The first broker failure halts the pass, and so does
+   * a claim older than PUBLISH_TIMEOUT_MS (a slow broker): what is left is
+   * released for a later pass, never sent late beside another instance's
+   * re-send. Re-sent claims are kept, to go again under their requestId.
+   */
   async #send(rollout: Rollout, dispatches: readonly Dispatch[]): Promise<boolean> {
     let moved = false;
+    let halted = false;
     const queue = [...dispatches];
     const worker = async () => {
       for (let d = queue.shift(); d !== undefined; d = queue.shift()) {
-        if (await this.#sendOne(rollout, d)) moved = true;
+        const late = this.#now() - (d.row.dispatchedAt ?? 0) > this.options.publishTimeoutMs;
+        if (halted || late) {
+          if (!d.resend) await this.#release(rollout, d.row);
+          continue;
+        }
+        const outcome = await this.#sendOne(rollout, d);
+        if (outcome === "broker_failed") halted = true;
+        if (outcome === "notified") moved = true;
       }
     };
     await Promise.all(Array.from({ length: Math.min(SEND_CONCURRENCY, queue.length) }, worker));
     return moved;
   }
 
-  async #sendOne(rollout: Rollout, { row, resend }: Dispatch): Promise<boolean> {
+  async #sendOne(rollout: Rollout, { row, resend }: Dispatch): Promise<"notified" | "unchanged" | "broker_failed"> {
     const requestId = row.dispatchRequestId as string;
     const now = this.#now();
     const expiresAt = Math.floor((now + rollout.policy.inProgressTimeoutSeconds * 1000) / 1000);
@@ -534,19 +582,25 @@ export class RolloutService {
     try {
       await this.commands.publishCommand(topic, JSON.stringify({ url, version, size, md5, type, sha256 }));
     } catch (err) {
-      // Nothing was sent this time. A first send's claim goes, and a later pass notifies the device; a re-sent
-      // claim stays (its sender may have delivered it before dying): sent again under the same requestId once stale.
-      if (err instanceof AppError && err.code === ErrorCode.BROKER_UNAVAILABLE && resend) return false;
       if (err instanceof AppError && err.code === ErrorCode.BROKER_UNAVAILABLE) {
-        await this.repo.write(rollout.id, [{ deviceName: row.deviceName, seq: row.seq, next: row.execution, dispatch: { requestId: null } }]).catch((e: unknown) =>
-          this.options.log.warn({ err: e, rolloutId: rollout.id }, "could not release a claim; it is re-sent once stale"),
-        );
-        return false;
+        // Nothing was sent this time. A first send's claim goes, and a later pass notifies the device; a re-sent
+        // claim stays (its sender may have delivered it before dying): sent again under the same requestId once stale.
+        if (!resend) await this.#release(rollout, row);
+        return "broker_failed";
       }
       // COMMAND_UNCONFIRMED: it may still arrive; recorded as notified, the timeout covers it if it never does.
       this.options.log.warn({ err, rolloutId: rollout.id, deviceName: row.deviceName }, "rollout command not confirmed by the broker");
+      await this.#confirm(rollout, row.deviceName, requestId);
+      return "broker_failed";
     }
-    return this.#confirm(rollout, row.deviceName, requestId);
+    return (await this.#confirm(rollout, row.deviceName, requestId)) ? "notified" : "unchanged";
+  }
+
+  /** Gives up a claim that was not sent: a later pass notifies the device under a new requestId. */
+  async #release(rollout: Rollout, row: ExecutionRow): Promise<void> {
+    await this.repo
+      .write(rollout.id, [{ deviceName: row.deviceName, seq: row.seq, next: row.execution, dispatch: { requestId: null } }])
+      .catch((err: unknown) => this.options.log.warn({ err, rolloutId: rollout.id }, "could not release a claim; it is re-sent once stale"));
   }
 
   /** Records that the broker took the command; a device that already answered moved it past QUEUED, which is fine. */
@@ -584,16 +638,23 @@ export class RolloutService {
       // A claim being sent right now is taken back by its sender once it finds the execution canceled (#confirm).
       if (written.size === 0) break;
     }
-    if (withdraw) {
-      const notified = await this.repo.byStates(rollout.id, ["NOTIFIED"], 1_000_000);
-      for (const row of notified) {
-        const requestId = row.execution.attempts.at(-1)?.requestId;
-        if (requestId === undefined) continue;
-        const withdrawn = await this.sessions.withdraw(rollout.productName, row.deviceName, [requestId]);
-        if (withdrawn.length === 0) continue;
-        const t = transition(row.execution, { type: "cancel", withdrawn: true }, rollout.policy, rollout.firmware.version, now);
-        if (t.changed) await this.repo.write(rollout.id, [{ deviceName: row.deviceName, seq: row.seq, next: t.next }]);
-      }
+    // Page by page, a few devices at a time: a rollout of 50,000 offline devices is withdrawn in bounded memory.
+    for (let after: string | null = null; withdraw; ) {
+      const page = await this.repo.page(rollout.id, ["NOTIFIED"], PASS_LIMIT, after);
+      const queue = [...page.rows];
+      const worker = async () => {
+        for (let row = queue.shift(); row !== undefined; row = queue.shift()) {
+          const requestId = row.execution.attempts.at(-1)?.requestId;
+          if (requestId === undefined) continue;
+          const withdrawn = await this.sessions.withdraw(rollout.productName, row.deviceName, [requestId]);
+          if (withdrawn.length === 0) continue;
+          const t = transition(row.execution, { type: "cancel", withdrawn: true }, rollout.policy, rollout.firmware.version, now);
+          if (t.changed) await this.repo.write(rollout.id, [{ deviceName: row.deviceName, seq: row.seq, next: t.next }]);
+        }
+      };
+      await Promise.all(Array.from({ length: WITHDRAW_CONCURRENCY }, worker));
+      if (!page.hasNextPage) break;
+      after = page.rows.at(-1)?.deviceName ?? null;
     }
     this.options.signals.changed(rollout.id, rollout.productName);
   }
@@ -698,6 +759,7 @@ function encodeRolloutCursor(r: Rollout): string {
 function decodeRolloutCursor(cursor: string): { createdAt: number; id: string } {
   const [at, id] = Buffer.from(cursor, "base64url").toString("utf8").split("/");
   const createdAt = Number(at);
-  if (!Number.isSafeInteger(createdAt) || id === undefined || !isUuid(id)) throw badInput("after", "not a cursor from this API");
+  // Within the range of a Date (±8.64e15 ms).
+  if (!Number.isSafeInteger(createdAt) || Math.abs(createdAt) > 8.64e15 || id === undefined || !isUuid(id)) throw badInput("after", "not a cursor from this API");
   return { createdAt, id };
 }

@@ -82,7 +82,7 @@ describe("rollouts driven by the server against simulated IotHub devices", () =>
   }, 120_000);
 
   it("aborts when more than the rule's share of md5 failures is reached, with no device of the next wave notified", async () => {
-    const { productName } = await simFleet(t, { count: 50, faults: { md5Mismatch: 20 }, seed: 3 });
+    const { productName, behaviour } = await simFleet(t, { count: 50, faults: { md5Mismatch: 20 }, seed: 3 });
     const rollout = await createRollout(
       t,
       rolloutInput(productName, fw, {
@@ -102,7 +102,31 @@ describe("rollouts driven by the server against simulated IotHub devices", () =>
     expect(later).toHaveLength(25);
     expect(later.every((e) => e.attempts.length === 0 && e.state === "CANCELED")).toBe(true);
     expect(executions.filter((e) => e.failureClass === "MD5_MISMATCH").length).toBeGreaterThan(0);
-  }, 90_000);
+
+    // The image fixed, a retry takes up the failed devices and the waves the abort never opened.
+    behaviour.faults.md5Mismatch = 0;
+    await gqlOk(t, RetryRolloutDocument, { id: rollout.id, failureClasses: ["MD5_MISMATCH"] });
+    const done = await rolloutIn(t, rollout.id, ["COMPLETED"]);
+    expect(done.counts).toMatchObject({ total: 50, succeeded: 50 });
+    expect(done.abortedBy).toBeNull();
+  }, 120_000);
+
+  it("never has one device upgrading in two rollouts at once, when two are started together on the same devices", async () => {
+    const { productName, fleet } = await simFleet(t, { count: 30, installMs: 100 });
+    const [first, second] = await Promise.all([
+      createRollout(t, rolloutInput(productName, fw, { version: "2.0" })),
+      createRollout(t, rolloutInput(productName, fw, { version: "3.0" })),
+    ]);
+    const ends = await Promise.all([rolloutIn(t, first!.id, ["COMPLETED"]), rolloutIn(t, second!.id, ["COMPLETED"])]);
+    for (const end of ends) expect(end.counts.timedOut + end.counts.failed).toBe(0);
+    const attempts = new Map<string, { notifiedAt: string; endedAt?: string | null }[]>();
+    for (const e of [...(await executionsOf(t, first!.id)), ...(await executionsOf(t, second!.id))]) {
+      attempts.set(e.deviceName, [...(attempts.get(e.deviceName) ?? []), ...e.attempts]);
+    }
+    for (const [deviceName, list] of attempts) expect(mostAtOnce(list), deviceName).toBeLessThanOrEqual(1);
+    // Whichever came second for a device either upgraded it further or found it newer: nobody is left on 1.0.
+    expect(fleet.devices.every((d) => d.firmwareVersion !== "1.0")).toBe(true);
+  }, 120_000);
 
   it("cures download failures with retries, each attempt recorded with its requestId", async () => {
     const { productName } = await simFleet(t, { count: 20, faults: { downloadError: 40 }, seed: 5 });

@@ -348,6 +348,12 @@ describe("a failure under a retry rule", () => {
     expect(next).toStrictEqual({ ...FIXTURES.DOWNLOADED, state: "QUEUED", failureClass: null, attempts: [closedNow("ROLLED_BACK")], notBefore: T + 60_000, lastEventAt: T });
   });
 
+  it("takes up again, on retry, an execution canceled before it was ever notified (its rollout aborted first), not one that was", () => {
+    const neverNotified: Execution = { ...base, state: "CANCELED", lastEventAt: ENDED_AT };
+    expect(moved(apply(neverNotified, { type: "retry" }))).toStrictEqual({ ...neverNotified, state: "QUEUED", notBefore: null, lastEventAt: T });
+    expect(stays(apply(FIXTURES.CANCELED, { type: "retry" }))).toBe("a CANCELED execution is not retried");
+  });
+
   it("keeps counting the attempts after an operator's retry: a failure past maxAttempts is final at once", () => {
     const policy = policyWith(rule("MD5_MISMATCH", 2));
     const failed: Execution = { ...FIXTURES.FAILED, attempts: [{ ...earlier, outcome: "MD5_MISMATCH" }, endedAs("MD5_MISMATCH")] };

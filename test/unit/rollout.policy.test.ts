@@ -549,12 +549,17 @@ describe("checking a rollout policy", () => {
     expect(reasonOf({ inProgressTimeoutSeconds: 30 * 86_400 })).toBeNull();
   });
 
-  it("requires 1 to 100 usable allowed-from-versions entries", () => {
+  it("requires 1 to 20 usable allowed-from-versions entries of at most 64 characters (each is parsed once per plan, however many devices)", () => {
     expect(reasonOf({ allowedFromVersions: [] })).toBe("policy.allowedFromVersions");
-    expect(reasonOf({ allowedFromVersions: Array.from({ length: 101 }, (_, i) => `1.${i}.0`) })).toBe("policy.allowedFromVersions");
-    expect(reasonOf({ allowedFromVersions: Array.from({ length: 100 }, (_, i) => `1.${i}.0`) })).toBeNull();
+    expect(reasonOf({ allowedFromVersions: Array.from({ length: 21 }, (_, i) => `1.${i}.0`) })).toBe("policy.allowedFromVersions");
+    expect(reasonOf({ allowedFromVersions: Array.from({ length: 20 }, (_, i) => `1.${i}.0`) })).toBeNull();
+    expect(reasonOf({ allowedFromVersions: [Array.from({ length: 13 }, (_, i) => `^${i}.0`).join(" || ")] })).toBe("policy.allowedFromVersions.0");
     expect(reasonOf({ allowedFromVersions: ["1.x", "  "] })).toBe("policy.allowedFromVersions.1");
     expect(reasonOf({ allowedFromVersions: [12] })).toBe("policy.allowedFromVersions.0");
+  });
+
+  it("requires a whole number of seconds for the in-progress timeout", () => {
+    expect(reasonOf({ inProgressTimeoutSeconds: 10.5 })).toBe("policy.inProgressTimeoutSeconds");
   });
 
   it("requires startAt to be a finite time and allowDowngrade a boolean", () => {
