@@ -106,8 +106,12 @@ export class WaveInput {
   soakSeconds?: number | null;
 }
 
-@InputType({ description: "Abort when more than thresholdPercent of at least minFinished finished executions failed with failureClass." })
-export class AbortRuleInput {
+const ABORT_RULE = "Abort when more than thresholdPercent of at least minFinished finished executions failed with failureClass.";
+
+/** The same shape in and out. */
+@InputType("AbortRuleInput", { description: ABORT_RULE })
+@ObjectType("AbortRule", { description: ABORT_RULE, simpleResolvers: true })
+export class AbortRuleSpec {
   @Field(() => FailureClassEnum)
   failureClass!: FailureClass;
 
@@ -133,8 +137,12 @@ export class RetryRuleInput {
   maxBackoffSeconds?: number | null;
 }
 
-@InputType({ description: "A daily window, UTC, outside which no device is notified. `HH:MM`; end before start spans midnight." })
-export class MaintenanceWindowInput {
+const WINDOW = "A daily window, UTC, outside which no device is notified. `HH:MM`; end before start spans midnight.";
+
+/** The same shape in and out. */
+@InputType("MaintenanceWindowInput", { description: WINDOW })
+@ObjectType("MaintenanceWindow", { description: WINDOW, simpleResolvers: true })
+export class MaintenanceWindowSpec {
   @Field(() => String)
   start!: string;
 
@@ -153,8 +161,8 @@ export class RolloutPolicyInput {
   @Field(() => [WaveInput], { nullable: true })
   waves?: WaveInput[] | null;
 
-  @Field(() => [AbortRuleInput], { nullable: true })
-  abortRules?: AbortRuleInput[] | null;
+  @Field(() => [AbortRuleSpec], { nullable: true })
+  abortRules?: AbortRuleSpec[] | null;
 
   @Field(() => [RetryRuleInput], { nullable: true })
   retries?: RetryRuleInput[] | null;
@@ -171,8 +179,8 @@ export class RolloutPolicyInput {
   @Field(() => DateTimeISOResolver, { nullable: true, description: "Notify nobody before this (the rollout is SCHEDULED until then)." })
   startAt?: Date | null;
 
-  @Field(() => MaintenanceWindowInput, { nullable: true })
-  maintenanceWindow?: MaintenanceWindowInput | null;
+  @Field(() => MaintenanceWindowSpec, { nullable: true })
+  maintenanceWindow?: MaintenanceWindowSpec | null;
 }
 
 @InputType()
@@ -246,18 +254,6 @@ export class WaveType {
   soakSeconds!: number;
 }
 
-@ObjectType("AbortRule", { simpleResolvers: true })
-export class AbortRuleType {
-  @Field(() => FailureClassEnum)
-  failureClass!: FailureClass;
-
-  @Field(() => Float)
-  thresholdPercent!: number;
-
-  @Field(() => Int)
-  minFinished!: number;
-}
-
 @ObjectType("RetryRule", { simpleResolvers: true })
 export class RetryRuleType {
   @Field(() => FailureClassEnum)
@@ -273,15 +269,6 @@ export class RetryRuleType {
   maxBackoffSeconds!: number;
 }
 
-@ObjectType("MaintenanceWindow", { simpleResolvers: true })
-export class MaintenanceWindowType {
-  @Field(() => String, { description: "HH:MM UTC" })
-  start!: string;
-
-  @Field(() => String)
-  end!: string;
-}
-
 @ObjectType("RolloutPolicy", { simpleResolvers: true })
 export class RolloutPolicyType {
   @Field(() => Int, { nullable: true })
@@ -293,8 +280,8 @@ export class RolloutPolicyType {
   @Field(() => [WaveType])
   waves!: WaveType[];
 
-  @Field(() => [AbortRuleType])
-  abortRules!: AbortRuleType[];
+  @Field(() => [AbortRuleSpec])
+  abortRules!: AbortRuleSpec[];
 
   @Field(() => [RetryRuleType])
   retries!: RetryRuleType[];
@@ -311,8 +298,8 @@ export class RolloutPolicyType {
   @Field(() => DateTimeISOResolver, { nullable: true })
   startAt!: Date | null;
 
-  @Field(() => MaintenanceWindowType, { nullable: true })
-  maintenanceWindow!: MaintenanceWindowType | null;
+  @Field(() => MaintenanceWindowSpec, { nullable: true })
+  maintenanceWindow!: MaintenanceWindowSpec | null;
 }
 
 @ObjectType("AbortCause", { description: "Why a rollout was aborted.", simpleResolvers: true })
@@ -323,8 +310,8 @@ export class AbortCauseType {
   @Field(() => String, { description: "The rule and what was observed, in a sentence." })
   message!: string;
 
-  @Field(() => AbortRuleType, { nullable: true })
-  rule!: AbortRuleType | null;
+  @Field(() => AbortRuleSpec, { nullable: true })
+  rule!: AbortRuleSpec | null;
 
   @Field(() => Int, { nullable: true })
   failed!: number | null;
