@@ -88,11 +88,13 @@ program
   .option("--firmware-bytes <n>", "size of the firmware file the devices download", int, 4096)
   .option("--tick-ms <ms>", "the server's ROLLOUT_TICK_MS (pause between scheduler passes)", int, 1000)
   .option("--ingest-devices <n>", "MQTT clients reporting progress in the ingest runs", int, 200)
-  .option("--ingest-reports <n>", "reports per client per ingest run", int, 100)
-  .option("--ingest-rate <n>", "reports per second offered in the ingest runs", int, 2000)
+  .option("--ingest-reports <n>", "reports per client per ingest run", int, 50)
+  .option("--ingest-rate <n>", "reports per second offered in the ingest runs", int, 1000)
   .option("--phases <list>", "rollout,ingest,failures", "rollout,ingest,failures")
   .action(async (o: Omit<RolloutBenchOptions, "phases"> & { phases: string }) => {
     const phases = o.phases.split(",").map((p) => p.trim()) as RolloutBenchOptions["phases"];
+    const unknown = phases.filter((p) => !["rollout", "ingest", "failures"].includes(p));
+    if (unknown.length > 0) throw new Error(`--phases: unknown ${unknown.join(", ")} (rollout, ingest, failures)`);
     const r = await rolloutBench({ ...o, phases });
     const { phases: _, ...flags } = o;
     if (r.rollouts.length > 0) report("rollout", r.rollouts, { ...flags });

@@ -40,7 +40,6 @@ export interface RolloutBenchResult {
 
 const DATABASE_URL = process.env.DATABASE_URL ?? "postgresql://root@localhost/postgres?host=/var/run/postgresql";
 const SECRET = "bench-secret-0000";
-const IN_PROGRESS = ["QUEUED", "NOTIFIED", "DOWNLOADING", "DOWNLOADED"];
 const FINAL = ["SUCCEEDED", "FAILED", "TIMED_OUT", "SKIPPED", "CANCELED"];
 /** Give up on a rollout when no execution moved for this long. */
 const STALL_MS = 90_000;
@@ -80,16 +79,16 @@ function procCpu(pid: number): number | null {
   }
 }
 
-/** PostgreSQL backends serving `database` (their process title names it), but `exclude`. */
-function backendPids(database: string, exclude: number[]): number[] {
-  const pids: number[] = [];
+/** PostgreSQL processes working for `database` (their process title names it), but `exclude`: its backends and autovacuum workers. */
+function backendPids(database: string, exclude: number[]): { pid: number; autovacuum: boolean }[] {
+  const pids: { pid: number; autovacuum: boolean }[] = [];
   for (const entry of readdirSync("/proc")) {
     if (!/^\d+$/.test(entry)) continue;
     const pid = Number(entry);
     if (exclude.includes(pid)) continue;
     try {
       const title = readFileSync(`/proc/${entry}/cmdline`, "utf8");
-      if (title.startsWith("postgres: ") && title.includes(` ${database} `)) pids.push(pid);
+      if (title.startsWith("postgres: ") && title.includes(` ${database}`)) pids.push({ pid, autovacuum: title.includes("autovacuum") });
     } catch {
       // gone meanwhile
     }
@@ -100,7 +99,10 @@ function backendPids(database: string, exclude: number[]): number[] {
 interface CpuReport {
   seconds: number;
   server: number;
+  /** The backends serving the server's queries. */
   db: number;
+  /** Autovacuum workers cleaning up after its updates. */
+  autovacuum: number;
   simulator: number;
   bench: number;
   /** Cores busy on the whole machine, on average. */
@@ -123,7 +125,7 @@ class CpuMeter {
   readonly #machine = machineJiffies();
   readonly #loadStart = readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
   /** Per backend: CPU at the window's start (0 if it started later) and the latest reading. */
-  readonly #backends = new Map<number, { from: number; last: number }>();
+  readonly #backends = new Map<number, { from: number; last: number; autovacuum: boolean }>();
   readonly #timer: NodeJS.Timeout;
 
   constructor(
@@ -139,12 +141,12 @@ class CpuMeter {
   }
 
   #sample(first: boolean): void {
-    for (const pid of backendPids(this.database, this.excludePids)) {
+    for (const { pid, autovacuum } of backendPids(this.database, this.excludePids)) {
       const cpu = procCpu(pid);
       if (cpu === null) continue;
       const known = this.#backends.get(pid);
       if (known) known.last = cpu;
-      else this.#backends.set(pid, { from: first ? cpu : 0, last: cpu });
+      else this.#backends.set(pid, { from: first ? cpu : 0, last: cpu, autovacuum });
     }
   }
 
@@ -153,7 +155,9 @@ class CpuMeter {
     clearInterval(this.#timer);
     const seconds = (performance.now() - this.#startAt) / 1000;
     const server = cpuSeconds(this.serverPid) - this.#server;
-    const db = [...this.#backends.values()].reduce((sum, b) => sum + (b.last - b.from), 0);
+    const sum = (autovacuum: boolean) => [...this.#backends.values()].filter((b) => b.autovacuum === autovacuum).reduce((n, b) => n + (b.last - b.from), 0);
+    const db = sum(false);
+    const autovacuum = sum(true);
     const simulator = this.simPid === undefined ? 0 : (procCpu(this.simPid) ?? this.#sim) - this.#sim;
     const used = process.cpuUsage(this.#bench);
     const bench = (used.user + used.system) / 1e6;
@@ -164,10 +168,11 @@ class CpuMeter {
       seconds,
       server,
       db,
+      autovacuum,
       simulator,
       bench,
       machineCores: machine / seconds,
-      othersCores: Math.max(0, machine - server - db - simulator - bench) / seconds,
+      othersCores: Math.max(0, machine - server - db - autovacuum - simulator - bench) / seconds,
       loadavg: `${this.#loadStart} -> ${loadEnd}`,
     };
   }
@@ -210,7 +215,9 @@ class SimulatorProcess {
     if (this.child.exitCode === null && this.child.signalCode === null) {
       const exited = new Promise((r) => this.child.once("exit", r));
       this.child.kill("SIGTERM");
-      await Promise.race([exited, sleep(60_000)]);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([exited, new Promise((r) => (timer = setTimeout(r, 60_000)))]);
+      clearTimeout(timer);
       if (this.child.exitCode === null) this.child.kill("SIGKILL");
     }
     const last = this.#out.trim().split("\n").at(-1);
@@ -299,16 +306,28 @@ interface Context {
   redisPrefix: string;
   problems: string[];
   warnings: string[];
+  /** Queries this benchmark ran in the database (its monitor connection): left out of the server's count. */
+  ownQueries: number;
+}
+
+/** A query of the benchmark's own (polling, diagnostics), counted so that the server's share of the database's transactions is known. */
+async function own<R extends pg.QueryResultRow>(c: Pick<Context, "db" | "ownQueries">, text: string, values: unknown[] = []) {
+  c.ownQueries++;
+  return c.db.query<R>(text, values);
 }
 
 /** For a rollout that did not end as it should: a few of its unfinished executions beside what the server stored of their devices. */
 async function diagnose(c: Context, id: string, silentForSeconds = 0): Promise<number> {
   const rows = (
-    await c.db.query<Record<string, unknown>>(
+    await own<Record<string, unknown>>(
+      c,
       `select e.device_name, e.state, e.seq, e.dispatch_request_id, e.dispatched_at, e.last_event_at, e.attempts, d.status
        from rollout_executions e join devices d on d.product_name = e.product_name and d.device_name = e.device_name
        where e.rollout_id = $1 and e.state not in ('SUCCEEDED', 'FAILED', 'TIMED_OUT', 'SKIPPED', 'CANCELED')
-         and e.last_event_at < now() - make_interval(secs => $2) order by e.state, e.device_name limit 6`,
+         and (e.state <> 'QUEUED' and e.last_event_at < now() - make_interval(secs => $2)
+           or e.state = 'QUEUED' and $2 = 0
+           or e.dispatch_request_id is not null and e.dispatched_at < now() - make_interval(secs => $2))
+       order by e.state, e.device_name limit 6`,
       [id, silentForSeconds],
     )
   ).rows;
@@ -329,7 +348,7 @@ async function ingestResults(b: BenchServer): Promise<Map<string, number>> {
   return out;
 }
 
-/** The server's warnings and errors (LOG_LEVEL warn), last ones first cut. */
+/** The last lines of the server's log (LOG_LEVEL warn: warnings and errors). */
 function serverLog(b: BenchServer, lines = 30): string {
   return b.server.logs.trim().split("\n").slice(-lines).join("\n");
 }
@@ -343,8 +362,8 @@ async function waitFor(what: string, done: () => Promise<boolean>, timeoutMs: nu
 }
 
 /** Devices of the product whose `firmware_ver` the server has stored as `version`. */
-async function onVersion(db: pg.Client, productName: string, version: string): Promise<number> {
-  const r = await db.query<{ n: number }>(`select count(*)::int n from devices where product_name = $1 and status->>'firmware_ver' = $2`, [productName, version]);
+async function onVersion(c: Context, version: string): Promise<number> {
+  const r = await own<{ n: number }>(c, `select count(*)::int n from devices where product_name = $1 and status->>'firmware_ver' = $2`, [c.productName, version]);
   return r.rows[0]?.n ?? 0;
 }
 
@@ -364,17 +383,30 @@ async function connectFleet(c: Context, fromVersion: string, faults: string[], s
     ],
     60_000 + o.devices * 50,
   );
-  await waitFor(`${o.devices} devices to report firmware_ver ${fromVersion}`, async () => (await onVersion(c.db, c.productName, fromVersion)) >= o.devices, 60_000 + o.devices * 10, 500);
+  try {
+    await waitFor(`${o.devices} devices to report firmware_ver ${fromVersion}`, async () => (await onVersion(c, fromVersion)) >= o.devices, 60_000 + o.devices * 10, 500);
+  } catch (err) {
+    await sim.stop();
+    throw err;
+  }
   return { sim, connectSeconds, readySeconds: (performance.now() - started) / 1000 };
 }
 
 /** One rollout of the whole product to `version`, from createRollout to its end, with what it cost. */
 async function runRollout(c: Context, run: string, fromVersion: string, version: string, failPercent: number) {
-  const { o, b } = c;
-  log(`${run}: connecting ${o.devices} simulated devices on ${fromVersion} (not timed)`);
+  log(`${run}: connecting ${c.o.devices} simulated devices on ${fromVersion} (not timed)`);
   const faults = failPercent > 0 ? ["--fail-download", String(failPercent)] : [];
-  const { sim, connectSeconds, readySeconds } = await connectFleet(c, fromVersion, faults, run === "rollout" ? 1 : 2);
-  log(`${run}: connected in ${connectSeconds} s (all versions stored after ${round(readySeconds)} s); creating the rollout to ${version}`);
+  const fleet = await connectFleet(c, fromVersion, faults, run === "rollout" ? 1 : 2);
+  log(`${run}: connected in ${fleet.connectSeconds} s (all versions stored after ${round(fleet.readySeconds)} s); creating the rollout to ${version}`);
+  try {
+    return await measureRollout(c, run, fleet.sim, fleet.connectSeconds, version, failPercent);
+  } finally {
+    await fleet.sim.stop(); // already stopped unless something failed
+  }
+}
+
+async function measureRollout(c: Context, run: string, sim: SimulatorProcess, connectSeconds: number, version: string, failPercent: number) {
+  const { o, b } = c;
 
   const policy: Record<string, unknown> = {
     maxInProgress: o.maxInProgress === 0 ? null : o.maxInProgress,
@@ -391,6 +423,8 @@ async function runRollout(c: Context, run: string, fromVersion: string, version:
     policy,
   };
 
+  const xactBefore = await transactions(c);
+  const readsBefore = await tableReads(c);
   const resultsBefore = await ingestResults(b);
   const deferredBefore = await metric(b.server.httpUrl, "iothub_ota_rollout_reports_deferred_total");
   const commandsBefore = await metric(b.server.httpUrl, "iothub_ota_commands_sent_total", { command: "$ota_upgrade" });
@@ -415,10 +449,10 @@ async function runRollout(c: Context, run: string, fromVersion: string, version:
   let diagnosed = false;
   while (!["COMPLETED", "ABORTED", "CANCELED"].includes(state)) {
     await sleep(200);
-    state = (await c.db.query<{ state: string }>(`select state from rollouts where id = $1`, [id])).rows[0]?.state ?? "?";
+    state = (await own<{ state: string }>(c, `select state from rollouts where id = $1`, [id])).rows[0]?.state ?? "?";
     if (Date.now() - loggedAt >= 5000 || Date.now() - movedAt > STALL_MS) {
       loggedAt = Date.now();
-      const rows = (await c.db.query<{ state: string; n: number }>(`select state, count(*)::int n from rollout_executions where rollout_id = $1 group by state order by state`, [id])).rows;
+      const rows = (await own<{ state: string; n: number }>(c, `select state, count(*)::int n from rollout_executions where rollout_id = $1 group by state order by state`, [id])).rows;
       const text = rows.map((r) => `${r.state} ${r.n}`).join(", ");
       if (text !== lastCounts) {
         lastCounts = text;
@@ -427,7 +461,7 @@ async function runRollout(c: Context, run: string, fromVersion: string, version:
       log(`${run}: ${state} after ${round((performance.now() - t0) / 1000)} s: ${text}`);
       if (!diagnosed && (await diagnose(c, id, 15)) > 0) {
         diagnosed = true;
-        log(`${run}: (above: executions in progress with no event for 15 s)`);
+        log(`${run}: (above: executions in progress with no event for 15 s, or claimed 15 s ago and not yet notified)`);
       }
       if (Date.now() - movedAt > STALL_MS) {
         c.problems.push(`${run}: no execution moved for ${STALL_MS / 1000} s (${text}); canceled`);
@@ -442,11 +476,33 @@ async function runRollout(c: Context, run: string, fromVersion: string, version:
   await sampler;
   const commandsAfter = await metric(b.server.httpUrl, "iothub_ota_commands_sent_total", { command: "$ota_upgrade" });
 
-  // A moment later: a late report must not move anything after the end.
-  await sleep(2000);
+  // A moment later: a late report must not move anything after the end; PostgreSQL has published the backends' counts (within 10 s).
+  await sleep(11_000);
+  const xacts = (await transactions(c)) - xactBefore;
+  const reads = [...(await tableReads(c))].map(([table, r]) => ({
+    table,
+    seq: r.seq - (readsBefore.get(table)?.seq ?? 0),
+    idx: r.idx - (readsBefore.get(table)?.idx ?? 0),
+  }));
+  const executionRows = reads.filter((r) => r.table === "rollout_executions").reduce((n, r) => n + r.seq + r.idx, 0);
+  log(
+    `${run}: rows read per execution, by table (sequential scans / index fetches): ` +
+      reads.filter((r) => r.seq + r.idx > 0).map((r) => `${r.table} ${round(r.seq / o.devices)} / ${round(r.idx / o.devices)}`).join(", "),
+  );
   const done = await rolloutOf(b, id);
   const executions = await executionsOf(b, id);
   const simSummary = await sim.stop();
+  // The scheduler's passes, from each execution's (last) claim: how many it claims at once, how often, and how long its sends take.
+  const passes = (
+    await own<{ at: Date; n: number; last: string }>(
+      c,
+      `select dispatched_at at, count(*)::int n, max((attempts->-1->>'notifiedAt')::bigint) last
+       from rollout_executions where rollout_id = $1 and dispatched_at is not null group by dispatched_at order by dispatched_at`,
+      [id],
+    )
+  ).rows;
+  const passGaps = passes.slice(1).map((p, i) => p.at.getTime() - passes[i]!.at.getTime());
+  const sendSpans = passes.map((p) => Number(p.last) - p.at.getTime()).filter(Number.isFinite);
   const resultsAfter = await ingestResults(b);
   const results = [...resultsAfter]
     .map(([k, v]) => [k, v - (resultsBefore.get(k) ?? 0)] as const)
@@ -478,7 +534,7 @@ async function runRollout(c: Context, run: string, fromVersion: string, version:
   for (const e of executions) byState[e.state] = (byState[e.state] ?? 0) + 1;
   const attempts = allNotified.length;
   const retried = executions.filter((e) => e.attempts.length > 1).length;
-  const onTarget = await onVersion(c.db, c.productName, version);
+  const onTarget = await onVersion(c, version);
 
   if (done.state !== "COMPLETED") c.problems.push(`${run}: the rollout ended ${done.state}, not COMPLETED`);
   if (left.length > 0) await diagnose(c, id);
@@ -510,11 +566,19 @@ async function runRollout(c: Context, run: string, fromVersion: string, version:
     "p10-p90 /s": firsts.length > 10 ? Math.round((0.8 * firsts.length) / ((q(0.9) - q(0.1)) / 1000)) : "-",
     "peak 1s /s": Math.round(peak),
     "commands sent": commandsAfter - commandsBefore,
+    passes: passes.length,
+    "claims/pass": passes.length ? Math.round(passes.reduce((n, p) => n + p.n, 0) / passes.length) : "-",
+    "pass every s": passGaps.length ? round(passGaps.reduce((a, g) => a + g, 0) / passGaps.length / 1000, 2) : "-",
+    "sending s/pass": sendSpans.length ? round(sendSpans.reduce((a, g) => a + g, 0) / sendSpans.length / 1000, 2) : "-",
     attempts,
     retried,
     "server cpu s": round(used.server, 2),
     "server ms/exec": round((used.server * 1000) / o.devices, 2),
     "db ms/exec": round((used.db * 1000) / o.devices, 2),
+    "autovacuum cpu s": round(used.autovacuum, 1),
+    "db queries/exec": round(xacts / o.devices, 1),
+    // One execution's own rows are a handful; more means statements that read the whole rollout (plans, see the log line).
+    "execution rows read/exec": Math.round(executionRows / o.devices),
     "sim cpu s": round(used.simulator, 1),
     "machine cores": round(used.machineCores, 2),
     "others cores": round(used.othersCores, 2),
@@ -554,6 +618,18 @@ async function publishReports(clients: MqttClient[], devices: LoadDevice[], vers
   return total;
 }
 
+/** Rows read by sequential scans and index fetches so far, per table of the benchmark's database. */
+async function tableReads(c: Context): Promise<Map<string, { seq: number; idx: number }>> {
+  const r = await own<{ relname: string; seq: string | null; idx: string | null }>(c, `select relname, seq_tup_read seq, idx_tup_fetch idx from pg_stat_user_tables`);
+  return new Map(r.rows.map((row) => [row.relname, { seq: Number(row.seq ?? 0), idx: Number(row.idx ?? 0) }]));
+}
+
+/** Transactions committed in the benchmark's database (each query outside a transaction is one). */
+async function transactions(c: Context): Promise<number> {
+  const r = await own<{ n: string }>(c, `select xact_commit n from pg_stat_database where datname = $1`, [c.dbName]);
+  return Number(r.rows[0]?.n ?? 0) - c.ownQueries;
+}
+
 async function ingestRun(c: Context, clients: MqttClient[], devices: LoadDevice[], run: string, version: string, rollout: string) {
   const { o, b } = c;
   const accepted = () => metric(b.server.httpUrl, "iothub_ota_ingest_messages_total", { kind: "ota_status", result: "accepted" });
@@ -564,12 +640,16 @@ async function ingestRun(c: Context, clients: MqttClient[], devices: LoadDevice[
   for (const result of ["duplicate", "stale", "ignored", "failed"]) {
     resultsBefore[result] = await metric(b.server.httpUrl, "iothub_ota_ingest_messages_total", { kind: "ota_status", result });
   }
+  const xactBefore = await transactions(c);
   const cpu = new CpuMeter(b.server.process.pid as number, c.dbName, [c.monitorPid]);
   const t0 = performance.now();
   const total = await publishReports(clients, devices, version, o.ingestReports, o.ingestRate);
   await waitFor(`${total} reports handled`, async () => (await all()) - allBefore >= total, 120_000, 50);
   const used = cpu.stop();
   const seconds = (performance.now() - t0) / 1000;
+  // PostgreSQL publishes an idle backend's counts within 10 s (PGSTAT_IDLE_INTERVAL): read them after that.
+  await sleep(11_000);
+  const xacts = (await transactions(c)) - xactBefore;
   const stored = (await accepted()) - acceptedBefore;
   const others: string[] = [];
   for (const result of ["duplicate", "stale", "ignored", "failed"]) {
@@ -588,6 +668,7 @@ async function ingestRun(c: Context, clients: MqttClient[], devices: LoadDevice[
     "server cpu us/report": round((used.server * 1e6) / total),
     "db cpu us/report": round((used.db * 1e6) / total),
     "server+db us/report": round(((used.server + used.db) * 1e6) / total),
+    "db queries/report": round(xacts / total, 2),
     "machine cores": round(used.machineCores, 2),
     "others cores": round(used.othersCores, 2),
     loadavg: used.loadavg,
@@ -724,6 +805,7 @@ export async function rolloutBench(o: RolloutBenchOptions): Promise<RolloutBench
       redisPrefix,
       problems,
       warnings,
+      ownQueries: 0,
     };
     if (o.phases.includes("rollout")) rollouts.push(await runRollout(c, "rollout", "1.0", "2.0", 0));
     if (o.phases.includes("ingest")) ingest = await runIngest(c, ingestProduct);
@@ -744,6 +826,7 @@ export async function rolloutBench(o: RolloutBenchOptions): Promise<RolloutBench
     await admin.query(`drop database if exists ${dbName} with (force)`).catch(() => undefined);
     await admin.end();
     await dropRedisPrefix(redisPrefix).catch((err: unknown) => log(`could not remove the Redis keys ${redisPrefix}*: ${String(err)}`));
+    log("cleaned up");
   }
 
   const mean = (xs: number[]) => (xs.length ? xs.reduce((a, x) => a + x, 0) / xs.length : Number.NaN);
