@@ -29,7 +29,7 @@ import {
 import type { RolloutSnapshot } from "./rollout.feed.js";
 import { newExecution, planRollout, type RolloutPlan } from "./rollout.plan.js";
 import { abortCheck, checkPolicy, inWindow, notifyAllowance, waveGate } from "./rollout.policy.js";
-import type { CountRow, ExecutionRow, RolloutRepository } from "./rollout.repository.js";
+import type { CountRow, ExecutionRow, RolloutRepository, RunningExecution } from "./rollout.repository.js";
 
 export interface RolloutInput {
   productName: string;
@@ -98,7 +98,14 @@ export class RolloutService {
   /** Per product: target versions with executions that may move, so a report of any other version costs nothing here. */
   readonly #versions: LRUCache<string, Set<string>>;
   /** Last device state this instance wrote per execution: a repeated DOWNLOADING report needs no query. */
-  readonly #lastSeen = new LRUCache<string, { state: ExecutionState; lastEventAt: number; timeoutMs: number }>({ max: 50_000, ttl: 2_000 });
+  /**
+   * `<product>/<device>/<version>` → the device's executions in progress as
+   * this instance last read or wrote them: a report the machine finds
+   * changes nothing in them (a repeated DOWNLOADING) costs no query. Kept a
+   * few seconds: another instance's change (a timeout, a retry) shows within
+   * that, and the scheduler's catch-up covers what a stale entry skipped.
+   */
+  readonly #running = new LRUCache<string, RunningExecution[]>({ max: 50_000, ttl: 5_000 });
   readonly #joinedAt = new Map<string, number>();
   /** `<rolloutId>/<device>` → whether the device is in the rollout, for `otaProgressChanged(rolloutId)`. */
   readonly #members = new LRUCache<string, boolean>({
@@ -294,16 +301,16 @@ export class RolloutService {
   /**
    * A stored progress report moves the device's execution in a rollout of
    * that version. Costs nothing unless a rollout of the report's version is
-   * in play for the product; a repeated DOWNLOADING report is absorbed in
-   * memory. Idempotent: ingest calls it again for a redelivered report.
+   * in play for the product; a report that changes nothing is absorbed in
+   * memory ({@link #running}). Idempotent.
    */
   async onProgress(record: ProgressRecord): Promise<void> {
     if (!(await this.#inPlay(record.productName, record.version))) return;
     const event = progressEvent(record);
     const key = `${record.productName}/${record.deviceName}/${record.version}`;
-    const seen = this.#lastSeen.get(key);
+    const cached = this.#running.get(key);
     const now = this.#now();
-    if (seen && event.phase === "DOWNLOADING" && seen.state === "DOWNLOADING" && now - seen.lastEventAt < seen.timeoutMs / 10) return;
+    if (cached?.every((row) => !transition(row.execution, event, policyIn(row.rolloutState, row.policy), row.targetVersion, now).changed)) return;
     await this.#apply(record.productName, record.deviceName, record.version, event, key);
   }
 
@@ -328,10 +335,14 @@ export class RolloutService {
     const moved: Moved = new Set();
     for (let attempt = 0; attempt < 5; attempt++) {
       const running = await this.repo.running(productName, deviceName, version);
+      // What this instance knows after the writes below (claims being sent are not kept: their sender moves them).
+      const known: RunningExecution[] = [];
       let conflict = false;
       for (const row of running) {
         const now = this.#now();
         const policy = policyIn(row.rolloutState, row.policy);
+        // A status moves executions of any version: what progress reports of each remember is stale now.
+        if (key === null) this.#running.delete(`${productName}/${deviceName}/${row.targetVersion}`);
         // A device may answer before its sender recorded the broker's confirmation: notified first.
         let execution = row.execution;
         if (execution.state === "QUEUED" && row.dispatchRequestId !== null) {
@@ -340,7 +351,10 @@ export class RolloutService {
         }
         const t = transition(execution, event, policy, row.targetVersion, now);
         const next = t.changed ? t.next : execution;
-        if (next === row.execution) continue;
+        if (next === row.execution) {
+          if (row.dispatchRequestId === null) known.push(row);
+          continue;
+        }
         const dispatch = row.execution.state === "QUEUED" && row.dispatchRequestId !== null ? { requestId: null } : undefined;
         const written = await this.repo.write(row.rolloutId, [{ deviceName, seq: row.seq, next, ...(dispatch && { dispatch }) }]);
         if (written.size === 0) {
@@ -348,7 +362,13 @@ export class RolloutService {
           continue;
         }
         moved.add(row.rolloutId);
-        if (key !== null) this.#lastSeen.set(key, { state: next.state, lastEventAt: next.lastEventAt, timeoutMs: row.policy.inProgressTimeoutSeconds * 1000 });
+        known.push({ ...row, execution: next, seq: row.seq + 1, dispatchRequestId: null });
+      }
+      // Only executions still in progress: a device answering a new attempt after a final one must reach the database.
+      if (key !== null && !conflict) {
+        const inProgress = known.filter((r) => IN_PROGRESS.includes(r.execution.state));
+        if (inProgress.length > 0 && inProgress.length === known.length) this.#running.set(key, inProgress);
+        else this.#running.delete(key);
       }
       if (!conflict) break;
     }
