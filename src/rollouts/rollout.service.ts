@@ -571,6 +571,12 @@ export class RolloutService {
     let moved = false;
     let halted = false;
     const queue = [...dispatches];
+    // Confirmations are written a batch at a time: one statement for many devices.
+    const sent: ExecutionRow[] = [];
+    const flush = async () => {
+      const batch = sent.splice(0);
+      if (batch.length > 0 && (await this.#confirmMany(rollout, batch))) moved = true;
+    };
     const worker = async () => {
       for (let d = queue.shift(); d !== undefined; d = queue.shift()) {
         const late = this.#now() - (d.row.dispatchedAt ?? 0) > this.options.publishTimeoutMs;
@@ -579,15 +585,18 @@ export class RolloutService {
           continue;
         }
         const outcome = await this.#sendOne(rollout, d);
-        if (outcome === "broker_failed") halted = true;
-        if (outcome === "notified") moved = true;
+        if (outcome.sent) sent.push(d.row);
+        if (outcome.brokerFailed) halted = true;
+        if (sent.length >= SEND_CONCURRENCY) await flush();
       }
     };
     await Promise.all(Array.from({ length: Math.min(SEND_CONCURRENCY, queue.length) }, worker));
+    await flush();
     return moved;
   }
 
-  async #sendOne(rollout: Rollout, { row, resend }: Dispatch): Promise<"notified" | "unchanged" | "broker_failed"> {
+  /** Publishes one claimed command; `sent`: it went to the broker (confirmed, or perhaps on its way). */
+  async #sendOne(rollout: Rollout, { row, resend }: Dispatch): Promise<{ sent: boolean; brokerFailed: boolean }> {
     const requestId = row.dispatchRequestId as string;
     const now = this.#now();
     const expiresAt = Math.floor((now + rollout.policy.inProgressTimeoutSeconds * 1000) / 1000);
@@ -601,19 +610,33 @@ export class RolloutService {
     const { url, version, size, md5, type, sha256 } = rollout.firmware;
     try {
       await this.commands.publishCommand(topic, JSON.stringify({ url, version, size, md5, type, sha256 }));
+      return { sent: true, brokerFailed: false };
     } catch (err) {
       if (err instanceof AppError && err.code === ErrorCode.BROKER_UNAVAILABLE) {
         // Nothing was sent this time. A first send's claim goes, and a later pass notifies the device; a re-sent
         // claim stays (its sender may have delivered it before dying): sent again under the same requestId once stale.
         if (!resend) await this.#release(rollout, row);
-        return "broker_failed";
+        return { sent: false, brokerFailed: true };
       }
       // COMMAND_UNCONFIRMED: it may still arrive; recorded as notified, the timeout covers it if it never does.
       this.options.log.warn({ err, rolloutId: rollout.id, deviceName: row.deviceName }, "rollout command not confirmed by the broker");
-      await this.#confirm(rollout, row.deviceName, requestId);
-      return "broker_failed";
+      return { sent: true, brokerFailed: true };
     }
-    return (await this.#confirm(rollout, row.deviceName, requestId)) ? "notified" : "unchanged";
+  }
+
+  /** Records the broker's confirmations in one write; a row moved meanwhile (its device answered first, a cancel) is read again. */
+  async #confirmMany(rollout: Rollout, rows: readonly ExecutionRow[]): Promise<boolean> {
+    const now = this.#now();
+    const updates = rows.flatMap((row) => {
+      const t = transition(row.execution, { type: "notified", requestId: row.dispatchRequestId as string }, rollout.policy, rollout.firmware.version, now);
+      return t.changed ? [{ deviceName: row.deviceName, seq: row.seq, next: t.next, dispatch: { requestId: null } }] : [];
+    });
+    const written = await this.repo.write(rollout.id, updates);
+    let moved = written.size > 0;
+    for (const row of rows) {
+      if (!written.has(row.deviceName) && (await this.#confirm(rollout, row.deviceName, row.dispatchRequestId as string))) moved = true;
+    }
+    return moved;
   }
 
   /** Gives up a claim that was not sent: a later pass notifies the device under a new requestId. */
