@@ -57,8 +57,8 @@ export interface RolloutServiceOptions {
 
 /** Devices whose queued commands a cancel withdraws at once. */
 const WITHDRAW_CONCURRENCY = 16;
-/** Commands being sent at once by one scheduler pass. */
-const SEND_CONCURRENCY = 32;
+/** Commands being sent at once by one scheduler pass (each waits on Redis and the broker, not on the CPU). */
+const SEND_CONCURRENCY = 128;
 /** Executions one scheduler pass notifies, times out or re-sends, at most: a pass stays short, the next goes on. */
 const PASS_LIMIT = 500;
 /**
