@@ -225,6 +225,28 @@ describe("rollouts driven by the server against simulated IotHub devices", () =>
     expect(online.firmwareVersion).toBe("2.0");
   }, 90_000);
 
+  it("still drives a canceled rollout's device that was downloading: it times out, and a later rollout can take it", async () => {
+    const productName = uniq("ro");
+    const { registerDevice } = await gqlOk(t, RegisterDeviceDocument, { input: { productName, tags: ["beta"] } });
+    const device = await TestDevice.connect(t.mqttUrl, productName, registerDevice.device.deviceName, registerDevice.secret);
+    const rollout = await createRollout(t, rolloutInput(productName, fw, { policy: { inProgressTimeoutSeconds: 10 } }));
+    await device.nextCommand("$ota_upgrade");
+    await device.reportProgress({ version: "2.0", type: "firmware", progress: 10, desc: "download" });
+    await eventually(async () => expect((await rolloutOf(t, rollout.id)).counts.downloading).toBe(1));
+    await gqlOk(t, CancelRolloutDocument, { id: rollout.id });
+    // Delivered already: it runs on after the cancel, reports once more, then falls silent.
+    await device.reportProgress({ version: "2.0", type: "firmware", progress: 20, desc: "download" });
+    const ended = await eventually(async () => {
+      const r = await rolloutOf(t, rollout.id);
+      expect(r.counts).toMatchObject({ timedOut: 1, downloading: 0 });
+      return r;
+    }, 30_000);
+    expect(ended.state).toBe("CANCELED");
+    const next = await createRollout(t, rolloutInput(productName, fw, { version: "3.0" }));
+    expect((await device.nextCommand("$ota_upgrade")).json).toMatchObject({ version: "3.0" });
+    await eventually(async () => expect((await rolloutOf(t, next.id)).counts.notified).toBe(1));
+  }, 60_000);
+
   it("takes in devices that gain the tag or are registered with it during a CONTINUOUS rollout", async () => {
     const { productName, fleet } = await simFleet(t, { count: 3 });
     const { credentials: late } = await simFleet(t, { count: 1, tags: ["other"], productName });
