@@ -4,7 +4,7 @@ import type { MqttClient } from "mqtt";
 import { registerDevices } from "../src/sim/sim.fleet.js";
 import { connectDevices, publishLoad, type LoadDevice } from "./load.js";
 import { cpuSeconds, metric, nowMs, OwnMosquitto, percentile, REDIS_URL, round, sleep, startServer, TOKEN, uniq, wsClient, type BenchServer } from "./lib.js";
-import { OtaProgressChangedDocument } from "../test/generated/graphql.js";
+import { OtaProgressChangedDocument } from "../src/client/generated/graphql.js";
 
 export interface IngestOptions {
   devices: number;

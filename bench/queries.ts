@@ -2,7 +2,7 @@ import autocannon from "autocannon";
 import { print } from "graphql";
 import mqtt from "mqtt";
 import { ObjectId } from "bson";
-import { OtaProgressDocument, OtaProgressesDocument } from "../test/generated/graphql.js";
+import { OtaProgressDocument, OtaProgressesDocument } from "../src/client/generated/graphql.js";
 import { metric, OwnMosquitto, round, sleep, startServer, TOKEN, uniq } from "./lib.js";
 
 export interface QueriesOptions {

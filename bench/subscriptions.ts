@@ -3,7 +3,7 @@ import { print } from "graphql";
 import type { Client } from "graphql-ws";
 import mqtt from "mqtt";
 import { ObjectId } from "bson";
-import { OtaProgressChangedDocument } from "../test/generated/graphql.js";
+import { OtaProgressChangedDocument } from "../src/client/generated/graphql.js";
 import { heapAfterGc, nowMs, OwnMosquitto, percentile, round, sleep, startServer, uniq, wsClient, type BenchServer } from "./lib.js";
 
 export interface SubscriptionsOptions {

@@ -15,7 +15,7 @@ import {
   SendOtaDocument,
   SetDeviceTagsDocument,
   SuspendDeviceDocument,
-} from "../generated/graphql.js";
+} from "../../src/client/generated/graphql.js";
 import { gql, gqlOk, startApp, wsClient, type TestApp } from "../helpers/app.js";
 import { firmware } from "../helpers/fixtures.js";
 import { uniq } from "../helpers/services.js";

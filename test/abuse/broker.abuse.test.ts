@@ -1,7 +1,7 @@
 import { connect as tcpConnect } from "node:net";
 import { Redis } from "ioredis";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
-import { DeviceDocument, OtaProgressDocument, RegisterDeviceDocument, SendOtaDocument } from "../generated/graphql.js";
+import { DeviceDocument, OtaProgressDocument, RegisterDeviceDocument, SendOtaDocument } from "../../src/client/generated/graphql.js";
 import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
 import { connackCode, TestDevice } from "../helpers/device.js";
 import { firmware } from "../helpers/fixtures.js";

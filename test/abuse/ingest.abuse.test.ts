@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { beforeAll, describe, expect, it } from "vitest";
-import { DeviceDocument, DevicesDocument, OtaProgressDocument, RegisterDeviceDocument, SendOtaDocument } from "../generated/graphql.js";
+import { DeviceDocument, DevicesDocument, OtaProgressDocument, RegisterDeviceDocument, SendOtaDocument } from "../../src/client/generated/graphql.js";
 import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
 import { messageIdAt, TestDevice } from "../helpers/device.js";
 import { firmware } from "../helpers/fixtures.js";

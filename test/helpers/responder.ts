@@ -1,8 +1,8 @@
 import { createHash } from "node:crypto";
 import mqtt from "mqtt";
 import pg from "pg";
-import type { CreateRolloutInput } from "../generated/graphql.js";
-import { DevicesWithExecutionsDocument } from "../generated/graphql.js";
+import type { CreateRolloutInput } from "../../src/client/generated/graphql.js";
+import { DevicesWithExecutionsDocument } from "../../src/client/generated/graphql.js";
 import { buildCommandTopic, parseCommandTopic } from "../../src/protocol/topics.js";
 import { registerDevices } from "../../src/sim/sim.fleet.js";
 import type { DeviceCredentials } from "../../src/sim/sim.device.js";

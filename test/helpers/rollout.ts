@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
-import type { CreateRolloutInput, RolloutExecutionsQuery, RolloutFieldsFragment } from "../generated/graphql.js";
-import { CreateRolloutDocument, DevicesWithExecutionsDocument, RolloutDocument, RolloutExecutionsDocument } from "../generated/graphql.js";
+import type { CreateRolloutInput, RolloutExecutionsQuery, RolloutFieldsFragment } from "../../src/client/generated/graphql.js";
+import { CreateRolloutDocument, DevicesWithExecutionsDocument, RolloutDocument, RolloutExecutionsDocument } from "../../src/client/generated/graphql.js";
 import { NO_FAULTS, seededRandom, type FaultRates } from "../../src/sim/faults.js";
 import { FirmwareServer } from "../../src/sim/firmware.server.js";
 import { Fleet, registerDevices } from "../../src/sim/sim.fleet.js";

@@ -8,7 +8,7 @@ import {
   RegisterDeviceDocument,
   SendOtaDocument,
   SetDeviceTagsDocument,
-} from "../generated/graphql.js";
+} from "../../src/client/generated/graphql.js";
 import { createServer, connect, type AddressInfo, type Socket } from "node:net";
 import mqtt from "mqtt";
 import { gql, gqlOk, startApp, type TestApp } from "../helpers/app.js";

@@ -11,7 +11,7 @@ import {
   SetDeviceTagsDocument,
   SuspendDeviceDocument,
   type ApiAccess,
-} from "../generated/graphql.js";
+} from "../../src/client/generated/graphql.js";
 import { gql, gqlOk, startApp, wsClient, type TestApp } from "../helpers/app.js";
 import { DATABASE_URL, freshDatabase, uniq } from "../helpers/services.js";
 import { onTeardown } from "../helpers/teardown.js";

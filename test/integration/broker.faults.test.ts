@@ -10,7 +10,7 @@ import type { Limits } from "../../src/config/config.js";
 import { ErrorCode } from "../../src/errors.js";
 import { createLogger } from "../../src/logger.js";
 import { createMetrics, type Metrics } from "../../src/metrics.js";
-import { OtaProgressDocument, RegisterDeviceDocument, SendOtaDocument } from "../generated/graphql.js";
+import { OtaProgressDocument, RegisterDeviceDocument, SendOtaDocument } from "../../src/client/generated/graphql.js";
 import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
 import { firmware } from "../helpers/fixtures.js";

@@ -8,7 +8,7 @@ import {
   SendOtaDocument,
   SetDeviceTagsDocument,
   SuspendDeviceDocument,
-} from "../generated/graphql.js";
+} from "../../src/client/generated/graphql.js";
 import { firmware } from "../helpers/fixtures.js";
 import { metric } from "../helpers/metrics.js";
 import { gqlOk, startApp, type TestApp } from "../helpers/app.js";

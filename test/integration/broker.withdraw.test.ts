@@ -8,7 +8,7 @@ import { OtaService } from "../../src/ota/ota.service.js";
 import { newObjectId } from "../../src/protocol/object-id.js";
 import { RedisIdempotencyStore } from "../../src/storage/idempotency.redis.js";
 import { RedisProgressStore, redisKeys } from "../../src/storage/progress.redis.js";
-import { RegisterDeviceDocument } from "../generated/graphql.js";
+import { RegisterDeviceDocument } from "../../src/client/generated/graphql.js";
 import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
 import { firmware } from "../helpers/fixtures.js";

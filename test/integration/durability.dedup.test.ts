@@ -4,7 +4,7 @@ import type { DeviceService } from "../../src/devices/device.service.js";
 import { createMetrics } from "../../src/metrics.js";
 import { IngestDispatcher } from "../../src/mqtt/ingest.dispatcher.js";
 import { RedisProgressStore, redisKeys } from "../../src/storage/progress.redis.js";
-import { DeviceDocument, RegisterDeviceDocument } from "../generated/graphql.js";
+import { DeviceDocument, RegisterDeviceDocument } from "../../src/client/generated/graphql.js";
 import { gqlOk, startApp } from "../helpers/app.js";
 import { REDIS_URL, uniq } from "../helpers/services.js";
 import { onTeardown } from "../helpers/teardown.js";

@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { ObjectId } from "bson";
 import { Redis } from "ioredis";
 import { describe, expect, it } from "vitest";
-import { OtaProgressDocument, RegisterDeviceDocument } from "../generated/graphql.js";
+import { OtaProgressDocument, RegisterDeviceDocument } from "../../src/client/generated/graphql.js";
 import { gqlOk, startApp } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
 import { metric } from "../helpers/metrics.js";

@@ -7,7 +7,7 @@ import {
   RegisterDeviceDocument,
   SendOtaDocument,
   SetDeviceTagsDocument,
-} from "../generated/graphql.js";
+} from "../../src/client/generated/graphql.js";
 import { gqlOk, startApp, subscribe, wsClient, type TestApp } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
 import { uniq } from "../helpers/services.js";

@@ -1,7 +1,7 @@
 import { ObjectId } from "bson";
 import mqtt, { type MqttClient } from "mqtt";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { DeviceDocument, OtaProgressChangedDocument, RegisterDeviceDocument } from "../generated/graphql.js";
+import { DeviceDocument, OtaProgressChangedDocument, RegisterDeviceDocument } from "../../src/client/generated/graphql.js";
 import { gqlOk, startApp, subscribe, wsClient } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
 import { metric } from "../helpers/metrics.js";

@@ -3,7 +3,7 @@ import { describe, expect, it } from "vitest";
 import { createMetrics } from "../../src/metrics.js";
 import { IngestDispatcher, IngestRefused } from "../../src/mqtt/ingest.dispatcher.js";
 import { RedisProgressStore, redisKeys } from "../../src/storage/progress.redis.js";
-import { DeviceDocument, RegisterDeviceDocument } from "../generated/graphql.js";
+import { DeviceDocument, RegisterDeviceDocument } from "../../src/client/generated/graphql.js";
 import { gqlOk, startApp } from "../helpers/app.js";
 import { REDIS_URL, uniq } from "../helpers/services.js";
 import { onTeardown } from "../helpers/teardown.js";

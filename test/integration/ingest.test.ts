@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, it } from "vitest";
-import { DeviceDocument, OtaProgressDocument, RegisterDeviceDocument } from "../generated/graphql.js";
+import { DeviceDocument, OtaProgressDocument, RegisterDeviceDocument } from "../../src/client/generated/graphql.js";
 import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
 import { metric } from "../helpers/metrics.js";

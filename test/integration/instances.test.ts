@@ -1,6 +1,6 @@
 import { ObjectId } from "bson";
 import { describe, expect, it } from "vitest";
-import { OtaProgressChangedDocument, OtaProgressDocument, RegisterDeviceDocument, SendOtaDocument } from "../generated/graphql.js";
+import { OtaProgressChangedDocument, OtaProgressDocument, RegisterDeviceDocument, SendOtaDocument } from "../../src/client/generated/graphql.js";
 import { gqlOk, startApp, subscribe, wsClient } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
 import { metric } from "../helpers/metrics.js";

@@ -1,7 +1,7 @@
 import { parse, print } from "graphql";
 import type { TypedDocumentNode } from "@graphql-typed-document-node/core";
 import { beforeAll, describe, expect, it } from "vitest";
-import { OtaProgressesDocument, RegisterDeviceDocument } from "../generated/graphql.js";
+import { OtaProgressesDocument, RegisterDeviceDocument } from "../../src/client/generated/graphql.js";
 import { gql, gqlOk, startApp, wsClient, type TestApp } from "../helpers/app.js";
 import { OwnRedis } from "../helpers/processes.js";
 import { uniq } from "../helpers/services.js";

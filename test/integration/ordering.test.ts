@@ -10,7 +10,7 @@ import {
   RegisterDeviceDocument,
   SendOtaDocument,
   SetDeviceTagsDocument,
-} from "../generated/graphql.js";
+} from "../../src/client/generated/graphql.js";
 import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
 import { messageIdAt, TestDevice } from "../helpers/device.js";
 import { firmware } from "../helpers/fixtures.js";

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { OtaProgressDocument, RegisterDeviceDocument, SendOtaDocument } from "../generated/graphql.js";
+import { OtaProgressDocument, RegisterDeviceDocument, SendOtaDocument } from "../../src/client/generated/graphql.js";
 import { gql, gqlOk, startApp } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
 import { OwnMosquitto } from "../helpers/processes.js";

@@ -1,6 +1,6 @@
 import { eq } from "drizzle-orm";
 import { beforeAll, describe, expect, it } from "vitest";
-import { DevicesDocument, type DevicesQuery } from "../generated/graphql.js";
+import { DevicesDocument, type DevicesQuery } from "../../src/client/generated/graphql.js";
 import { gql, gqlOk, startApp, type TestApp } from "../helpers/app.js";
 import { DATABASE_KINDS, uniq } from "../helpers/services.js";
 import { devices as devicesTable } from "../../src/storage/schema.js";

@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { ObjectId } from "bson";
 import { describe, expect, it } from "vitest";
-import { PauseRolloutDocument, ResumeRolloutDocument } from "../generated/graphql.js";
+import { PauseRolloutDocument, ResumeRolloutDocument } from "../../src/client/generated/graphql.js";
 import { gqlOk, startApp, type TestAppOptions } from "../helpers/app.js";
 import { metric } from "../helpers/metrics.js";
 import { freePort, OwnMosquitto, OwnRedis, ServerProcess } from "../helpers/processes.js";

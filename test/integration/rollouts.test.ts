@@ -14,7 +14,7 @@ import {
   RolloutProgressDocument,
   RolloutsDocument,
   SetDeviceTagsDocument,
-} from "../generated/graphql.js";
+} from "../../src/client/generated/graphql.js";
 import { gql, gqlOk, startApp, subscribe, wsClient, type TestApp } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
 import { createRollout, executionsOf, firmwareFile, rolloutIn, rolloutInput, rolloutOf, simFleet } from "../helpers/rollout.js";

@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, it } from "vitest";
-import { OtaProgressesDocument, SendOtaDocument } from "../generated/graphql.js";
+import { OtaProgressesDocument, SendOtaDocument } from "../../src/client/generated/graphql.js";
 import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
 import { metric } from "../helpers/metrics.js";
 import { uniq } from "../helpers/services.js";

@@ -2,7 +2,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { parse, print } from "graphql";
 import WebSocket from "ws";
 import type { TypedDocumentNode } from "@graphql-typed-document-node/core";
-import { OtaProgressChangedDocument, OtaProgressDocument, RegisterDeviceDocument } from "../generated/graphql.js";
+import { OtaProgressChangedDocument, OtaProgressDocument, RegisterDeviceDocument } from "../../src/client/generated/graphql.js";
 import { gqlOk, startApp, subscribe, wsClient, type TestApp } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
 import { metric } from "../helpers/metrics.js";

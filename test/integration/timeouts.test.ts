@@ -1,7 +1,7 @@
 import { sql } from "drizzle-orm";
 import { Redis } from "ioredis";
 import { describe, expect, it } from "vitest";
-import { OtaProgressDocument } from "../generated/graphql.js";
+import { OtaProgressDocument } from "../../src/client/generated/graphql.js";
 import { gql, startApp } from "../helpers/app.js";
 import { OwnRedis } from "../helpers/processes.js";
 import { DATABASE_URL } from "../helpers/services.js";
