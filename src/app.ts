@@ -21,12 +21,13 @@ import { ProgressFeed } from "./ota/progress.feed.js";
 import { Database } from "./storage/database.js";
 import { RedisPubSubAdapter } from "./storage/pubsub.js";
 import { RedisIdempotencyStore } from "./storage/idempotency.redis.js";
+import { RedisPresence, unknownPresence } from "./storage/presence.redis.js";
 import { RedisProgressStore, redisKeys } from "./storage/progress.redis.js";
 import { connectAll, createRedis, quitAll } from "./storage/redis.js";
 import { RedisRolloutSignals } from "./storage/rollout.signals.js";
 import { RolloutFeed } from "./rollouts/rollout.feed.js";
 import { RolloutRepository } from "./rollouts/rollout.repository.js";
-import { DeviceRolloutResolver, RolloutResolver } from "./rollouts/rollout.resolver.js";
+import { DeviceRolloutResolver, FleetRolloutResolver, RolloutResolver } from "./rollouts/rollout.resolver.js";
 import { RolloutScheduler } from "./rollouts/rollout.scheduler.js";
 import { RolloutService } from "./rollouts/rollout.service.js";
 
@@ -106,7 +107,8 @@ export class App {
       withdraw: (p, d, ids) => this.#link.withdraw(p, d, ids),
     };
     this.tokens = new TokenService(db, config.adminToken, config.limits.tokenCacheTtlMs);
-    this.devices = new DeviceService(new DeviceRepository(db), commands, sessions, progress);
+    const presence = config.broker.kind === "embedded" ? new RedisPresence(this.#redis, keys) : undefined;
+    this.devices = new DeviceService(new DeviceRepository(db), commands, sessions, progress, presence ?? unknownPresence);
     this.ota = new OtaService(this.devices, commands, progress, {
       idempotency: new RedisIdempotencyStore(this.#redis, config.redisPrefix),
       // A first request can still be publishing for this long: marking the attempt (Redis), then the publish itself.
@@ -157,6 +159,7 @@ export class App {
         createRedis(config.redisUrl, "broker", redisTimeout, redisError("broker")),
         this.metrics,
         this.log,
+        presence,
       );
       this.#link = this.#embedded;
     } else {
@@ -174,6 +177,7 @@ export class App {
       new TokenResolver(this.tokens),
       new RolloutResolver(this.rollouts),
       new DeviceRolloutResolver(this.rollouts, this.ota),
+      new FleetRolloutResolver(this.rollouts),
     ];
     this.#http = new HttpServer({
       tokens: this.tokens,

@@ -21,6 +21,7 @@ import {
 } from "../protocol/acl.js";
 import { isObjectId } from "../protocol/object-id.js";
 import { deviceAutoSubscriptions } from "../protocol/topics.js";
+import { PRESENCE_REFRESH_MS, type RedisPresence } from "../storage/presence.redis.js";
 import { guardFrames } from "./frame.guard.js";
 import { Refusals } from "./refusals.js";
 import { DeviceSessions } from "./sessions.js";
@@ -276,6 +277,9 @@ export class EmbeddedBroker implements BrokerLink {
   readonly #byDevice = new Map<string, Set<Client>>();
   #sessions: DeviceSessions | undefined;
   readonly #refusals: Refusals;
+  /** Registered connections per device (`<product>/<device>`), for presence. */
+  readonly #online = new Map<string, number>();
+  #presenceTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly options: EmbeddedBrokerOptions,
@@ -288,6 +292,7 @@ export class EmbeddedBroker implements BrokerLink {
     private readonly redis: Redis,
     private readonly metrics: Metrics,
     private readonly log: Logger,
+    private readonly presence?: RedisPresence,
   ) {
     this.#refusals = new Refusals(metrics, log, options.limits.refusedLogIntervalMs);
   }
@@ -362,8 +367,17 @@ export class EmbeddedBroker implements BrokerLink {
     });
     aedes.on("client", (client) => this.#onRegistered(client));
     aedes.on("clientDisconnect", (client) => {
-      if (this.#clients.has(client)) this.metrics.connectedDevices.dec();
+      const device = this.#clients.get(client);
+      if (!device) return;
+      this.metrics.connectedDevices.dec();
+      this.#presenceChange(device.identity, -1);
     });
+    this.#presenceTimer = setInterval(() => {
+      this.presence?.refresh().catch((err: unknown) => {
+        if (this.#refusals.shouldLog("presence")) this.log.warn({ err }, "could not refresh device presence");
+      });
+    }, PRESENCE_REFRESH_MS);
+    this.#presenceTimer.unref();
     aedes.on("unsubscribe", (filters, client) => {
       const granted = client && this.#clients.get(client)?.granted;
       for (const f of granted ? filters : []) granted?.delete(f);
@@ -505,6 +519,7 @@ export class EmbeddedBroker implements BrokerLink {
   }
 
   async stop(): Promise<void> {
+    clearInterval(this.#presenceTimer);
     const aedes = this.#aedes;
     this.#aedes = undefined;
     for (const server of this.#servers) server.close();
@@ -814,6 +829,18 @@ export class EmbeddedBroker implements BrokerLink {
     return device !== undefined && canSubscribe(device.identity, filter);
   }
 
+  /** A device's first connection here marks it online, its last one's close offline (Redis: best effort, refreshed). */
+  #presenceChange(identity: DeviceIdentity, delta: 1 | -1): void {
+    const key = `${identity.productName}/${identity.deviceName}`;
+    const count = (this.#online.get(key) ?? 0) + delta;
+    if (count > 0) this.#online.set(key, count);
+    else this.#online.delete(key);
+    if (!this.presence || count !== (delta > 0 ? 1 : 0)) return;
+    (delta > 0 ? this.presence.connected(identity) : this.presence.disconnected(identity)).catch((err: unknown) => {
+      if (this.#refusals.shouldLog("presence")) this.log.warn({ err }, "could not record device presence");
+    });
+  }
+
   #keyOf(client: Client): string {
     const id = this.#clients.get(client)?.identity;
     return id ? `${id.productName}/${id.deviceName}` : `client:${client.id}`;
@@ -829,6 +856,7 @@ export class EmbeddedBroker implements BrokerLink {
     const device = this.#clients.get(client);
     if (!device) return;
     this.metrics.connectedDevices.inc();
+    this.#presenceChange(device.identity, +1);
     if (!client.clean && !device.freshSession) return;
     const { productName, deviceName } = device.identity;
     const subscriptions = deviceAutoSubscriptions(productName, deviceName).map((topic) => ({ topic, qos: 1 as const }));

@@ -30,6 +30,19 @@ export function toDevice(row: DeviceRow): Device {
   };
 }
 
+/** What a device list can be narrowed to: connected now, not connected (and not suspended), suspended. */
+export const DEVICE_STATES = ["ONLINE", "OFFLINE", "SUSPENDED"] as const;
+export type DeviceState = (typeof DEVICE_STATES)[number];
+
+/** A product's fleet at a glance; `online` is null where the broker is external (the server cannot know). */
+export interface FleetSummary {
+  productName: string;
+  devices: number;
+  suspended: number;
+  online: number | null;
+  versions: { firmwareVersion: string | null; devices: number }[];
+}
+
 /** When the server received a device message: time, and a per-process sequence for messages of the same millisecond. */
 export interface Receipt {
   at: number;

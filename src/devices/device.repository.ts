@@ -1,7 +1,26 @@
-import { and, arrayContains, asc, eq, gt, isNull, or, sql } from "drizzle-orm";
-import type { Db } from "../storage/database.js";
+import { and, arrayContains, asc, eq, gt, inArray, isNull, not, or, sql } from "drizzle-orm";
+import { rowsOf, type Db } from "../storage/database.js";
 import { devices } from "../storage/schema.js";
 import type { DeviceRow } from "./device.model.js";
+
+/** What a device list is narrowed to; `names`/`notNames` come from presence (online / offline). */
+export interface DeviceFilter {
+  tag?: string;
+  firmwareVersion?: string;
+  suspended?: boolean;
+  names?: readonly string[];
+  notNames?: readonly string[];
+}
+
+/** A product's devices counted by reported firmware version (null: none reported yet). */
+export interface VersionCount {
+  firmwareVersion: string | null;
+  devices: number;
+  suspended: number;
+}
+
+/** `firmware_ver` of the stored status, as the API shows it. */
+const firmwareVersion = sql<string | null>`${devices.status}->>'firmware_ver'`;
 
 export interface DevicePage {
   rows: DeviceRow[];
@@ -27,7 +46,8 @@ export class DeviceRepository {
   }
 
   /** Keyset pagination by device name: stable under inserts, O(page) at any depth. */
-  async list(productName: string, tag: string | undefined, first: number, after: string | undefined): Promise<DevicePage> {
+  async list(productName: string, filter: DeviceFilter, first: number, after: string | undefined): Promise<DevicePage> {
+    const { tag, suspended, names, notNames } = filter;
     const rows = await this.db()
       .select()
       .from(devices)
@@ -35,12 +55,42 @@ export class DeviceRepository {
         and(
           eq(devices.productName, productName),
           tag === undefined ? undefined : arrayContains(devices.tags, [tag]),
+          filter.firmwareVersion === undefined ? undefined : eq(firmwareVersion, filter.firmwareVersion),
+          suspended === undefined ? undefined : eq(devices.suspended, suspended),
+          names === undefined ? undefined : inArray(devices.deviceName, [...names]),
+          notNames === undefined || notNames.length === 0 ? undefined : not(inArray(devices.deviceName, [...notNames])),
           after === undefined ? undefined : gt(devices.deviceName, after),
         ),
       )
       .orderBy(asc(devices.deviceName))
       .limit(first + 1);
     return { rows: rows.slice(0, first), hasNextPage: rows.length > first };
+  }
+
+  /** The product's devices by firmware version, with how many of each are suspended: one grouped scan. */
+  async versionCounts(productName: string): Promise<VersionCount[]> {
+    const rows = await this.db()
+      .select({
+        firmwareVersion,
+        devices: sql<number>`count(*)::int`,
+        suspended: sql<number>`(count(*) filter (where ${devices.suspended}))::int`,
+      })
+      .from(devices)
+      .where(eq(devices.productName, productName))
+      .groupBy(firmwareVersion);
+    return rows;
+  }
+
+  /** Product names of the registered devices, in order: a walk of the primary key, one probe per product. */
+  async productNames(limit: number): Promise<string[]> {
+    const result = await this.db().execute(sql`
+      with recursive p(n) as (
+        (select product_name from devices order by product_name limit 1)
+        union all
+        select (select d.product_name from devices d where d.product_name > p.n order by d.product_name limit 1) from p where p.n is not null
+      )
+      select n from p where n is not null limit ${limit}`);
+    return rowsOf<{ n: string }>(result).map((r) => r.n);
   }
 
   async setTags(productName: string, deviceName: string, tags: string[]): Promise<DeviceRow | null> {

@@ -1,7 +1,15 @@
-import { Arg, Authorized, Int, Mutation, Query, Resolver } from "type-graphql";
+import DataLoader from "dataloader";
+import { Arg, Authorized, Ctx, FieldResolver, Int, Mutation, Query, Resolver, Root } from "type-graphql";
+import { PRODUCT_CHECKED_BY_RESOLVER } from "../auth/principal.js";
+import type { Context } from "../http/context.js";
 import { toConnection, type Connection } from "../http/connection.types.js";
+import { byProduct } from "../http/loaders.js";
+import type { DeviceState } from "./device.model.js";
 import { DeviceService } from "./device.service.js";
-import { DeviceConnection, DeviceType, RegisterDeviceInput, RegisteredDevice } from "./device.types.js";
+import { DeviceConnection, DeviceStateEnum, DeviceType, FleetType, RegisterDeviceInput, RegisteredDevice } from "./device.types.js";
+
+/** Per request: whether devices are online, one Redis round trip per product for a page. */
+const onlineLoaders = new WeakMap<Context, DataLoader<string, boolean | null>>();
 
 @Resolver(() => DeviceType)
 export class DeviceResolver {
@@ -17,19 +25,47 @@ export class DeviceResolver {
   }
 
   @Authorized("read")
-  @Query(() => DeviceConnection, { description: "Devices of a product, optionally with a tag, by device name." })
+  @Query(() => DeviceConnection, { description: "Devices of a product by device name, optionally only those with a tag, a firmware version or in a state." })
   async devices(
     @Arg("productName", () => String) productName: string,
     @Arg("tag", () => String, { nullable: true }) tag: string | null,
+    @Arg("firmwareVersion", () => String, { nullable: true, description: "`firmware_ver` of the last status, exactly." }) firmwareVersion: string | null,
+    @Arg("state", () => DeviceStateEnum, { nullable: true }) state: DeviceState | null,
     @Arg("first", () => Int, { nullable: true, description: "Page size, 1..1000 (default 50)." }) first: number | null,
     @Arg("after", () => String, { nullable: true }) after: string | null,
   ): Promise<Connection<DeviceType>> {
-    const page = await this.service.list(productName, tag, first, after);
+    const page = await this.service.list(productName, { tag, firmwareVersion, state }, first, after);
     return toConnection(
       page.edges.map((e) => e.device),
       (_, i) => page.edges[i]?.cursor ?? "",
       page.hasNextPage,
     );
+  }
+
+  @Authorized("read")
+  @Query(() => FleetType, { description: "The product's devices by firmware version, with suspended and online counts." })
+  fleet(@Arg("productName", () => String) productName: string): Promise<FleetType> {
+    return this.service.fleet(productName);
+  }
+
+  @Authorized("read", PRODUCT_CHECKED_BY_RESOLVER)
+  @Query(() => [String], { description: "Products with registered devices that this token may read, in order (at most 1,000)." })
+  async products(@Ctx() ctx: Context): Promise<string[]> {
+    const names = await this.service.productNames();
+    const allowed = ctx.principal.products;
+    return allowed === null ? names : names.filter((n) => allowed.includes(n));
+  }
+
+  @FieldResolver(() => Boolean, { nullable: true, description: "Connected now (to any instance); null with an external broker (unknown)." })
+  online(@Root() device: DeviceType, @Ctx() ctx: Context): Promise<boolean | null> {
+    let loader = onlineLoaders.get(ctx);
+    if (!loader) {
+      loader = new DataLoader((keys: readonly string[]) =>
+        byProduct(keys, async (productName, names) => (await this.service.online(productName, names)) ?? names.map(() => null)),
+      );
+      onlineLoaders.set(ctx, loader);
+    }
+    return loader.load(`${device.productName}/${device.deviceName}`);
   }
 
   @Authorized("admin")

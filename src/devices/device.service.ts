@@ -4,9 +4,9 @@ import { AppError, ErrorCode, badInput } from "../errors.js";
 import { checkName, checkTags } from "../protocol/names.js";
 import { newObjectId } from "../protocol/object-id.js";
 import { buildCommandTopic } from "../protocol/topics.js";
-import type { CommandPublisher, DeviceSessions, ProgressStore } from "../ota/ports.js";
-import { statusOrder, toDevice, type Device, type DeviceRow, type Receipt } from "./device.model.js";
-import type { DeviceRepository } from "./device.repository.js";
+import type { CommandPublisher, DeviceSessions, PresenceReader, ProgressStore } from "../ota/ports.js";
+import { statusOrder, toDevice, type Device, type DeviceRow, type DeviceState, type FleetSummary, type Receipt } from "./device.model.js";
+import type { DeviceFilter, DeviceRepository } from "./device.repository.js";
 import { hashSecret, newSecret, verifySecret } from "./secret.js";
 
 export type AuthResult = "ok" | "bad_credentials" | "suspended";
@@ -18,6 +18,15 @@ export interface DevicePage {
 }
 
 export const MAX_PAGE = 1000;
+/** The most product names `products` answers. */
+export const MAX_PRODUCTS = 1000;
+
+/** What the API lets a device list be narrowed to. */
+export interface DeviceQuery {
+  tag?: string | null;
+  firmwareVersion?: string | null;
+  state?: DeviceState | null;
+}
 
 /** Devices whose verified secret is remembered (least recently connected forgotten first). */
 const VERIFIED_CACHE_SIZE = 200_000;
@@ -57,6 +66,7 @@ export class DeviceService {
     private readonly commands: CommandPublisher,
     private readonly sessions: DeviceSessions,
     private readonly progress: ProgressStore,
+    private readonly presence: PresenceReader,
   ) {}
 
   async register(input: { productName: string; deviceName?: string | null; tags?: string[] | null }) {
@@ -80,14 +90,54 @@ export class DeviceService {
     return device;
   }
 
-  async list(productName: string, tag?: string | null, first?: number | null, after?: string | null): Promise<DevicePage> {
+  async list(productName: string, query: DeviceQuery = {}, first?: number | null, after?: string | null): Promise<DevicePage> {
     requireName("productName", productName);
-    if (tag != null) requireName("tag", tag);
     const limit = first ?? 50;
     if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE) throw badInput("first", `must be 1..${MAX_PAGE}`);
-    const page = await this.repo.list(productName, tag ?? undefined, limit, after == null ? undefined : decodeCursor(after));
+    const filter = await this.#filterOf(productName, query);
+    const page = await this.repo.list(productName, filter, limit, after == null ? undefined : decodeCursor(after));
     const edges = page.rows.map((row) => ({ cursor: encodeCursor(row.deviceName), device: toDevice(row) }));
     return { edges, endCursor: edges.at(-1)?.cursor ?? null, hasNextPage: page.hasNextPage };
+  }
+
+  async #filterOf(productName: string, { tag, firmwareVersion, state }: DeviceQuery): Promise<DeviceFilter> {
+    const filter: DeviceFilter = {};
+    if (tag != null) filter.tag = requireName("tag", tag);
+    if (firmwareVersion != null) {
+      if (firmwareVersion === "" || firmwareVersion.length > 64) throw badInput("firmwareVersion", "must be 1..64 characters");
+      filter.firmwareVersion = firmwareVersion;
+    }
+    if (state == null) return filter;
+    if (state === "SUSPENDED") return { ...filter, suspended: true };
+    const online = await this.presence.onlineNames(productName);
+    if (online === null) throw badInput("state", "whether devices are connected is unknown with an external broker (only SUSPENDED)");
+    return { ...filter, suspended: false, ...(state === "ONLINE" ? { names: online } : { notNames: online }) };
+  }
+
+  /** Whether each device is connected now, in order (null: unknown, the broker is external). */
+  online(productName: string, deviceNames: readonly string[]): Promise<boolean[] | null> {
+    return this.presence.online(productName, deviceNames);
+  }
+
+  /** Devices by firmware version, suspended and online counts: one grouped scan and one Redis count. */
+  async fleet(productName: string): Promise<FleetSummary> {
+    requireName("productName", productName);
+    const [counts, online] = await Promise.all([this.repo.versionCounts(productName), this.presence.countOnline(productName)]);
+    const versions = counts
+      .map(({ firmwareVersion, devices }) => ({ firmwareVersion, devices }))
+      .sort((a, b) => b.devices - a.devices || String(a.firmwareVersion).localeCompare(String(b.firmwareVersion)));
+    return {
+      productName,
+      devices: counts.reduce((n, c) => n + c.devices, 0),
+      suspended: counts.reduce((n, c) => n + c.suspended, 0),
+      online,
+      versions,
+    };
+  }
+
+  /** Product names that have registered devices, in order (at most MAX_PRODUCTS). */
+  productNames(): Promise<string[]> {
+    return this.repo.productNames(MAX_PRODUCTS);
   }
 
   /** Replaces the tags, bumps tagsVersion and pushes `$set_tags` (PROTOCOL.md, `$set_tags`). */

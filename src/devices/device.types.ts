@@ -1,6 +1,13 @@
 import { DateTimeISOResolver, JSONObjectResolver } from "graphql-scalars";
-import { Field, InputType, Int, ObjectType } from "type-graphql";
+import { Field, InputType, Int, ObjectType, registerEnumType } from "type-graphql";
 import { connectionOf } from "../http/connection.types.js";
+import { DEVICE_STATES, type DeviceState } from "./device.model.js";
+
+export const DeviceStateEnum = Object.fromEntries(DEVICE_STATES.map((s) => [s, s])) as { [K in DeviceState]: K };
+registerEnumType(DeviceStateEnum, {
+  name: "DeviceState",
+  description: "ONLINE: connected now; OFFLINE: not connected and not suspended; SUSPENDED: refused until resumed.",
+});
 
 @ObjectType("Device", { description: "A device registered for a product.", simpleResolvers: true })
 export class DeviceType {
@@ -54,3 +61,30 @@ export class RegisterDeviceInput {
 }
 
 export const DeviceConnection = connectionOf(DeviceType, "Device");
+
+@ObjectType()
+export class FirmwareVersionCount {
+  @Field(() => String, { nullable: true, description: "null: the devices have not reported a version yet." })
+  firmwareVersion!: string | null;
+
+  @Field(() => Int)
+  devices!: number;
+}
+
+@ObjectType("Fleet", { description: "A product's devices at a glance." })
+export class FleetType {
+  @Field(() => String)
+  productName!: string;
+
+  @Field(() => Int, { description: "Registered devices." })
+  devices!: number;
+
+  @Field(() => Int)
+  suspended!: number;
+
+  @Field(() => Int, { nullable: true, description: "Devices connected now; null with an external broker (unknown)." })
+  online!: number | null;
+
+  @Field(() => [FirmwareVersionCount], { description: "Devices by reported firmware version, most devices first." })
+  versions!: FirmwareVersionCount[];
+}

@@ -5,7 +5,7 @@ import { ANY_PRODUCT, isAccess, PRODUCT_CHECKED_BY_RESOLVER, requireAccess } fro
 import { TokenResolver } from "../auth/token.resolver.js";
 import { DeviceResolver } from "../devices/device.resolver.js";
 import { OtaResolver } from "../ota/ota.resolver.js";
-import { DeviceRolloutResolver, RolloutResolver } from "../rollouts/rollout.resolver.js";
+import { DeviceRolloutResolver, FleetRolloutResolver, RolloutResolver } from "../rollouts/rollout.resolver.js";
 import type { Context } from "./context.js";
 
 /** The product an operation acts on: its `productName` argument, or its input's. */
@@ -37,7 +37,7 @@ const authChecker: AuthChecker<Context> = ({ context, args }, roles) => {
 export function buildGraphqlSchema(pubSub: PubSub, resolvers: object[] = []): Promise<GraphQLSchema> {
   const instances = new Map<unknown, object>(resolvers.map((r) => [r.constructor, r]));
   return buildSchema({
-    resolvers: [DeviceResolver, OtaResolver, TokenResolver, RolloutResolver, DeviceRolloutResolver],
+    resolvers: [DeviceResolver, OtaResolver, TokenResolver, RolloutResolver, DeviceRolloutResolver, FleetRolloutResolver],
     container: { get: (cls) => instances.get(cls) },
     pubSub,
     authChecker,

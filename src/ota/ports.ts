@@ -86,3 +86,15 @@ export interface ReportListener {
   onProgress(record: ProgressRecord): Promise<void>;
   onStatus(productName: string, deviceName: string, firmwareVersion: string | undefined): Promise<void>;
 }
+
+/**
+ * Which devices are connected now, across instances. Known only where the
+ * broker is ours (embedded); with an external broker every answer is null.
+ */
+export interface PresenceReader {
+  /** Whether each device is connected, in the order asked. */
+  online(productName: string, deviceNames: readonly string[]): Promise<boolean[] | null>;
+  countOnline(productName: string): Promise<number | null>;
+  /** The connected devices of a product (for filtering by state). */
+  onlineNames(productName: string): Promise<string[] | null>;
+}

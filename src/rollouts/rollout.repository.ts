@@ -1,5 +1,5 @@
 import { and, desc, eq, getTableColumns, inArray, lt, or, sql, type SQL } from "drizzle-orm";
-import type { Db } from "../storage/database.js";
+import { rowsOf, type Db } from "../storage/database.js";
 import { devices, rolloutExecutions, rollouts } from "../storage/schema.js";
 import {
   ACTIVE_ROLLOUT,
@@ -512,11 +512,6 @@ export class RolloutRepository {
     }
     return written;
   }
-}
-
-/** node-postgres answers `{rows}`, PGlite the same shape: either way, the rows. */
-function rowsOf<T>(result: unknown): T[] {
-  return ((result as { rows?: T[] }).rows ?? (result as T[])) as T[];
 }
 
 async function insertExecutions(

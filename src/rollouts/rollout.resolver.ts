@@ -3,10 +3,11 @@ import { Arg, Authorized, Ctx, FieldResolver, ID, Int, Mutation, Query, Resolver
 import { PRODUCT_CHECKED_BY_RESOLVER, requireAccess, type Access } from "../auth/principal.js";
 import { badInput } from "../errors.js";
 import type { Context, SubscriptionContext } from "../http/context.js";
-import type { ExecutionCounts, ExecutionState, FailureClass, RolloutState } from "./rollout.model.js";
+import { ACTIVE_ROLLOUT, type ExecutionCounts, type ExecutionState, type FailureClass, type RolloutState } from "./rollout.model.js";
 import type { RolloutSnapshot } from "./rollout.feed.js";
-import { DeviceType } from "../devices/device.types.js";
+import { DeviceType, FleetType } from "../devices/device.types.js";
 import { toConnection, type Connection } from "../http/connection.types.js";
+import { byProduct } from "../http/loaders.js";
 import { OtaService } from "../ota/ota.service.js";
 import { OtaProgress, toOtaProgress } from "../ota/ota.types.js";
 import { RolloutService, type RolloutInput } from "./rollout.service.js";
@@ -239,22 +240,13 @@ export class DeviceRolloutResolver {
   }
 }
 
-/** Runs `load` once per product over DataLoader keys `<product>/<device>`, answering in key order. */
-async function byProduct<T>(keys: readonly string[], load: (productName: string, deviceNames: string[]) => Promise<T[]>): Promise<T[]> {
-  const groups = new Map<string, { names: string[]; at: number[] }>();
-  keys.forEach((key, i) => {
-    const [productName, deviceName] = key.split("/") as [string, string];
-    const g = groups.get(productName) ?? { names: [], at: [] };
-    g.names.push(deviceName);
-    g.at.push(i);
-    groups.set(productName, g);
-  });
-  const out = new Array<T>(keys.length);
-  await Promise.all(
-    [...groups].map(async ([productName, g]) => {
-      const values = await load(productName, g.names);
-      g.at.forEach((i, j) => (out[i] = values[j] as T));
-    }),
-  );
-  return out;
+@Resolver(() => FleetType)
+export class FleetRolloutResolver {
+  constructor(private readonly rollouts: RolloutService) {}
+
+  @FieldResolver(() => [RolloutType], { description: "Scheduled, running and paused rollouts of the product, newest first (at most 100)." })
+  async activeRollouts(@Root() fleet: FleetType): Promise<RolloutType[]> {
+    const page = await this.rollouts.list(fleet.productName, ACTIVE_ROLLOUT, 100, null);
+    return page.edges.map((e) => toRolloutType(e.rollout));
+  }
 }

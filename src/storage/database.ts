@@ -13,6 +13,11 @@ import * as schema from "./schema.js";
 
 export type Db = PgDatabase<PgQueryResultHKT, typeof schema>;
 
+/** The rows of `db.execute`: node-postgres answers `{rows}`, PGlite the same shape; either way, the rows. */
+export function rowsOf<T>(result: unknown): T[] {
+  return ((result as { rows?: T[] }).rows ?? (result as T[])) as T[];
+}
+
 function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);

@@ -21,6 +21,8 @@ export function redisKeys(prefix = "") {
     progressChannel: (p: string) => `${prefix}ota_progress_changed/${p}`,
     /** Every rollout change, all products: `{id, productName}`. */
     rolloutChannel: `${prefix}rollouts_changed`,
+    /** Devices connected to an embedded broker: a sorted set per product, scored by when the entry expires (ms). */
+    presence: (p: string) => `${prefix}presence/${p}`,
   };
 }
 
