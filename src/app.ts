@@ -3,7 +3,7 @@ import type { Config } from "./config/config.js";
 import { TokenResolver } from "./auth/token.resolver.js";
 import { TokenService } from "./auth/token.service.js";
 import { EmbeddedBroker } from "./broker/embedded.broker.js";
-import { AppError, ErrorCode } from "./errors.js";
+import { AppError, ErrorCode, StartupError } from "./errors.js";
 import { DeviceRepository } from "./devices/device.repository.js";
 import { DeviceResolver } from "./devices/device.resolver.js";
 import { DeviceService } from "./devices/device.service.js";
@@ -202,8 +202,7 @@ export class App {
     const redisClients = [this.#redis, this.#subscriber];
     this.#components = [
       { name: "database", start: () => this.database.start(), stop: () => this.database.stop() },
-      { name: "redis", start: () => connectAll(redisClients), stop: () => quitAll(redisClients) },
-      { name: "tokens", start: () => this.#bootstrapToken(), stop: async () => undefined },
+      { name: "redis", start: () => connectAll(redisClients, config.redisUrl), stop: () => quitAll(redisClients) },
       {
         // Rollout changes from every instance: subscribers recount, ingest re-reads the versions in play.
         name: "rollout signals",
@@ -241,6 +240,8 @@ export class App {
         start: async () => this.#http.start(await buildGraphqlSchema(pubsub, resolvers), config.httpPort, config.httpHost),
         stop: () => this.#http.stop(),
       },
+      // Last: a token printed "only this once" must belong to a server that is serving, not to a start that fails after it.
+      { name: "bootstrap token", start: () => this.#bootstrapToken(), stop: async () => undefined },
     ];
   }
 
@@ -253,7 +254,9 @@ export class App {
       try {
         await component.start();
       } catch (err) {
-        this.log.error({ err, component: component.name }, "start failed");
+        // Logged here, once: a StartupError's message says what to change, and its stack says nothing more.
+        if (err instanceof StartupError) this.log.fatal({ component: component.name }, `could not start: ${err.message}`);
+        else this.log.fatal({ err, component: component.name }, "could not start");
         await this.stop();
         throw err;
       }
@@ -269,7 +272,7 @@ export class App {
     for (const component of started.reverse()) {
       try {
         await component.stop();
-        this.log.debug({ component: component.name }, "stopped");
+        this.log.info({ component: component.name }, "stopped");
       } catch (err) {
         this.log.error({ err, component: component.name }, "stop failed");
       }
@@ -282,7 +285,8 @@ export class App {
     const { token } = await this.tokens.create({ name: "bootstrap", access: "admin" });
     process.stderr.write(
       `\n  No API token existed, so one was created. It is shown only this once:\n\n    ${token}\n\n` +
-        `  Use it as "Authorization: Bearer <token>". More: iothub-ota token create\n\n`,
+        `  Use it as "Authorization: Bearer <token>"; the command line reads it from IOTHUB_OTA_TOKEN.\n` +
+        `  Lost it? npx iothub-ota token create --access admin   makes another (with the built-in database: while the server is stopped).\n\n`,
     );
   }
 }

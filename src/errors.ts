@@ -43,6 +43,38 @@ export class AppError extends Error {
 export const badInput = (field: string, message: string) =>
   new AppError(ErrorCode.BAD_USER_INPUT, `${field}: ${message}`, field);
 
+/** One input field at fault. */
+export interface InputProblem {
+  field: string;
+  message: string;
+}
+
+/** Several input fields at fault at once: answered as one error per field (REST lists every problem, not the first). */
+export class InputProblems extends AppError {
+  constructor(readonly problems: readonly InputProblem[]) {
+    super(ErrorCode.BAD_USER_INPUT, problems.map((p) => `${p.field}: ${p.message}`).join("; "), problems[0]?.field);
+  }
+}
+
+/**
+ * A start that cannot go on, whose message says what to change (a port in
+ * use, a service unreachable at a configured URL): logged once, without a stack.
+ */
+export class StartupError extends Error {
+  override name = "StartupError";
+}
+
+/** A URL as it may be logged: without its password. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password !== "") u.password = "***";
+    return u.toString();
+  } catch {
+    return "(not a URL)";
+  }
+}
+
 /** HTTP status of each code, for REST answers and GraphQL errors raised outside execution. */
 export const HTTP_STATUS: Record<ErrorCode, number> = {
   [ErrorCode.DEVICE_NOT_FOUND]: 404,

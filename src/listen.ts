@@ -1,4 +1,5 @@
 import type { Server } from "node:net";
+import { StartupError } from "./errors.js";
 
 /**
  * Listens, turning "address in use" into a message that names the setting to
@@ -14,7 +15,7 @@ export function listen<S extends Server>(
 ): Promise<S> {
   return new Promise((resolve, reject) => {
     const onStartError = (err: NodeJS.ErrnoException) =>
-      reject(err.code === "EADDRINUSE" ? new Error(`port ${port} on ${host} is already in use: set ${setting}`) : err);
+      reject(err.code === "EADDRINUSE" ? new StartupError(`port ${port} on ${host} is already in use: set ${setting} to a free port (or stop what holds it)`) : err);
     server.once("error", onStartError);
     server.listen(port, host, () => {
       server.off("error", onStartError);

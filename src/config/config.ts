@@ -193,6 +193,23 @@ export class ConfigError extends Error {}
  * Reads the environment into one frozen, validated object. Any bad variable
  * is named in the thrown {@link ConfigError}; nothing else reads `process.env`.
  */
+/** Every setting the server reads (README.md, "Settings", documents each). */
+export const SETTING_NAMES: readonly string[] = Object.keys(envSchema.shape);
+
+/**
+ * Where a server started with these settings is reached from this machine:
+ * the defaults of the simulator and the command line, so that they follow
+ * PORT, MQTT_PORT and MQTTS_PORT as the server does.
+ */
+export function localAddresses(env: NodeJS.ProcessEnv = process.env): { server: string; api: string; mqtt: string; mqtts: string } {
+  const parsed = envSchema.pick({ PORT: true, MQTT_PORT: true, MQTTS_PORT: true }).safeParse(env);
+  if (!parsed.success) throw new ConfigError(`invalid configuration:\n  ${parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("\n  ")}`);
+  const { PORT, MQTT_PORT, MQTTS_PORT } = parsed.data;
+  const server = `http://127.0.0.1:${PORT}`;
+  const mqtts = `mqtts://127.0.0.1:${MQTTS_PORT}`;
+  return { server, api: `${server}/graphql`, mqtt: MQTT_PORT === 0 ? mqtts : `mqtt://127.0.0.1:${MQTT_PORT}`, mqtts };
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const parsed = envSchema.safeParse(env);
   if (!parsed.success) {

@@ -81,6 +81,14 @@ export class DeviceRepository {
     return rows;
   }
 
+  async countWithTag(productName: string, tag: string): Promise<number> {
+    const [row] = await this.db()
+      .select({ n: sql<number>`count(*)::int` })
+      .from(devices)
+      .where(and(eq(devices.productName, productName), arrayContains(devices.tags, [tag]), eq(devices.suspended, false)));
+    return row?.n ?? 0;
+  }
+
   /** Product names of the registered devices, in order: a walk of the primary key, one probe per product. */
   async productNames(limit: number): Promise<string[]> {
     const result = await this.db().execute(sql`

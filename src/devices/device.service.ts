@@ -135,6 +135,11 @@ export class DeviceService {
     };
   }
 
+  /** Registered devices holding the tag that may receive commands (not suspended). */
+  countWithTag(productName: string, tag: string): Promise<number> {
+    return this.repo.countWithTag(productName, tag);
+  }
+
   /** Product names that have registered devices, in order (at most MAX_PRODUCTS). */
   productNames(): Promise<string[]> {
     return this.repo.productNames(MAX_PRODUCTS);

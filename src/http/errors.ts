@@ -1,7 +1,7 @@
 import { unwrapResolverError } from "@apollo/server/errors";
 import { GraphQLError, type GraphQLFormattedError } from "graphql";
 import type { ErrorRequestHandler, NextFunction, Request, Response } from "express";
-import { AppError, ErrorCode, HTTP_STATUS } from "../errors.js";
+import { AppError, ErrorCode, HTTP_STATUS, InputProblems } from "../errors.js";
 import type { Logger } from "../logger.js";
 
 const PUBLIC_CODES = new Set<string>([
@@ -80,7 +80,14 @@ export function jsonErrorHandler(bodyLimit: number, log: Logger, refused: (reaso
       log.error({ err }, "error after the answer started");
       return void res.end();
     }
-    if (err instanceof AppError) return sendError(res, err.code, err.message);
+    if (err instanceof InputProblems) {
+      const errors = err.problems.map(({ field, message }) => ({ message: `${field}: ${message}`, extensions: { code: err.code, field } }));
+      return void res.status(HTTP_STATUS[err.code]).json({ errors });
+    }
+    if (err instanceof AppError) {
+      if (err.field === undefined) return sendError(res, err.code, err.message);
+      return void res.status(HTTP_STATUS[err.code]).json({ errors: [{ message: err.message, extensions: { code: err.code, field: err.field } }] });
+    }
     const e = err as { type?: unknown; status?: unknown; statusCode?: unknown };
     const status = typeof e.status === "number" ? e.status : typeof e.statusCode === "number" ? e.statusCode : 500;
     const known = bodyError(e.type, status, bodyLimit);

@@ -1,14 +1,35 @@
 import express, { type NextFunction, type Request, type RequestHandler, type Response, type Router } from "express";
 import { requireAccess, type Access, type Principal } from "../auth/principal.js";
 import type { DeviceService } from "../devices/device.service.js";
-import { AppError, ErrorCode } from "../errors.js";
+import { AppError, ErrorCode, InputProblems, type InputProblem } from "../errors.js";
+import { firmwareProblems } from "../ota/firmware.js";
 import type { OtaService } from "../ota/ota.service.js";
+import { checkName, checkTags } from "../protocol/names.js";
 import { restView } from "../ota/progress.model.js";
 import { sendError } from "./errors.js";
 
 /** Form fields arrive as strings; the seed parsed `size` with parseInt. */
 function toSize(value: unknown): unknown {
   return typeof value === "string" && /^\d+$/.test(value.trim()) ? Number(value) : value;
+}
+
+/** The IotHub name of an API field (PROTOCOL.md's REST fields are snake_case; firmware fields sit at the top level). */
+const iothubField = (field: string) =>
+  ({ productName: "product_name", deviceName: "device_name" })[field] ?? field.replace(/^firmware\./, "");
+
+/** Every problem of these names at once, by their IotHub field. */
+function nameProblems(names: Record<string, unknown>): InputProblem[] {
+  const problems: InputProblem[] = [];
+  for (const [field, value] of Object.entries(names)) {
+    const r = field === "tags" ? checkTags(value as unknown[]) : checkName(field === "product_name" ? "productName" : "deviceName", value);
+    if (!r.ok) problems.push({ field, message: r.message.replace(/^(productName|deviceName|tags:) ?/, "") });
+  }
+  return problems;
+}
+
+/** Refuses the request (400, one error per field) unless there is nothing wrong. */
+function refuseProblems(problems: InputProblem[]): void {
+  if (problems.length > 0) throw new InputProblems(problems);
 }
 
 const principal = (res: Response) => res.locals.principal as Principal;
@@ -37,11 +58,13 @@ export function restRoutes(devices: DeviceService, ota: OtaService, authenticate
   router.post("/ota/:productName/:deviceName", authenticate, may("write"), ...body, async (req, res) => {
     const { productName, deviceName } = req.params as { productName: string; deviceName: string };
     const fields = (req.body ?? {}) as Record<string, unknown>;
+    const firmware = { url: fields.url, version: fields.version, size: toSize(fields.size), md5: fields.md5, type: fields.type };
+    refuseProblems([...nameProblems({ product_name: productName, device_name: deviceName }), ...firmwareProblems(firmware)]);
     try {
       await ota.send({
         productName,
         deviceName,
-        firmware: { url: fields.url, version: fields.version, size: toSize(fields.size), md5: fields.md5, type: fields.type },
+        firmware,
         idempotencyKey: req.get("idempotency-key"),
       });
     } catch (err) {
@@ -63,6 +86,13 @@ export function restRoutes(devices: DeviceService, ota: OtaService, authenticate
     const productName = fields.product_name;
     requireAccess(principal(res), "admin", typeof productName === "string" ? productName : undefined);
     const tags = fields.tags === undefined ? undefined : Array.isArray(fields.tags) ? fields.tags : [fields.tags];
+    refuseProblems(
+      nameProblems({
+        product_name: productName,
+        ...(fields.device_name === undefined ? {} : { device_name: fields.device_name }),
+        ...(tags === undefined ? {} : { tags }),
+      }),
+    );
     const { device, secret } = await devices.register({
       productName: productName as string,
       deviceName: fields.device_name as string | undefined,
@@ -88,5 +118,10 @@ export function restRoutes(devices: DeviceService, ota: OtaService, authenticate
     });
   });
 
+  // What the services refuse is named as the REST caller named it.
+  router.use((err: unknown, _req: Request, _res: Response, next: NextFunction) => {
+    const renamed = err instanceof AppError && err.field !== undefined && !(err instanceof InputProblems);
+    next(renamed ? new InputProblems([{ field: iothubField(err.field as string), message: err.message.replace(/^[^:]*: /, "") }]) : err);
+  });
   return router;
 }

@@ -40,19 +40,38 @@ export function checkFirmwareUrl(url: unknown): Result<string, "url"> {
   return ok(parsed.href);
 }
 
-/** Validates a firmware description; the failure names the field at fault. */
-export function checkFirmware(input: Record<string, unknown>): Result<Firmware, FirmwareField> {
+/** One field of a firmware description at fault. */
+export interface FirmwareProblem {
+  field: FirmwareField;
+  message: string;
+}
+
+const shortText = (value: unknown) =>
+  typeof value !== "string" || value.trim() === "" || value.length > SHORT || CONTROL.test(value)
+    ? `must be a non-empty string of at most ${SHORT} characters`
+    : null;
+
+/** Every field of a firmware description at fault, in the payload's order (url, size, md5, version, type). */
+export function firmwareProblems(input: Record<string, unknown>): FirmwareProblem[] {
   const { url, version, size, md5, type } = input;
-  const checked = checkFirmwareUrl(url);
-  if (!checked.ok) return checked;
-  if (typeof size !== "number" || !Number.isSafeInteger(size) || size <= 0) return fail("size", "must be a positive integer");
-  if (typeof md5 !== "string" || !/^[0-9a-fA-F]{32}$/.test(md5)) return fail("md5", "must be 32 hexadecimal characters");
-  for (const [field, value] of [["version", version], ["type", type]] as const) {
-    if (typeof value !== "string" || value.trim() === "" || value.length > SHORT || CONTROL.test(value)) {
-      return fail(field, `must be a non-empty string of at most ${SHORT} characters`);
-    }
-  }
-  return ok({ url: checked.value, version: version as string, size, md5: md5.toLowerCase(), type: type as string });
+  const url_ = checkFirmwareUrl(url);
+  const problems: [FirmwareField, string | null][] = [
+    ["url", url_.ok ? null : url_.message],
+    ["size", typeof size !== "number" || !Number.isSafeInteger(size) || size <= 0 ? "must be a positive integer" : null],
+    ["md5", typeof md5 !== "string" || !/^[0-9a-fA-F]{32}$/.test(md5) ? "must be 32 hexadecimal characters" : null],
+    ["version", shortText(version)],
+    ["type", shortText(type)],
+  ];
+  return problems.filter((p): p is [FirmwareField, string] => p[1] !== null).map(([field, message]) => ({ field, message }));
+}
+
+/** Validates a firmware description; the failure names the (first) field at fault. */
+export function checkFirmware(input: Record<string, unknown>): Result<Firmware, FirmwareField> {
+  const [first] = firmwareProblems(input);
+  if (first) return fail(first.field, first.message);
+  const { version, size, md5, type } = input as { version: string; size: number; md5: string; type: string };
+  const url = checkFirmwareUrl(input.url);
+  return ok({ url: url.ok ? url.value : "", version, size, md5: md5.toLowerCase(), type });
 }
 
 /** A command's TTL becomes its `<expiresAt>` topic level, in Unix seconds. */

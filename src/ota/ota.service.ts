@@ -25,7 +25,12 @@ export interface SendOtaInput {
   idempotencyKey?: string | null;
 }
 
-export type SendOtaResult = SentCommand;
+export interface SendOtaResult extends SentCommand {
+  /** Registered devices the command reaches now: 1 for a device, those holding the tag (suspended ones excluded) for a tag. */
+  targeted: number;
+  /** Set when the command reaches no device: it was sent, and nothing will happen. */
+  warning: string | null;
+}
 
 export interface OtaServiceOptions {
   idempotency: IdempotencyStore;
@@ -64,14 +69,20 @@ export class OtaService {
     if (!ttl.ok) throw badInput("ttlSeconds", ttl.message);
     const key = input.idempotencyKey == null ? undefined : checkIdempotencyKey(input.idempotencyKey);
     if (target.deviceName !== undefined) await this.devices.requireActive(productName, target.deviceName);
+    const targeted = target.tag === undefined ? 1 : await this.devices.countWithTag(productName, target.tag);
 
-    const publish = async (requestId: string): Promise<SendOtaResult> => {
+    const publish = async (requestId: string): Promise<SentCommand> => {
       const topic = buildCommandTopic({ target, command: "$ota_upgrade", encoding: "plain", requestId, expiresAt: ttl.value });
       await this.commands.publishCommand(topic, JSON.stringify(firmware.value));
       return { requestId, topic, expiresAt: ttl.value ?? null };
     };
-    if (key === undefined) return publish(newObjectId());
-    return this.#sendOnce(productName, key, fingerprintOf({ target, firmware: firmware.value, ttlSeconds: input.ttlSeconds ?? null }), publish);
+    const sent =
+      key === undefined
+        ? await publish(newObjectId())
+        : await this.#sendOnce(productName, key, fingerprintOf({ target, firmware: firmware.value, ttlSeconds: input.ttlSeconds ?? null }), publish);
+    const warning =
+      targeted > 0 ? null : `no registered device of product ${productName} holds tag ${target.tag} (suspended ones excepted): the command reaches nobody now`;
+    return { ...sent, targeted, warning };
   }
 
   /**
@@ -80,13 +91,13 @@ export class OtaService {
    * frees it for a retry, anything else that is not a confirmed send is kept
    * as "unconfirmed", so that a retry never sends a second time.
    */
-  async #sendOnce(productName: string, key: string, fingerprint: string, publish: (requestId: string) => Promise<SendOtaResult>): Promise<SendOtaResult> {
+  async #sendOnce(productName: string, key: string, fingerprint: string, publish: (requestId: string) => Promise<SentCommand>): Promise<SentCommand> {
     const { idempotency, inFlightMs, log, idempotencyTtlSeconds: ttl } = this.options;
     const scope = `sendOta/${productName}`;
     const held = await idempotency.claim(scope, key, { state: "pending", fingerprint, since: this.now() }, ttl);
     if (held) return replay(held, fingerprint, this.now(), inFlightMs);
     const requestId = newObjectId();
-    let result: SendOtaResult;
+    let result: SentCommand;
     try {
       result = await publish(requestId);
     } catch (err) {

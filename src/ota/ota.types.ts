@@ -113,4 +113,12 @@ export class SendOtaResult {
 
   @Field(() => Int, { nullable: true, description: "Unix seconds after which devices ignore the command." })
   expiresAt!: number | null;
+
+  @Field(() => Int, {
+    description: "Registered devices the command reaches now: 1 for a device; for a tag, those holding it (suspended ones excluded).",
+  })
+  targeted!: number;
+
+  @Field(() => String, { nullable: true, description: "Set when the command reaches no device (a tag nobody holds): sent, but nothing will happen." })
+  warning!: string | null;
 }

@@ -18,6 +18,16 @@ export const NO_FAULTS: FaultRates = { downloadError: 0, md5Mismatch: 0, install
 
 export type Fault = keyof FaultRates;
 
+/** The `simulate` flag of each fault, for the command line and its error messages. */
+export const FAULT_FLAGS: Record<Fault, string> = {
+  downloadError: "fail-download",
+  md5Mismatch: "fail-md5",
+  installError: "fail-install",
+  rollback: "rollback",
+  offline: "offline",
+  duplicate: "duplicate",
+};
+
 /** A small seeded PRNG (mulberry32), so a run with a seed injects the same faults. */
 export function seededRandom(seed: number): () => number {
   let a = seed >>> 0;
@@ -45,7 +55,7 @@ export function checkRates(rates: Partial<Record<string, unknown>>): FaultRates 
     const v = rates[key];
     if (v === undefined) continue;
     const n = Number(v);
-    if (!Number.isFinite(n) || n < 0 || n > 100) throw new Error(`fault rate ${key} must be a percentage 0..100, got ${String(v)}`);
+    if (!Number.isFinite(n) || n < 0 || n > 100) throw new Error(`--${FAULT_FLAGS[key]} must be a percentage 0..100, got ${String(v)}`);
     out[key] = n;
   }
   return out;

@@ -24,6 +24,9 @@ export interface SimBehaviour {
   faults: FaultRates;
   random: () => number;
   rejectUnauthorized: boolean;
+  /** Back-off between reconnection attempts, doubling from the first to the last (defaults 1 s and 30 s). */
+  reconnectMinMs?: number;
+  reconnectMaxMs?: number;
 }
 
 /** Where one simulated device ends up; what the summary counts. */
@@ -49,6 +52,36 @@ export interface SimCounters {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** A QoS 1 publish that fails when the connection closes before its PUBACK (mqtt.js would wait for a reconnection this client never makes). */
+function publishOn(client: MqttClient, topic: string, body: unknown): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (!client.connected) return reject(new Error("not connected"));
+    const onClose = () => reject(new Error("connection closed before PUBACK"));
+    client.once("close", onClose);
+    client.publish(topic, JSON.stringify(body), { qos: 1 }, (err) => {
+      client.off("close", onClose);
+      if (err) reject(err);
+      else resolve();
+    });
+  });
+}
+
+/** What a failed connection says to the person running the simulator: the cause, and what to do about it. */
+export function connectFailure(err: unknown, url: string): string {
+  const e = err as { code?: unknown; message?: unknown };
+  const code = typeof e.code === "string" ? e.code : typeof e.code === "number" ? String(e.code) : "";
+  const message = typeof e.message === "string" ? e.message : String(err);
+  if (["DEPTH_ZERO_SELF_SIGNED_CERT", "SELF_SIGNED_CERT_IN_CHAIN", "UNABLE_TO_VERIFY_LEAF_SIGNATURE"].includes(code)) {
+    return `${url}: the server's TLS certificate is self-signed (the generated development one?): add --insecure to accept it`;
+  }
+  if (code === "ECONNREFUSED") return `${url}: nothing listens there: is the server running, on this MQTT_PORT (or MQTTS_PORT)?`;
+  if (code === "ENOTFOUND" || code === "EAI_AGAIN") return `${url}: no such host`;
+  if (/Bad username or password|Not authorized/i.test(message)) {
+    return `${url}: the broker refused the device's credentials (${message}): is this the broker of the server that registered them?`;
+  }
+  return `${url}: ${code ? `${code} ` : ""}${message}`;
+}
+
 /**
  * One device, as IotHub firmware behaves (PROTOCOL.md): persistent session,
  * `$tags` request on connect, `$set_tags` applied by (un)subscribing tag
@@ -60,9 +93,17 @@ export class SimulatedDevice {
   firmwareVersion: string;
   tags: string[] = [];
   tagsVersion = 0;
+  /** Why the latest connection attempt failed (connectFailure), until one succeeds. */
+  lastError: string | undefined;
+  /** Whether the server has ever answered the `$tags` request with `$set_tags` (this server's broker does). */
+  tagsAnswered = false;
   #client: MqttClient | undefined;
   #upgrading = false;
   #stopped = false;
+  /** Set while the device is deliberately away (a reboot, an outage it plays): no reconnection behind its back. */
+  #away = false;
+  /** The reconnection loop running, if any: publishes wait for it. */
+  #reconnecting: Promise<void> | undefined;
   #tagsApplied: Promise<void> = Promise.resolve();
 
   constructor(
@@ -97,18 +138,52 @@ export class SimulatedDevice {
     this.#client = client;
     // Listen before the CONNACK: a resumed session's queued commands follow it at once.
     client.on("message", (topic, payload) => this.#onMessage(topic, payload));
-    await new Promise<void>((resolve, reject) => {
-      client.once("connect", () => resolve());
-      client.once("error", (err) => reject(err));
-      client.once("close", () => reject(new Error("closed before CONNACK")));
-    });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        client.once("connect", () => resolve());
+        client.once("error", (err) => reject(err));
+        client.once("close", () => reject(new Error("closed before CONNACK")));
+      });
+    } catch (err) {
+      this.lastError = connectFailure(err, this.url);
+      client.end(true);
+      throw err;
+    }
+    this.lastError = undefined;
     client.on("error", () => this.counters.errors++);
-    await this.#publish(`get/${productName}/${deviceName}/$tags/${new ObjectId().toHexString()}`, {
+    // As IotHub firmware does: a lost connection is retried, with back-off, for as long as the device runs.
+    client.on("close", () => {
+      if (this.#client !== client || this.#stopped || this.#away) return;
+      client.end(true);
+      void this.keepConnecting();
+    });
+    await publishOn(client, `get/${productName}/${deviceName}/$tags/${new ObjectId().toHexString()}`, {
       tags: this.tags,
       tags_version: this.tagsVersion,
     });
     // As IotHub firmware does on every connect: the server knows the running version before any upgrade.
-    await this.#publish(`update_status/${productName}/${deviceName}/${new ObjectId().toHexString()}`, { firmware_ver: this.firmwareVersion });
+    await publishOn(client, `update_status/${productName}/${deviceName}/${new ObjectId().toHexString()}`, { firmware_ver: this.firmwareVersion });
+  }
+
+  /** Reconnects with doubling back-off (and jitter) until connected or stopped; one loop at a time. */
+  keepConnecting(): Promise<void> {
+    this.#reconnecting ??= (async () => {
+      const min = this.behaviour.reconnectMinMs ?? 1000;
+      const max = this.behaviour.reconnectMaxMs ?? 30_000;
+      for (let attempt = 0; !this.#stopped; attempt++) {
+        await sleep(Math.min(max, min * 2 ** attempt) * (0.5 + Math.random() / 2));
+        if (this.#stopped) return;
+        try {
+          await this.connect();
+          this.counters.reconnects++;
+          this.onChange(this);
+          return;
+        } catch {
+          // lastError says why; try again later
+        }
+      }
+    })().finally(() => (this.#reconnecting = undefined));
+    return this.#reconnecting;
   }
 
   async stop(): Promise<void> {
@@ -132,7 +207,10 @@ export class SimulatedDevice {
       this.counters.errors++;
       return;
     }
-    if (command === "$set_tags") this.#applyTags(body as { tags: string[]; tags_version: number });
+    if (command === "$set_tags") {
+      this.tagsAnswered = true;
+      this.#applyTags(body as { tags: string[]; tags_version: number });
+    }
     if (command === "$ota_upgrade") {
       // Checked as the server checks what it sends: a malformed command is counted and left alone.
       const firmware = checkFirmware(typeof body === "object" && body !== null ? (body as Record<string, unknown>) : {});
@@ -242,13 +320,22 @@ export class SimulatedDevice {
     this.#setState(state);
   }
 
-  /** Drops the connection, waits, and comes back on the same persistent session. */
+  /** Drops the connection, waits, and comes back on the same persistent session (retrying while the server is away). */
   async #goOffline(): Promise<void> {
-    await this.#client?.endAsync(true);
-    await sleep(this.behaviour.offlineMs);
+    this.#away = true;
+    try {
+      await this.#client?.endAsync(true);
+      await sleep(this.behaviour.offlineMs);
+    } finally {
+      this.#away = false;
+    }
     if (this.#stopped) return;
     this.counters.reconnects++;
-    await this.connect();
+    try {
+      await this.connect();
+    } catch {
+      await this.keepConnecting();
+    }
   }
 
   async #report(body: Record<string, unknown>, duplicate: boolean, kind = "update_ota_status"): Promise<void> {
@@ -262,9 +349,20 @@ export class SimulatedDevice {
     }
   }
 
+  /** Publishes at QoS 1; while the connection is down it waits for the reconnection, then sends (again): at least once. */
   async #publish(topic: string, body: unknown): Promise<void> {
-    if (!this.#client) throw new Error("not connected");
-    await this.#client.publishAsync(topic, JSON.stringify(body), { qos: 1 });
+    for (let attempt = 0; ; attempt++) {
+      if (this.#reconnecting) await this.#reconnecting;
+      const client = this.#client;
+      if (!client || this.#stopped) throw new Error("not connected");
+      try {
+        return await publishOn(client, topic, body);
+      } catch (err) {
+        // The connection dropped under the publish: once it is back, the same report (same messageId) goes again.
+        if (attempt >= 5 || this.#stopped) throw err;
+        await sleep(100);
+      }
+    }
   }
 
   #setState(state: SimState): void {

@@ -17,11 +17,33 @@ export interface FleetSummary extends SimCounters {
   states: Record<SimState, number>;
   connectSeconds: number | null;
   connectionsPerSecond: number | null;
-  /** Growth of this process's resident memory while connecting, per device. */
+  /** Growth of this process's resident memory while connecting, per connected device (null: none connected). */
   kbPerDevice: number | null;
+  /** Why devices are not connected now: each reason (connectFailure) with how many devices it holds back. */
+  connectFailures: Record<string, number>;
 }
 
 const REGISTER = `mutation($input: RegisterDeviceInput!) { registerDevice(input: $input) { secret device { productName deviceName } } }`;
+const DELETE = `mutation($productName: String!, $deviceName: String!) { deleteDevice(productName: $productName, deviceName: $deviceName) }`;
+
+/** One GraphQL call of the simulator; a failure names the URL and the API's code. */
+async function callApi<T>(graphqlUrl: string, token: string, query: string, variables: unknown): Promise<T> {
+  let res: Response;
+  try {
+    res = await fetch(graphqlUrl, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+      body: JSON.stringify({ query, variables }),
+    });
+  } catch (err) {
+    const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+    throw new Error(`could not reach the API at ${graphqlUrl} (${cause?.code ?? cause?.message ?? String(err)}): is the server running, on this PORT? (--api)`);
+  }
+  const body = (await res.json().catch(() => ({}))) as { data?: T; errors?: { message: string; extensions?: { code?: string } }[] };
+  const error = body.errors?.[0];
+  if (!body.data || error) throw new Error(`${graphqlUrl} answered ${error ? `${error.extensions?.code ?? "ERROR"}: ${error.message}` : `HTTP ${res.status}`}`);
+  return body.data;
+}
 
 /** Runs `work` over `items` with at most `concurrency` in flight. */
 async function pool<T, R>(items: readonly T[], concurrency: number, work: (item: T, i: number) => Promise<R>): Promise<R[]> {
@@ -47,19 +69,23 @@ export async function registerDevices(
   concurrency = 8,
 ): Promise<DeviceCredentials[]> {
   return pool(Array.from({ length: count }), concurrency, async () => {
-    const res = await fetch(graphqlUrl, {
-      method: "POST",
-      headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
-      body: JSON.stringify({ query: REGISTER, variables: { input: { productName, tags } } }),
-    });
-    const body = (await res.json()) as {
-      data?: { registerDevice: { secret: string; device: { productName: string; deviceName: string } } };
-      errors?: { message: string }[];
-    };
-    if (!body.data) throw new Error(`registerDevice failed: ${body.errors?.[0]?.message ?? res.status}`);
-    const { secret, device } = body.data.registerDevice;
+    const data = await callApi<{ registerDevice: { secret: string; device: { productName: string; deviceName: string } } }>(
+      graphqlUrl,
+      token,
+      REGISTER,
+      { input: { productName, tags } },
+    );
+    const { secret, device } = data.registerDevice;
     return { productName: device.productName, deviceName: device.deviceName, secret };
   });
+}
+
+/** Deletes devices through the API (what `simulate --cleanup` registered); returns how many were there. */
+export async function deleteDevices(graphqlUrl: string, token: string, devices: readonly DeviceCredentials[], concurrency = 8): Promise<number> {
+  const deleted = await pool(devices, concurrency, async ({ productName, deviceName }) =>
+    (await callApi<{ deleteDevice: boolean }>(graphqlUrl, token, DELETE, { productName, deviceName })).deleteDevice,
+  );
+  return deleted.filter(Boolean).length;
 }
 
 /** A credentials file: a JSON array of `{productName, deviceName, secret}`. */
@@ -100,7 +126,11 @@ export class Fleet {
     this.#listeners.push(fn);
   }
 
-  /** Connects every device; returns the setup time. Failed connections are counted as errors. */
+  /**
+   * Connects every device; returns the setup time. A device that cannot
+   * connect counts as an error, keeps its reason (connectFailures) and keeps
+   * trying with back-off, as firmware does.
+   */
   async connectAll(): Promise<number> {
     const rssBefore = process.memoryUsage.rss();
     const started = performance.now();
@@ -109,11 +139,25 @@ export class Fleet {
         await d.connect();
       } catch {
         this.counters.errors++;
+        void d.keepConnecting();
       }
     });
     this.#connectSeconds = (performance.now() - started) / 1000;
-    this.#kbPerDevice = Math.round((process.memoryUsage.rss() - rssBefore) / 1024 / this.devices.length * 10) / 10;
+    const connected = this.devices.filter((d) => d.connected).length;
+    const kb = (process.memoryUsage.rss() - rssBefore) / 1024 / connected;
+    // RSS can shrink while connecting (a collection): that is no cost.
+    this.#kbPerDevice = connected === 0 ? null : Math.max(0, Math.round(kb * 10) / 10);
     return this.#connectSeconds;
+  }
+
+  /** Whether any connected device got `$set_tags` in answer to its `$tags` request within `ms` (this server's broker answers). */
+  async tagsAnswered(ms: number): Promise<boolean> {
+    const deadline = Date.now() + ms;
+    while (Date.now() < deadline) {
+      if (this.devices.some((d) => d.tagsAnswered)) return true;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return this.devices.some((d) => d.tagsAnswered);
   }
 
   /** Resolves once no device is downloading or installing (after `settleMs` of quiet), or after `timeoutMs`. */
@@ -140,7 +184,11 @@ export class Fleet {
       failed_install: 0,
       rolled_back: 0,
     };
-    for (const d of this.devices) states[d.state]++;
+    const connectFailures: Record<string, number> = {};
+    for (const d of this.devices) {
+      states[d.state]++;
+      if (!d.connected && d.lastError !== undefined) connectFailures[d.lastError] = (connectFailures[d.lastError] ?? 0) + 1;
+    }
     const s = this.#connectSeconds;
     return {
       devices: this.devices.length,
@@ -150,6 +198,7 @@ export class Fleet {
       connectSeconds: s === null ? null : Math.round(s * 1000) / 1000,
       connectionsPerSecond: s === null || s === 0 ? null : Math.round(this.devices.length / s),
       kbPerDevice: this.#kbPerDevice,
+      connectFailures,
     };
   }
 

@@ -8,10 +8,22 @@ import { drizzle as drizzlePg } from "drizzle-orm/node-postgres";
 import { migrate as migratePg } from "drizzle-orm/node-postgres/migrator";
 import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
 import pg from "pg";
+import { StartupError, redactUrl } from "../errors.js";
 import type { DatabaseConfig, Limits } from "../config/config.js";
 import * as schema from "./schema.js";
 
 export type Db = PgDatabase<PgQueryResultHKT, typeof schema>;
+
+/** A PostgreSQL that cannot be reached or logged into says where, and which setting names it. */
+function unreachable(err: unknown, url: string): unknown {
+  const code = (err as { code?: unknown }).code;
+  const connecting = ["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "ETIMEDOUT", "ECONNRESET", "28P01", "28000", "3D000"];
+  if (typeof code !== "string" || !connecting.includes(code)) {
+    if (!(err instanceof Error && /timeout|terminated/i.test(err.message))) return err;
+  }
+  const why = err instanceof Error ? err.message : String(err);
+  return new StartupError(`could not connect to PostgreSQL at ${redactUrl(url)} (${why}): start it, or fix DATABASE_URL (unset, the built-in database is used)`);
+}
 
 /** The rows of `db.execute`: node-postgres answers `{rows}`, PGlite the same shape; either way, the rows. */
 export function rowsOf<T>(result: unknown): T[] {
@@ -78,7 +90,12 @@ export class Database {
       });
       pool.on("error", () => undefined); // idle client errors surface on the next query instead
       const db = drizzlePg(pool, { schema });
-      await migratePg(db, { migrationsFolder: MIGRATIONS });
+      try {
+        await migratePg(db, { migrationsFolder: MIGRATIONS });
+      } catch (err) {
+        await pool.end();
+        throw unreachable(err, this.config.url);
+      }
       this.#db = db as unknown as Db;
       this.#close = () => pool.end();
     }

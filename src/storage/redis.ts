@@ -1,4 +1,5 @@
 import { Redis } from "ioredis";
+import { StartupError, redactUrl } from "../errors.js";
 
 /**
  * A Redis connection that fails fast instead of queueing commands forever:
@@ -22,13 +23,14 @@ export function createRedis(
   return redis;
 }
 
-/** Connects every client; on failure disconnects them all so nothing keeps the process alive. */
-export async function connectAll(clients: Redis[]): Promise<void> {
+/** Connects every client; on failure disconnects them all so nothing keeps the process alive, and says where it tried. */
+export async function connectAll(clients: Redis[], url: string): Promise<void> {
   try {
     await Promise.all(clients.map((c) => c.connect()));
   } catch (err) {
     for (const c of clients) c.disconnect();
-    throw err;
+    const why = err instanceof Error ? err.message : String(err);
+    throw new StartupError(`could not connect to Redis at ${redactUrl(url)} (${why}): start Redis there, or set REDIS_URL`);
   }
 }
 

@@ -34,6 +34,8 @@ export interface TestAppOptions {
   env?: Record<string, string>;
   /** Apps that share state (instances of one deployment, a restart) share a prefix; by default each app has its own keyspace. */
   redisPrefix?: string;
+  /** The embedded broker's port (a restart on the same port); a free one by default. */
+  mqttPort?: number;
 }
 
 /** Starts the whole server on free ports against the real services; stopped after the file's tests. */
@@ -47,7 +49,7 @@ export async function startApp(options: TestAppOptions = {}): Promise<TestApp> {
     : {
         kind: "embedded",
         host: "127.0.0.1",
-        port: 0,
+        port: options.mqttPort ?? 0,
         tlsPort: options.tls ? 0 : null,
         tlsCertFile: undefined,
         tlsKeyFile: undefined,

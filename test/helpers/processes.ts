@@ -147,12 +147,21 @@ export class ServerProcess {
       stdio: ["ignore", "pipe", "pipe"],
     });
     const server = new ServerProcess(child, `http://127.0.0.1:${port}`);
+    // A server that exits fails the start at once, with what it printed.
+    const exited = new Promise<never>((_, reject) =>
+      child.once("exit", (code) => setImmediate(() => reject(new Error(`server exited with ${code}:\n${server.logs}`)))),
+    );
+    exited.catch(() => undefined);
     try {
-      await eventually(async () => {
-        if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}:\n${server.logs}`);
-        const res = await fetch(`${server.httpUrl}/readyz`);
-        if (res.status !== 200) throw new Error(`not ready: ${await res.text()}`);
-      }, 30_000);
+      await Promise.race([
+        exited,
+        eventually(async () => {
+          if (child.exitCode !== null) return;
+          const res = await fetch(`${server.httpUrl}/readyz`);
+          if (res.status !== 200) throw new Error(`not ready: ${await res.text()}`);
+        }, 30_000),
+      ]);
+      if (child.exitCode !== null) await exited;
     } catch (err) {
       child.kill("SIGKILL");
       throw err;

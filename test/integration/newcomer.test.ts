@@ -1,0 +1,205 @@
+import { execFile } from "node:child_process";
+import { createServer } from "node:net";
+import { promisify } from "node:util";
+import { beforeAll, describe, expect, it } from "vitest";
+import { OtaProgressDocument, SendOtaDocument } from "../../src/client/generated/graphql.js";
+import { localAddresses } from "../../src/config/config.js";
+import { NO_FAULTS, seededRandom } from "../../src/sim/faults.js";
+import { FirmwareServer } from "../../src/sim/firmware.server.js";
+import { Fleet, registerDevices } from "../../src/sim/sim.fleet.js";
+import { gql, gqlOk, startApp, type TestApp } from "../helpers/app.js";
+import { BIN, freePort, ServerProcess } from "../helpers/processes.js";
+import { DATABASE_URL, freshDatabase, REDIS_URL, uniq } from "../helpers/services.js";
+import { onTeardown, tempDir } from "../helpers/teardown.js";
+import { eventually } from "../helpers/wait.js";
+
+/** The traps a new user fell into (issue 10), each shown gone. */
+
+const behaviour = {
+  step: 25,
+  paceMs: 0,
+  installMs: 50,
+  offlineMs: 100,
+  faults: NO_FAULTS,
+  random: seededRandom(3),
+  rejectUnauthorized: true,
+  reconnectMinMs: 200,
+  reconnectMaxMs: 1000,
+};
+
+describe("sendOta says whom it reaches", () => {
+  let t: TestApp;
+  beforeAll(async () => {
+    t = await startApp();
+  });
+
+  it("counts the registered devices a tag reaches, and warns when that is nobody", async () => {
+    const productName = uniq("reach");
+    await t.app.devices.register({ productName, deviceName: "a", tags: ["beta"] });
+    await t.app.devices.register({ productName, deviceName: "b", tags: ["beta"] });
+    await t.app.devices.register({ productName, deviceName: "c", tags: ["beta"] });
+    await t.app.devices.setSuspended(productName, "c", true);
+    const firmware = { url: "http://127.0.0.1:1/fw.bin", version: "2.0", size: 10, md5: "0".repeat(32), type: "firmware" };
+    const beta = (await gqlOk(t, SendOtaDocument, { input: { productName, tag: "beta", firmware } })).sendOta;
+    expect(beta).toMatchObject({ targeted: 2, warning: null });
+    const nobody = (await gqlOk(t, SendOtaDocument, { input: { productName, tag: "nobody", firmware } })).sendOta;
+    expect(nobody.targeted).toBe(0);
+    expect(nobody.warning).toMatch(/tag nobody.*reaches nobody/);
+    expect(nobody.requestId).toMatch(/^[0-9a-f]{24}$/);
+    const one = (await gqlOk(t, SendOtaDocument, { input: { productName, deviceName: "a", firmware } })).sendOta;
+    expect(one).toMatchObject({ targeted: 1, warning: null });
+  });
+});
+
+describe("errors that say what to do", () => {
+  let t: TestApp;
+  beforeAll(async () => {
+    t = await startApp();
+  });
+  const rest = (path: string, init: RequestInit = {}) =>
+    fetch(`${t.httpUrl}${path}`, { ...init, headers: { authorization: `Bearer ${t.token}`, "content-type": "application/json", ...(init.headers ?? {}) } });
+
+  it("answers unknown paths and methods in JSON", async () => {
+    for (const [path, method] of [["/nope", "GET"], ["/ota", "DELETE"], ["/metrics/x", "POST"]] as const) {
+      const res = await rest(path, { method });
+      expect(res.status, path).toBe(404);
+      expect(res.headers.get("content-type"), path).toMatch(/application\/json/);
+      expect(((await res.json()) as { errors: { extensions: { code: string } }[] }).errors[0]?.extensions.code).toBe("NOT_FOUND");
+    }
+  });
+
+  it("names every REST field at fault by its IotHub name, not only the first", async () => {
+    const devices = await rest("/devices", { method: "POST", body: JSON.stringify({ product_name: "a b", device_name: "c/d", tags: ["ok", "x y"] }) });
+    expect(devices.status).toBe(400);
+    const body = (await devices.json()) as { errors: { message: string; extensions: { code: string; field: string } }[] };
+    expect(body.errors.map((e) => e.extensions.field)).toEqual(["product_name", "device_name", "tags"]);
+    expect(body.errors.every((e) => e.extensions.code === "BAD_USER_INPUT" && e.message.startsWith(`${e.extensions.field}: `))).toBe(true);
+
+    const productName = uniq("rest");
+    await t.app.devices.register({ productName, deviceName: "d" });
+    const ota = await rest(`/ota/${productName}/d`, { method: "POST", body: JSON.stringify({ url: "ftp://x", size: -1, md5: "nope", version: "2.0", type: "" }) });
+    expect(ota.status).toBe(400);
+    const fields = ((await ota.json()) as typeof body).errors.map((e) => e.extensions.field);
+    expect(fields).toEqual(["url", "size", "md5", "type"]);
+  });
+
+  it("a server without Redis says which URL and which setting, once, without a stack", async () => {
+    const port = await freePort();
+    const r = await ServerProcess.start({ ...process.env, REDIS_URL: `redis://127.0.0.1:${port}`, MQTT_PORT: "0", MQTTS_PORT: "0", DATA_DIR: tempDir("nored") }).then(
+      () => "started",
+      (err: Error) => err.message,
+    );
+    expect(r).toContain(`could not connect to Redis at redis://127.0.0.1:${port}`);
+    expect(r).toContain("REDIS_URL");
+    expect(r.match(/could not connect to Redis/g)).toHaveLength(1);
+    expect(r).not.toMatch(/\n\s+at /);
+  });
+});
+
+describe("the first token", () => {
+  it("is created and printed only once the server serves: a failed first start loses nothing", async () => {
+    const dataDir = tempDir("boot");
+    const blocker = createServer();
+    await new Promise<void>((r) => blocker.listen(0, "127.0.0.1", r));
+    const taken = (blocker.address() as { port: number }).port;
+    const env = { ...process.env, REDIS_URL, REDIS_PREFIX: `${uniq("boot")}:`, DATA_DIR: dataDir, MQTTS_PORT: "0", ADMIN_TOKEN: "", DATABASE_URL: "" };
+    const failed = await ServerProcess.start({ ...env, MQTT_PORT: String(taken) }).then(
+      () => "started",
+      (err: Error) => err.message,
+    );
+    await new Promise((r) => blocker.close(r));
+    expect(failed).toContain(`port ${taken} on 127.0.0.1 is already in use: set MQTT_PORT`);
+    expect(failed.match(/already in use/g)).toHaveLength(1);
+    expect(failed).not.toContain("shown only this once");
+
+    const server = await ServerProcess.start({ ...env, MQTT_PORT: String(await freePort()) });
+    onTeardown(() => server.stop().then(() => undefined));
+    const token = await eventually(() => {
+      const m = /shown only this once:\s+(\S+)/.exec(server.logs);
+      expect(m).not.toBeNull();
+      return m![1]!;
+    });
+    expect(server.logs).toContain("npx iothub-ota token create");
+    const res = await fetch(`${server.httpUrl}/graphql`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: JSON.stringify({ query: "{ apiTokens { name } }" }),
+    });
+    expect(await res.json()).toEqual({ data: { apiTokens: [{ name: "bootstrap" }] } });
+  });
+});
+
+describe("the simulator", () => {
+  it("defaults to the ports the server reads", () => {
+    expect(localAddresses({})).toMatchObject({ api: "http://127.0.0.1:4000/graphql", mqtt: "mqtt://127.0.0.1:1883" });
+    expect(localAddresses({ PORT: "4100", MQTT_PORT: "11883", MQTTS_PORT: "18883" })).toEqual({
+      server: "http://127.0.0.1:4100",
+      api: "http://127.0.0.1:4100/graphql",
+      mqtt: "mqtt://127.0.0.1:11883",
+      mqtts: "mqtts://127.0.0.1:18883",
+    });
+    expect(localAddresses({ MQTT_PORT: "0", MQTTS_PORT: "18883" }).mqtt).toBe("mqtts://127.0.0.1:18883");
+    expect(() => localAddresses({ MQTT_PORT: "x" })).toThrow(/MQTT_PORT/);
+  });
+
+  it("as a command, checks its flags before registering anything, and names the API it could not reach (on PORT)", async () => {
+    const run = (args: string[], env: Record<string, string>) =>
+      promisify(execFile)(process.execPath, [BIN, "simulate", ...args], { cwd: new URL("../../", import.meta.url).pathname, env: { ...process.env, ...env } }).then(
+        () => ({ code: 0, stderr: "" }),
+        (err: { code: number; stderr: string }) => ({ code: err.code, stderr: err.stderr }),
+      );
+    const port = await freePort();
+    const flag = await run(["--token", "x", "--fail-download", "200"], { PORT: String(port) });
+    expect(flag.code).not.toBe(0);
+    expect(flag.stderr).toContain("--fail-download must be a percentage 0..100");
+    expect(flag.stderr).not.toContain("registering");
+    const down = await run(["--token", "x", "-n", "1"], { PORT: String(port) });
+    expect(down.code).not.toBe(0);
+    expect(down.stderr).toContain(`could not reach the API at http://127.0.0.1:${port}/graphql`);
+  });
+
+  it("says why TLS devices could not connect (the self-signed certificate, and the flag)", async () => {
+    const t = await startApp({ tls: true });
+    const credentials = await registerDevices(`${t.httpUrl}/graphql`, t.token, uniq("tls"), 2, []);
+    const fleet = new Fleet(credentials, { mqttUrl: `mqtts://127.0.0.1:${t.app.address.mqtts}`, initialVersion: "1.0", connectConcurrency: 2, behaviour });
+    onTeardown(() => fleet.stop());
+    await fleet.connectAll();
+    const summary = fleet.summary();
+    expect(summary.connected).toBe(0);
+    expect(summary.kbPerDevice).toBeNull();
+    const [reason, count] = Object.entries(summary.connectFailures)[0] ?? [];
+    expect(count).toBe(2);
+    expect(reason).toMatch(/self-signed.*--insecure/);
+  });
+
+  it("reconnects after a server restart and completes an upgrade sent while it was away", async () => {
+    const database = DATABASE_URL ? await freshDatabase("postgres") : { kind: "pglite" as const, dataDir: tempDir("restart") };
+    const redisPrefix = `${uniq("restart")}:`;
+    const mqttPort = await freePort();
+    const first = await startApp({ database, redisPrefix, mqttPort });
+    const fw = new FirmwareServer(32 * 1024);
+    await fw.start();
+    onTeardown(() => fw.stop());
+    const productName = uniq("back");
+    const credentials = await registerDevices(`${first.httpUrl}/graphql`, first.token, productName, 3, ["beta"]);
+    const fleet = new Fleet(credentials, { mqttUrl: first.mqttUrl, initialVersion: "1.0", connectConcurrency: 3, behaviour });
+    onTeardown(() => fleet.stop());
+    await fleet.connectAll();
+    expect(await fleet.tagsAnswered(5000)).toBe(true);
+    await first.stop();
+    await eventually(() => expect(fleet.summary().connected).toBe(0));
+
+    const second = await startApp({ database, redisPrefix, mqttPort });
+    const firmware = { ...fw.file, version: "2.0", type: "firmware" };
+    const { sendOta } = await gqlOk(second, SendOtaDocument, { input: { productName, tag: "beta", firmware } });
+    expect(sendOta.targeted).toBe(3);
+    await eventually(() => expect(fleet.summary().connected).toBe(3), 20_000);
+    await eventually(async () => {
+      for (const { deviceName } of credentials) {
+        const r = await gql(second, OtaProgressDocument, { productName, deviceName });
+        expect(r.data?.otaProgress?.state).toBe("SUCCEEDED");
+      }
+    }, 20_000);
+    expect(fleet.summary().states.succeeded).toBe(3);
+  });
+});
