@@ -1,6 +1,7 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { and, count, desc, eq, inArray, isNull } from "drizzle-orm";
 import { LRUCache } from "lru-cache";
+import { upTo } from "../lru.js";
 import { badInput } from "../errors.js";
 import { isValidName } from "../protocol/names.js";
 import type { Db } from "../storage/database.js";
@@ -95,7 +96,7 @@ export class TokenService {
     private readonly now: () => number = Date.now,
   ) {
     this.#adminDigest = adminToken === undefined ? undefined : sha256(adminToken);
-    this.#cache = new LRUCache<string, Principal>({ max: TOKEN_CACHE_MAX, ttl: cacheTtlMs });
+    this.#cache = new LRUCache<string, Principal>({ ...upTo(TOKEN_CACHE_MAX), ttl: cacheTtlMs });
   }
 
   /** Creates a token; this is the only time it is seen in clear. */

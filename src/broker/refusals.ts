@@ -1,4 +1,5 @@
 import { LRUCache } from "lru-cache";
+import { upTo } from "../lru.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 
@@ -21,7 +22,7 @@ export class Refusals {
     private readonly log: Logger,
     intervalMs: number,
   ) {
-    this.#logged = intervalMs > 0 ? new LRUCache({ max: LOG_KEYS_MAX, ttl: intervalMs }) : undefined;
+    this.#logged = intervalMs > 0 ? new LRUCache({ ...upTo(LOG_KEYS_MAX), ttl: intervalMs }) : undefined;
   }
 
   refuse(kind: RefusalKind, reason: string, key: string, details: Record<string, unknown> = {}): void {

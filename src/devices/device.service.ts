@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import { LRUCache } from "lru-cache";
+import { upTo } from "../lru.js";
 import { AppError, ErrorCode, badInput } from "../errors.js";
 import { checkName, checkTags } from "../protocol/names.js";
 import { newObjectId } from "../protocol/object-id.js";
@@ -50,10 +51,10 @@ function decodeCursor(cursor: string): string {
 
 /** The device registry: its rules, and the commands that keep devices in step with it. */
 export class DeviceService {
-  readonly #verified = new LRUCache<string, { secretHash: string; digest: string }>({ max: VERIFIED_CACHE_SIZE });
+  readonly #verified = new LRUCache<string, { secretHash: string; digest: string }>(upTo(VERIFIED_CACHE_SIZE));
   /** Concurrent asks for one device share one query (lru-cache's fetch). */
   readonly #tags = new LRUCache<string, readonly string[]>({
-    max: TAGS_CACHE_SIZE,
+    ...upTo(TAGS_CACHE_SIZE),
     ttl: TAGS_CACHE_TTL_MS,
     fetchMethod: async (key) => {
       const [productName, deviceName] = key.split("/") as [string, string];

@@ -11,6 +11,7 @@ import {
   type GraphQLError,
 } from "graphql";
 import { LRUCache } from "lru-cache";
+import { upTo } from "../lru.js";
 import type { Context } from "./context.js";
 
 type Result = ExecutionResult | Promise<ExecutionResult>;
@@ -28,7 +29,7 @@ const MAX_DOCUMENTS = 1000;
  */
 export function sharedDocuments(options: { maxTokens?: number; rules?: readonly ValidationRule[] } = {}) {
   const rules = [...specifiedRules, ...(options.rules ?? [])];
-  const documents = new LRUCache<string, { text: string; document: DocumentNode }>({ max: MAX_DOCUMENTS });
+  const documents = new LRUCache<string, { text: string; document: DocumentNode }>(upTo(MAX_DOCUMENTS));
   const validated = new WeakMap<DocumentNode, readonly GraphQLError[]>();
   return {
     /** graphql-ws keeps each subscribe message for the subscription's life: let it hold the shared text. */

@@ -1,4 +1,5 @@
 import { LRUCache } from "lru-cache";
+import { upTo } from "../lru.js";
 import { requireName } from "../devices/device.service.js";
 import { AppError, ErrorCode, badInput } from "../errors.js";
 import type { Logger } from "../logger.js";
@@ -105,11 +106,11 @@ export class RolloutService {
    * few seconds: another instance's change (a timeout, a retry) shows within
    * that, and the scheduler's catch-up covers what a stale entry skipped.
    */
-  readonly #running = new LRUCache<string, RunningExecution[]>({ max: 50_000, ttl: 5_000 });
+  readonly #running = new LRUCache<string, RunningExecution[]>({ ...upTo(50_000), ttl: 5_000 });
   readonly #joinedAt = new Map<string, number>();
   /** `<rolloutId>/<device>` → whether the device is in the rollout, for `otaProgressChanged(rolloutId)`. */
   readonly #members = new LRUCache<string, boolean>({
-    max: 100_000,
+    ...upTo(100_000),
     ttl: 5_000,
     ignoreFetchAbort: true,
     fetchMethod: async (key) => {
@@ -127,7 +128,7 @@ export class RolloutService {
   ) {
     this.#now = options.now ?? Date.now;
     this.#versions = new LRUCache<string, Set<string>>({
-      max: 10_000,
+      ...upTo(10_000),
       ttl: VERSIONS_TTL_MS,
       // A change forgets the entry while a read may be under way: that read still answers (lru-cache would reject it).
       ignoreFetchAbort: true,

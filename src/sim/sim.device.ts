@@ -1,8 +1,8 @@
 import { createHash } from "node:crypto";
-import { ObjectId } from "bson";
 import mqtt, { type MqttClient } from "mqtt";
 import { checkFirmware, type Firmware } from "../ota/firmware.js";
 import { checkTags } from "../protocol/names.js";
+import { newObjectId } from "../protocol/object-id.js";
 import { parseCommandTopic } from "../protocol/topics.js";
 import { drawFaults, type Fault, type FaultRates } from "./faults.js";
 
@@ -157,12 +157,12 @@ export class SimulatedDevice {
       client.end(true);
       void this.keepConnecting();
     });
-    await publishOn(client, `get/${productName}/${deviceName}/$tags/${new ObjectId().toHexString()}`, {
+    await publishOn(client, `get/${productName}/${deviceName}/$tags/${newObjectId()}`, {
       tags: this.tags,
       tags_version: this.tagsVersion,
     });
     // As IotHub firmware does on every connect: the server knows the running version before any upgrade.
-    await publishOn(client, `update_status/${productName}/${deviceName}/${new ObjectId().toHexString()}`, { firmware_ver: this.firmwareVersion });
+    await publishOn(client, `update_status/${productName}/${deviceName}/${newObjectId()}`, { firmware_ver: this.firmwareVersion });
   }
 
   /** Reconnects with doubling back-off (and jitter) until connected or stopped; one loop at a time. */
@@ -340,7 +340,7 @@ export class SimulatedDevice {
 
   async #report(body: Record<string, unknown>, duplicate: boolean, kind = "update_ota_status"): Promise<void> {
     const { productName, deviceName } = this.credentials;
-    const topic = `${kind}/${productName}/${deviceName}/${new ObjectId().toHexString()}`;
+    const topic = `${kind}/${productName}/${deviceName}/${newObjectId()}`;
     await this.#publish(topic, body);
     this.counters.reportsSent++;
     if (duplicate) {
