@@ -1,0 +1,135 @@
+import type { TypedDocumentNode } from "@graphql-typed-document-node/core";
+import { print } from "graphql";
+import { createClient, type Client } from "graphql-ws";
+import WebSocket from "ws";
+import { z } from "zod";
+import { ApiError, SocketClosedError, UnreachableError } from "./cli.errors.js";
+
+export interface ServerAddress {
+  /** The server's base URL, `http(s)://host:port`; the API is at `/graphql` on it. */
+  server: string;
+  token?: string | undefined;
+}
+
+const graphqlError = z.object({
+  message: z.string(),
+  extensions: z.object({ code: z.string().optional() }).passthrough().optional(),
+});
+const answer = z.object({
+  data: z.record(z.string(), z.unknown()).nullish(),
+  errors: z.array(graphqlError).optional(),
+});
+
+const toApiError = (errors: z.infer<typeof graphqlError>[], status?: number) =>
+  new ApiError(errors.map((e) => ({ code: e.extensions?.code ?? "ERROR", message: e.message })), status);
+
+/** What a graphql-ws sink's error is: GraphQL errors, a CloseEvent, or the socket's error. */
+function socketError(err: unknown, url: string): Error {
+  if (Array.isArray(err)) return toApiError(z.array(graphqlError).parse(err));
+  const close = z.object({ code: z.number(), reason: z.string() }).safeParse(err);
+  if (close.success) {
+    // 1006: the socket dropped without a close frame (the server went away, a proxy cut it): nobody closed it on purpose.
+    if (close.data.code === 1006) return new UnreachableError(url, new Error("connection lost (1006)"));
+    return new SocketClosedError(close.data.code, close.data.reason, url);
+  }
+  const message = z.object({ message: z.string() }).safeParse(err);
+  return new UnreachableError(url, new Error(message.success ? message.data.message : String(err)));
+}
+
+/**
+ * The API of a running server for the client commands: GraphQL over HTTP
+ * (fetch) and graphql-ws (the `ws` package), both with the token as
+ * `Authorization: Bearer` (a header, and the connection_init payload the
+ * server reads).
+ */
+export class ApiClient {
+  readonly graphqlUrl: string;
+  readonly wsUrl: string;
+  readonly #authorization: string | undefined;
+  #ws: Client | undefined;
+
+  constructor(address: ServerAddress) {
+    const base = new URL(address.server);
+    this.graphqlUrl = new URL("/graphql", base).toString();
+    const ws = new URL("/graphql", base);
+    ws.protocol = base.protocol === "https:" ? "wss:" : "ws:";
+    this.wsUrl = ws.toString();
+    this.#authorization = address.token ? `Bearer ${address.token}` : undefined;
+  }
+
+  /** One operation over HTTP; its data, or an {@link ApiError} with the API's codes. */
+  async request<T, V>(doc: TypedDocumentNode<T, V>, variables: V): Promise<T> {
+    let res: Response;
+    try {
+      res = await fetch(this.graphqlUrl, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...(this.#authorization ? { authorization: this.#authorization } : {}) },
+        body: JSON.stringify({ query: print(doc), variables }),
+      });
+    } catch (err) {
+      throw new UnreachableError(this.graphqlUrl, err);
+    }
+    const text = await res.text();
+    let parsed: z.infer<typeof answer>;
+    try {
+      parsed = answer.parse(JSON.parse(text));
+    } catch {
+      throw new ApiError([{ code: `HTTP_${res.status}`, message: `${this.graphqlUrl} answered ${res.status}, not a GraphQL answer` }], res.status);
+    }
+    if (parsed.errors?.length) throw toApiError(parsed.errors, res.status);
+    if (!parsed.data) throw new ApiError([{ code: `HTTP_${res.status}`, message: `${this.graphqlUrl} answered without data` }], res.status);
+    return parsed.data as T;
+  }
+
+  /**
+   * Runs a subscription until the server completes it (resolves) or it fails
+   * (rejects: GraphQL errors, a close by the server, the server gone).
+   * `stop()` ends it early.
+   */
+  subscribe<T, V>(doc: TypedDocumentNode<T, V>, variables: V, onData: (data: T) => void): { done: Promise<void>; stop: () => void } {
+    const client = this.#client();
+    let stop = () => undefined as void;
+    const done = new Promise<void>((resolve, reject) => {
+      stop = client.subscribe<T>(
+        { query: print(doc), variables: variables as Record<string, unknown> },
+        {
+          next: (r) => {
+            if (r.errors?.length) reject(toApiError(z.array(graphqlError).parse(r.errors)));
+            else if (r.data) onData(r.data as T);
+          },
+          error: (err) => reject(socketError(err, this.wsUrl)),
+          complete: resolve,
+        },
+      );
+    });
+    return { done, stop: () => stop() };
+  }
+
+  /** Closes the graphql-ws connection, if one was opened. */
+  async close(): Promise<void> {
+    const ws = this.#ws;
+    this.#ws = undefined;
+    await ws?.dispose();
+  }
+
+  #client(): Client {
+    if (this.#ws) return this.#ws;
+    const authorization = this.#authorization;
+    const headers = authorization ? { authorization } : undefined;
+    // graphql-ws constructs the socket itself: a subclass is how a header goes on the upgrade request.
+    class AuthorizedWebSocket extends WebSocket {
+      constructor(url: string, protocols?: string | string[]) {
+        super(url, protocols, { headers });
+      }
+    }
+    this.#ws = createClient({
+      url: this.wsUrl,
+      webSocketImpl: AuthorizedWebSocket,
+      connectionParams: headers ?? {},
+      // A watcher that lost its server says so and exits; a script decides whether to try again.
+      retryAttempts: 0,
+      lazy: true,
+    });
+    return this.#ws;
+  }
+}

@@ -1,0 +1,77 @@
+/** Output of the client commands: aligned tables and key/value blocks for people, JSON for scripts, live redraws on a terminal. */
+
+export type Cell = string | number | boolean | null | undefined;
+
+const text = (c: Cell): string => (c === null || c === undefined || c === "" ? "-" : String(c));
+
+/** Columns padded to their widest cell, two spaces apart; numbers right-aligned. */
+export function table(headers: string[], rows: Cell[][]): string {
+  const cells = [headers, ...rows.map((r) => r.map(text))];
+  const numeric = headers.map((_, i) => rows.length > 0 && rows.every((r) => typeof r[i] === "number"));
+  const widths = headers.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? "").length)));
+  return cells
+    .map((r) =>
+      r
+        .map((c, i) => (numeric[i] ? c.padStart(widths[i] as number) : c.padEnd(widths[i] as number)))
+        .join("  ")
+        .trimEnd(),
+    )
+    .join("\n");
+}
+
+/** `label: value` lines, labels aligned. */
+export function fields(pairs: [string, Cell][]): string {
+  const width = Math.max(...pairs.map(([k]) => k.length)) + 1;
+  return pairs.map(([k, v]) => `${`${k}:`.padEnd(width)} ${text(v)}`).join("\n");
+}
+
+/** `[#######.......]  50%`: done out of total. */
+export function bar(done: number, total: number, width = 30): string {
+  const ratio = total > 0 ? Math.min(1, done / total) : 0;
+  const filled = Math.round(ratio * width);
+  return `[${"#".repeat(filled)}${".".repeat(width - filled)}] ${String(Math.floor(ratio * 100)).padStart(3)}%`;
+}
+
+/** `name n` pairs of the non-zero counts (all of them when every one is zero). */
+export function counts(pairs: [string, number][]): string {
+  const shown = pairs.filter(([, n]) => n > 0);
+  return (shown.length > 0 ? shown : pairs).map(([k, n]) => `${k} ${n}`).join("  ");
+}
+
+export const json = (doc: unknown): void => void process.stdout.write(`${JSON.stringify(doc)}\n`);
+
+export const print = (s: string): void => void process.stdout.write(`${s}\n`);
+
+/**
+ * What a watch draws on each change. On a terminal, a block of lines redrawn
+ * in place (cursor up, clear down); elsewhere (a pipe, a CI log) one plain
+ * line per change; with --json, one JSON document per line.
+ */
+export class LiveView<T> {
+  #drawn = 0;
+  readonly #tty: boolean;
+
+  constructor(
+    private readonly mode: { json: boolean },
+    private readonly render: { block(v: T): string[]; line(v: T): string; json(v: T): unknown },
+    private readonly out: NodeJS.WriteStream = process.stdout,
+  ) {
+    this.#tty = !mode.json && out.isTTY === true;
+  }
+
+  update(v: T): void {
+    if (this.mode.json) return void this.out.write(`${JSON.stringify(this.render.json(v))}\n`);
+    if (!this.#tty) return void this.out.write(`${this.render.line(v)}\n`);
+    const width = this.out.columns || 80;
+    const lines = this.render.block(v).map((l) => (l.length > width ? l.slice(0, width - 1) : l));
+    // ESC[nA: up n lines; ESC[0J: clear to the end of the screen (ECMA-48).
+    const up = this.#drawn > 0 ? `\r\x1b[${this.#drawn}A\x1b[0J` : "";
+    this.out.write(`${up}${lines.join("\n")}\n`);
+    this.#drawn = lines.length;
+  }
+
+  /** A closing line (a final state, a summary), kept below the block. */
+  finish(line: string): void {
+    if (!this.mode.json) this.out.write(`${line}\n`);
+  }
+}
