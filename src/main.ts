@@ -5,6 +5,7 @@ import { z } from "zod";
 import { ACCESS_LEVELS } from "./auth/principal.js";
 import { ApiTokenAdmin, type TokenAdmin } from "./auth/token.client.js";
 import { TokenService } from "./auth/token.service.js";
+import { registerClientCommands } from "./cli/index.js";
 import { ConfigError, loadConfig, type Config } from "./config/config.js";
 import { firmwareServer, simulate, type SimulateOptions } from "./sim/sim.cli.js";
 import { Database } from "./storage/database.js";
@@ -67,10 +68,15 @@ const durationMs = z
   .regex(/^\d+[smhd]$/, "must be a number and a unit: 90s, 30m, 12h, 30d")
   .transform((v) => Number(v.slice(0, -1)) * { s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 }[v.slice(-1) as "s" | "m" | "h" | "d"]);
 
-/** Where the token commands act: a running server's API when given --url, else the database of the settings. */
+/** Where the token commands act: a running server's API when given --url or --server, else the database of the settings. */
 const apiFlags = z
-  .object({ url: z.string().url("--url must be the GraphQL endpoint, http(s)://host:port/graphql").optional(), token: z.string().optional() })
-  .refine((o) => o.url === undefined || (o.token ?? "") !== "", "--url needs --token (or IOTHUB_OTA_TOKEN): an admin token of every product");
+  .object({
+    url: z.string().url("--url must be the GraphQL endpoint, http(s)://host:port/graphql").optional(),
+    server: z.string().url("--server must be the server's URL, http(s)://host:port").optional(),
+    token: z.string().optional(),
+  })
+  .transform((o) => ({ url: o.url ?? (o.server === undefined ? undefined : new URL("/graphql", o.server).toString()), token: o.token }))
+  .refine((o) => o.url === undefined || (o.token ?? "") !== "", "--url or --server needs --token (or IOTHUB_OTA_TOKEN): an admin token of every product");
 
 const createFlags = z.object({
   name: z.string().min(1),
@@ -104,7 +110,8 @@ async function withTokens<T>(flags: { url?: string; token?: string }, use: (admi
 
 const apiOptions = (c: Command) =>
   c
-    .option("--url <url>", "a running server's GraphQL endpoint (http://host:4000/graphql); without it, the database of the settings")
+    .option("--url <url>", "a running server's GraphQL endpoint (http://host:4000/graphql); without it or --server, the database of the settings")
+    .option("--server <url>", "a running server's URL (http://host:4000), as the client commands take it")
     .option("--token <token>", "with --url: an admin API token of every product (or IOTHUB_OTA_TOKEN)", process.env.IOTHUB_OTA_TOKEN);
 
 const program = new Command("iothub-ota").description("Over-the-air firmware upgrades for IoT device fleets.");
@@ -189,5 +196,6 @@ program
   .option("--port <port>", "port (0: any free one)", "8080")
   .option("--host <host>", "bind address", "127.0.0.1")
   .action((o: { size: string; port: string; host: string }) => firmwareServer(o).catch(exitWith));
+registerClientCommands(program);
 
 await program.parseAsync();

@@ -1,0 +1,1 @@
+export { registerClientCommands } from "./client.commands.js";

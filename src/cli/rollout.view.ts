@@ -1,0 +1,130 @@
+import type { PreviewRolloutQuery, RolloutFieldsFragment, RolloutState } from "../client/generated/graphql.js";
+import { ExitCode } from "./cli.errors.js";
+import { bar, counts, fields, table } from "./cli.output.js";
+
+type Rollout = RolloutFieldsFragment;
+type Counts = Rollout["counts"];
+
+/** Executions that will not move again. */
+const finished = (c: Counts) => c.succeeded + c.failed + c.timedOut + c.skipped + c.canceled;
+const failures = (c: Counts) => c.failed + c.timedOut;
+
+const stateCounts = (c: Counts): [string, number][] => [
+  ["succeeded", c.succeeded],
+  ["failed", c.failed],
+  ["timed out", c.timedOut],
+  ["in progress", c.inProgress],
+  ["queued", c.queued],
+  ["skipped", c.skipped],
+  ["canceled", c.canceled],
+];
+
+export function targetText(t: Rollout["target"]): string {
+  if (t.kind === "TAG") return `tag ${t.tag}`;
+  if (t.kind === "DEVICES") return `${t.deviceNames?.length ?? 0} devices`;
+  return "whole product";
+}
+
+const failureText = (c: Counts) => c.byFailureClass.map((f) => `${f.failureClass} ${f.count}`).join("  ");
+
+export function rolloutBlock(r: Rollout): string {
+  const c = r.counts;
+  return fields([
+    ["rollout", r.id],
+    ["name", r.name],
+    ["product", r.productName],
+    ["state", `${r.state} (wave ${r.openWave + 1} open)`],
+    ["target", `${targetText(r.target)}, ${r.membership.toLowerCase()}`],
+    ["firmware", `${r.firmware.version} ${r.firmware.url}`],
+    ["progress", `${bar(finished(c), c.total)}  ${finished(c)}/${c.total} finished`],
+    ["counts", counts(stateCounts(c))],
+    ["failures", failureText(c) || null],
+    ["aborted by", r.abortedBy?.message],
+    ["created", r.createdAt],
+    ["started", r.startedAt],
+    ["finished", r.finishedAt],
+  ]);
+}
+
+export function rolloutTable(rollouts: Rollout[]): string {
+  return table(
+    ["ID", "NAME", "STATE", "TARGET", "VERSION", "PROGRESS", "SUCCEEDED", "FAILED", "TOTAL", "CREATED"],
+    rollouts.map((r) => [r.id, r.name, r.state, targetText(r.target), r.firmware.version, bar(finished(r.counts), r.counts.total, 10), r.counts.succeeded, failures(r.counts), r.counts.total, r.createdAt]),
+  );
+}
+
+export function previewBlock(p: PreviewRolloutQuery["previewRollout"]): string {
+  const lines = [
+    fields([
+      ["targeted", p.targeted],
+      ["eligible", p.eligible],
+      ["skipped", `${p.skipped}${p.skippedByReason.length ? ` (${p.skippedByReason.map((s) => `${s.reason} ${s.count}`).join(", ")})` : ""}`],
+      ["starts", p.startsAt],
+      ["time", `at least ${p.minimumSeconds} s, at most ${p.worstCaseSeconds} s`],
+    ]),
+    "",
+    table(["WAVE", "DEVICES"], p.waves.map((w) => [w.index + 1, w.size])),
+  ];
+  return lines.join("\n");
+}
+
+/** What `rollout watch` redraws on a terminal. */
+export function watchBlock(r: Rollout): string[] {
+  const c = r.counts;
+  return [
+    `rollout ${r.id}${r.name ? ` ${JSON.stringify(r.name)}` : ""}  ${r.state}  wave ${r.openWave + 1}  ${r.firmware.version} to ${targetText(r.target)}`,
+    `${bar(finished(c), c.total)}  ${finished(c)}/${c.total} finished`,
+    counts(stateCounts(c)),
+    ...(c.byFailureClass.length ? [`failures: ${failureText(c)}`] : []),
+  ];
+}
+
+/** What `rollout watch` prints per change off a terminal: one line, every count, for logs and grep. */
+export function watchLine(r: Rollout): string {
+  const c = r.counts;
+  const all = stateCounts(c).map(([k, n]) => `${k} ${n}`).join(", ");
+  return `${new Date().toISOString()} ${r.state} wave ${r.openWave + 1} ${finished(c)}/${c.total} finished: ${all}`;
+}
+
+/** Ended, and nothing of it is still on its way: what makes `rolloutChanged` complete. */
+export const settled = (r: Rollout) => endedState(r.state) && r.counts.inProgress === 0 && r.counts.queued === 0;
+
+function endedState(s: RolloutState): boolean {
+  switch (s) {
+    case "COMPLETED":
+    case "ABORTED":
+    case "CANCELED":
+      return true;
+    case "RUNNING":
+    case "PAUSED":
+    case "SCHEDULED":
+      return false;
+    default: {
+      const never: never = s;
+      throw new Error(`unknown rollout state ${String(never)}`);
+    }
+  }
+}
+
+/** The exit code of `rollout watch` for the rollout as it ended, and the closing line that says why. */
+export function outcome(r: Rollout): { code: ExitCode; line: string } {
+  const c = r.counts;
+  switch (r.state) {
+    case "COMPLETED":
+      return failures(c) === 0
+        ? { code: ExitCode.OK, line: `COMPLETED: ${c.succeeded} succeeded, ${c.skipped} skipped` }
+        : { code: ExitCode.COMPLETED_WITH_FAILURES, line: `COMPLETED with failures: ${c.failed} failed, ${c.timedOut} timed out (${failureText(c)}), ${c.succeeded} succeeded` };
+    case "ABORTED":
+      return { code: ExitCode.ABORTED, line: `ABORTED: ${r.abortedBy?.message ?? "no cause recorded"}` };
+    case "CANCELED":
+      return { code: ExitCode.CANCELED, line: `CANCELED: ${c.succeeded} succeeded, ${c.canceled} canceled` };
+    case "RUNNING":
+    case "PAUSED":
+    case "SCHEDULED":
+      return { code: ExitCode.ERROR, line: `error: the server ended the watch while the rollout is ${r.state}` };
+    default: {
+      const never: never = r.state;
+      throw new Error(`unknown rollout state ${String(never)}`);
+    }
+  }
+}
