@@ -1,0 +1,264 @@
+import { execFile, spawn } from "node:child_process";
+import { Redis } from "ioredis";
+import { beforeAll, describe, expect, it } from "vitest";
+import { CreateApiTokenDocument, RegisterDeviceDocument, RevokeApiTokenDocument } from "../../src/client/generated/graphql.js";
+import { redisKeys } from "../../src/storage/progress.redis.js";
+import type { FirmwareServer } from "../../src/sim/firmware.server.js";
+import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
+import { BIN, freePort } from "../helpers/processes.js";
+import { createRollout, firmwareFile, rolloutIn, rolloutInput, sha256Of, simFleet } from "../helpers/rollout.js";
+import { REDIS_URL, uniq } from "../helpers/services.js";
+import { onTeardown } from "../helpers/teardown.js";
+import { eventually } from "../helpers/wait.js";
+
+const CWD = new URL("../..", import.meta.url).pathname;
+const ANSI = /\x1b\[/;
+
+interface Run {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** `iothub-ota <args>` in a process of its own, as a script runs it (stdout and stderr are pipes: not a terminal). */
+function cli(t: Pick<TestApp, "httpUrl" | "token">, args: string[], o: { token?: string | null; stdin?: string } = {}): Promise<Run> {
+  const env: NodeJS.ProcessEnv = { ...process.env, IOTHUB_OTA_SERVER: t.httpUrl };
+  if (o.token === null) delete env.IOTHUB_OTA_TOKEN;
+  else env.IOTHUB_OTA_TOKEN = o.token ?? t.token;
+  return new Promise((resolve) => {
+    const child = execFile(process.execPath, [BIN, ...args], { cwd: CWD, env }, (_err, stdout, stderr) => resolve({ status: child.exitCode, stdout, stderr }));
+    if (o.stdin !== undefined) child.stdin?.end(o.stdin);
+  });
+}
+
+/** A long-running command (a watch): its output so far, and its exit. */
+function started(t: TestApp, args: string[], token = t.token) {
+  const child = spawn(process.execPath, [BIN, ...args], {
+    cwd: CWD,
+    env: { ...process.env, IOTHUB_OTA_SERVER: t.httpUrl, IOTHUB_OTA_TOKEN: token },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  onTeardown(() => child.kill("SIGKILL"));
+  const out = { stdout: "", stderr: "" };
+  child.stdout.on("data", (d) => (out.stdout += d));
+  child.stderr.on("data", (d) => (out.stderr += d));
+  const exited = new Promise<Run>((resolve) => child.on("close", (status) => resolve({ status, ...out })));
+  return { child, out, exited };
+}
+
+const jsonOf = <T>(r: Run): T => {
+  expect(r.status, r.stderr).toBe(0);
+  return JSON.parse(r.stdout) as T;
+};
+const jsonLines = <T>(s: string): T[] =>
+  s
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l) as T);
+
+describe("the client commands against a running server", () => {
+  let t: TestApp;
+  let fw: FirmwareServer;
+  let redis: Redis;
+
+  beforeAll(async () => {
+    t = await startApp({ env: { ROLLOUT_TICK_MS: "100" } });
+    fw = await firmwareFile();
+    redis = new Redis(REDIS_URL);
+    onTeardown(() => redis.quit());
+  });
+
+  /** Firmware flags of the served file, as an operator passes them. */
+  const firmwareArgs = (version: string) => ["--version", version, "--url", fw.file.url, "--size", String(fw.file.size), "--md5", fw.file.md5];
+
+  it("registers, lists, shows, tags, suspends, resumes and deletes devices, every --json answer parsed", async () => {
+    const p = uniq("cli");
+    const [registered, other] = await Promise.all([
+      cli(t, ["devices", "register", "dev-a", "--product", p, "--tags", "beta,eu", "--json"]),
+      cli(t, ["devices", "register", "--product", p]),
+    ]);
+    const r = jsonOf<{ secret: string; device: { deviceName: string; tags: string[] } }>(registered);
+    expect(r.device).toMatchObject({ deviceName: "dev-a", tags: ["beta", "eu"] });
+    expect(r.secret.length).toBeGreaterThan(10);
+    expect(other.status, other.stderr).toBe(0);
+    expect(other.stdout).toMatch(/^secret:\s+\S+/m);
+
+    const [listed, tagged, suspended] = await Promise.all([
+      cli(t, ["devices", "list", "--product", p, "--json"]),
+      cli(t, ["devices", "tag", "dev-a", "--product", p, "--tags", "gamma", "--json"]),
+      cli(t, ["devices", "suspend", "dev-a", "--product", p, "--json"]),
+    ]);
+    const page = jsonOf<{ devices: { deviceName: string }[]; pageInfo: { hasNextPage: boolean } }>(listed);
+    expect(page.devices.map((d) => d.deviceName)).toContain("dev-a");
+    expect(page.devices).toHaveLength(2);
+    expect(jsonOf<{ tags: string[]; tagsVersion: number }>(tagged)).toMatchObject({ tags: ["gamma"], tagsVersion: 2 });
+    expect(jsonOf(suspended)).toMatchObject({ suspended: true });
+
+    const [table, shown] = await Promise.all([cli(t, ["devices", "list", "--product", p, "--tag", "gamma"]), cli(t, ["devices", "show", "dev-a", "--product", p, "--json"])]);
+    expect(jsonOf(shown)).toMatchObject({ deviceName: "dev-a", suspended: true, tags: ["gamma"], executions: [] });
+    expect(table.status, table.stderr).toBe(0);
+    const [header, row, ...rest] = table.stdout.trimEnd().split("\n");
+    expect(header).toMatch(/^DEVICE\s+TAGS\s+FIRMWARE\s+SUSPENDED/);
+    expect(row).toMatch(/^dev-a\s+gamma\s+-\s+yes/);
+    expect(rest).toEqual([]);
+    // Columns line up: each header starts where its cells do.
+    expect(row?.indexOf("yes")).toBe(header?.indexOf("SUSPENDED"));
+
+    expect(jsonOf(await cli(t, ["devices", "resume", "dev-a", "--product", p, "--json"]))).toMatchObject({ suspended: false });
+    expect(jsonOf(await cli(t, ["devices", "delete", "dev-a", "--product", p, "--json"]))).toMatchObject({ deleted: true });
+    const gone = await cli(t, ["devices", "show", "dev-a", "--product", p]);
+    expect(gone.status).toBe(2);
+    expect(gone.stderr).toBe(`error DEVICE_NOT_FOUND: no device ${p}/dev-a\n`);
+  }, 40_000);
+
+  it("sends an upgrade to a tag, and progress watch off a terminal prints one plain line per report until Ctrl-C", async () => {
+    const { productName } = await simFleet(t, { count: 3, tags: ["beta"] });
+    const watch = started(t, ["progress", "watch", "--product", productName, "--tag", "beta"]);
+    // The watch is live once the server watches the product for it and its Redis subscription is up.
+    const channel = redisKeys(t.config.redisPrefix).progressChannel(productName);
+    await eventually(async () => {
+      expect(t.app.progressFeed.watching.get(productName) ?? 0).toBeGreaterThan(0);
+      const [, listeners] = (await redis.pubsub("NUMSUB", channel)) as [string, number];
+      expect(listeners).toBeGreaterThan(0);
+    }, 15_000);
+
+    const sent = jsonOf<{ requestId: string; topic: string; targeted: number }>(
+      await cli(t, ["ota", "send", "--product", productName, "--tag", "beta", ...firmwareArgs("2.0"), "--ttl", "10m", "--json"]),
+    );
+    expect(sent).toMatchObject({ targeted: 3 });
+    expect(sent.topic).toContain(productName);
+    await eventually(() => {
+      const done = watch.out.stdout.split("\n").filter((l) => / SUCCEEDED 100% 2\.0$/.test(l));
+      expect(done).toHaveLength(3);
+    }, 20_000);
+    const lines = watch.out.stdout.trimEnd().split("\n");
+    expect(lines.length).toBeGreaterThan(3);
+    for (const l of lines) expect(l).toMatch(/^\S+Z \S+ (DOWNLOADING|DOWNLOADED|SUCCEEDED|FAILED) -?\d+% 2\.0/);
+    expect(watch.out.stdout).not.toMatch(ANSI);
+    watch.child.kill("SIGINT");
+    expect((await watch.exited).status).toBe(0);
+  }, 40_000);
+
+  it("previews and creates a rollout from flags, and rollout watch follows it to COMPLETED and exits 0", async () => {
+    const { productName } = await simFleet(t, { count: 4, tags: ["beta"] });
+    const flags = ["--product", productName, "--tag", "beta", ...firmwareArgs("2.0"), "--sha256", sha256Of(fw.file.url), "--wave", "1", "--wave", "100%", "--timeout", "30s"];
+    const preview = jsonOf<{ targeted: number; eligible: number; waves: { size: number }[] }>(await cli(t, ["rollout", "preview", ...flags, "--json"]));
+    expect(preview).toMatchObject({ targeted: 4, eligible: 4 });
+    expect(preview.waves.map((w) => w.size)).toEqual([1, 3]);
+
+    const created = await cli(t, ["rollout", "create", ...flags, "--name", "cli canary", "--quiet"]);
+    expect(created.status, created.stderr).toBe(0);
+    const id = created.stdout.trim();
+    expect(id).toMatch(/^\S+$/);
+
+    const watched = await cli(t, ["rollout", "watch", id]);
+    expect(watched.status, watched.stderr + watched.stdout).toBe(0);
+    const lines = watched.stdout.trimEnd().split("\n");
+    expect(lines.at(-1)).toBe("COMPLETED: 4 succeeded, 0 skipped");
+    expect(lines.length).toBeGreaterThan(1);
+    for (const l of lines.slice(0, -1)) expect(l).toMatch(/^\S+Z (RUNNING|COMPLETED) wave \d \d\/4 finished: succeeded \d, failed 0, timed out 0, /);
+    expect(watched.stdout).not.toMatch(ANSI);
+
+    // Watched again after the end: the state as it ended, once, and the same verdict.
+    const [again, listed, shownRun] = await Promise.all([
+      cli(t, ["rollout", "watch", id, "--json"]),
+      cli(t, ["rollout", "list", "--product", productName]),
+      cli(t, ["rollout", "show", id, "--executions", "--json"]),
+    ]);
+    expect(again.status, again.stderr).toBe(0);
+    const docs = jsonLines<{ state: string; counts: { succeeded: number } }>(again.stdout);
+    expect(docs).toHaveLength(1);
+    expect(docs[0]).toMatchObject({ state: "COMPLETED", counts: { succeeded: 4 } });
+    expect(listed.stdout).toMatch(new RegExp(`^${id}\\s+cli canary\\s+COMPLETED\\s+tag beta\\s+2\\.0\\s+\\[#{10}\\] 100%\\s+4\\s+0\\s+4`, "m"));
+    const shown = jsonOf<{ executions: { state: string }[] }>(shownRun);
+    expect(shown.executions.map((e) => e.state)).toEqual(["SUCCEEDED", "SUCCEEDED", "SUCCEEDED", "SUCCEEDED"]);
+  }, 60_000);
+
+  it("exits 4 when the rollout aborts (naming the rule) and 3 when it completes with failures; --input - takes a whole CreateRolloutInput", async () => {
+    const aborting = await simFleet(t, { count: 3, tags: ["beta"], faults: { downloadError: 100 } });
+    const input = rolloutInput(aborting.productName, fw, { policy: { abortRules: [{ failureClass: "DOWNLOAD_FAILED", thresholdPercent: 50, minFinished: 1 }] } });
+    const created = await cli(t, ["rollout", "create", "--input", "-", "--name", "flags override the file", "--json", "--watch"], { stdin: JSON.stringify(input) });
+    expect(created.status, created.stderr).toBe(4);
+    const docs = jsonLines<{ name: string; state: string; abortedBy: { rule: { failureClass: string } } | null }>(created.stdout);
+    expect(docs[0]).toMatchObject({ name: "flags override the file" });
+    expect(docs.at(-1)).toMatchObject({ state: "ABORTED", abortedBy: { rule: { failureClass: "DOWNLOAD_FAILED" } } });
+
+    const failing = await simFleet(t, { count: 2, tags: ["beta"], faults: { downloadError: 100 } });
+    const rollout = await createRollout(t, rolloutInput(failing.productName, fw));
+    const watched = await cli(t, ["rollout", "watch", rollout.id]);
+    expect(watched.status, watched.stderr).toBe(3);
+    expect(watched.stdout.trimEnd().split("\n").at(-1)).toBe("COMPLETED with failures: 2 failed, 0 timed out (DOWNLOAD_FAILED 2), 0 succeeded");
+  }, 60_000);
+
+  it("exits 5 when the watched rollout is canceled", async () => {
+    const p = uniq("cli");
+    await gqlOk(t, RegisterDeviceDocument, { input: { productName: p, deviceName: "d1", tags: ["beta"] } });
+    const rollout = await createRollout(t, rolloutInput(p, fw, { policy: { startAt: new Date(Date.now() + 3_600_000).toISOString() } }));
+    expect(rollout.state).toBe("SCHEDULED");
+    const watch = started(t, ["rollout", "watch", rollout.id]);
+    await eventually(() => expect(t.app.rolloutFeed.watching.get(rollout.id)).toBe(1), 15_000);
+    const canceled = await cli(t, ["rollout", "cancel", rollout.id]);
+    expect(canceled.stdout).toMatch(/^state:\s+CANCELED/m);
+    const r = await watch.exited;
+    expect(r.status, r.stderr).toBe(5);
+    expect(r.stdout.trimEnd().split("\n").at(-1)).toBe("CANCELED: 0 succeeded, 1 canceled");
+  }, 40_000);
+
+  it("prints the API's code and message and exits 2: a bad token, a read token writing, a bad input, a refused flag", async () => {
+    const p = uniq("cli");
+    const { createApiToken: reader } = await gqlOk(t, CreateApiTokenDocument, { input: { name: "reader", access: "READ" } });
+    const [noToken, forbidden, badInput, badFlag] = await Promise.all([
+      cli(t, ["devices", "list", "--product", p], { token: "iot_wrong" }),
+      cli(t, ["devices", "register", "d1", "--product", p], { token: reader.token }),
+      cli(t, ["rollout", "create", "--product", p, "--tag", "beta", ...firmwareArgs("2.0"), "--sha256", "0".repeat(64), "--wave", "150%"]),
+      cli(t, ["rollout", "list", "--product", p, "--state", "DONE"]),
+    ]);
+    expect(noToken.status).toBe(2);
+    expect(noToken.stderr).toMatch(/^error UNAUTHENTICATED: /);
+    expect(forbidden.status).toBe(2);
+    expect(forbidden.stderr).toMatch(/^error FORBIDDEN: /);
+    expect(badInput.status).toBe(2);
+    expect(badInput.stderr).toMatch(/^error BAD_USER_INPUT: .*wave/i);
+    expect(badFlag.status).toBe(2);
+    expect(badFlag.stderr).toMatch(/^error: --state: /);
+    for (const r of [noToken, forbidden, badInput, badFlag]) expect(r.stdout).toBe("");
+  }, 30_000);
+
+  it("names the URL it could not reach", async () => {
+    const port = await freePort();
+    const r = await cli({ httpUrl: `http://127.0.0.1:${port}`, token: t.token }, ["rollout", "list", "--product", "p"]);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toContain(`error: cannot reach http://127.0.0.1:${port}/graphql: `);
+    expect(r.stderr).toContain("ECONNREFUSED");
+  });
+
+  it("prints a graphql-ws close code and reason first when the server closes the watch (token revoked)", async () => {
+    const p = uniq("cli");
+    await gqlOk(t, RegisterDeviceDocument, { input: { productName: p, deviceName: "d1", tags: ["beta"] } });
+    const rollout = await createRollout(t, rolloutInput(p, fw, { policy: { startAt: new Date(Date.now() + 3_600_000).toISOString() } }));
+    const { createApiToken: reader } = await gqlOk(t, CreateApiTokenDocument, { input: { name: "watcher", access: "READ" } });
+    const watch = started(t, ["rollout", "watch", rollout.id], reader.token);
+    await eventually(() => expect(t.app.rolloutFeed.watching.get(rollout.id)).toBe(1), 15_000);
+    await gqlOk(t, RevokeApiTokenDocument, { id: reader.apiToken.id });
+    const r = await watch.exited;
+    expect(r.status).toBe(2);
+    expect(r.stderr.split("\n")[0]).toBe("error 4401: API token revoked");
+  }, 30_000);
+
+  it("shows an example in every command's --help, and the exit codes in rollout watch's", async () => {
+    const commands = [["devices", "tag"], ["ota", "send"], ["progress", "watch"], ["rollout", "create"], ["rollout", "watch"]];
+    const helps = await Promise.all(commands.map((c) => cli(t, [...c, "--help"])));
+    helps.forEach((h, i) => {
+      expect(h.status).toBe(0);
+      expect(h.stdout).toMatch(new RegExp(`\\nExample:\\n.*iothub-ota ${commands[i]!.join(" ")} `));
+      expect(h.stdout).toContain("IOTHUB_OTA_TOKEN");
+    });
+    expect(helps[4]!.stdout).toMatch(/4\s+it was ABORTED/);
+  });
+
+  it("takes --server on the token commands too", async () => {
+    const listed = await cli(t, ["token", "list", "--server", t.httpUrl, "--token", t.token]);
+    expect(listed.status, listed.stderr).toBe(0);
+    expect(Array.isArray(JSON.parse(listed.stdout))).toBe(true);
+  });
+});
