@@ -1,4 +1,6 @@
 import { readFile, writeFile } from "node:fs/promises";
+import { ApiClient } from "../cli/api.client.js";
+import { DeleteDeviceDocument, RegisterDeviceDocument } from "../client/generated/graphql.js";
 import { checkName } from "../protocol/names.js";
 import { SimulatedDevice, type DeviceCredentials, type SimBehaviour, type SimCounters, type SimState } from "./sim.device.js";
 
@@ -21,28 +23,6 @@ export interface FleetSummary extends SimCounters {
   kbPerDevice: number | null;
   /** Why devices are not connected now: each reason (connectFailure) with how many devices it holds back. */
   connectFailures: Record<string, number>;
-}
-
-const REGISTER = `mutation($input: RegisterDeviceInput!) { registerDevice(input: $input) { secret device { productName deviceName } } }`;
-const DELETE = `mutation($productName: String!, $deviceName: String!) { deleteDevice(productName: $productName, deviceName: $deviceName) }`;
-
-/** One GraphQL call of the simulator; a failure names the URL and the API's code. */
-async function callApi<T>(graphqlUrl: string, token: string, query: string, variables: unknown): Promise<T> {
-  let res: Response;
-  try {
-    res = await fetch(graphqlUrl, {
-      method: "POST",
-      headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
-      body: JSON.stringify({ query, variables }),
-    });
-  } catch (err) {
-    const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-    throw new Error(`could not reach the API at ${graphqlUrl} (${cause?.code ?? cause?.message ?? String(err)}): is the server running, on this PORT? (--api)`);
-  }
-  const body = (await res.json().catch(() => ({}))) as { data?: T; errors?: { message: string; extensions?: { code?: string } }[] };
-  const error = body.errors?.[0];
-  if (!body.data || error) throw new Error(`${graphqlUrl} answered ${error ? `${error.extensions?.code ?? "ERROR"}: ${error.message}` : `HTTP ${res.status}`}`);
-  return body.data;
 }
 
 /** Runs `work` over `items` with at most `concurrency` in flight. */
@@ -68,23 +48,17 @@ export async function registerDevices(
   tags: string[],
   concurrency = 8,
 ): Promise<DeviceCredentials[]> {
+  const api = new ApiClient({ server: graphqlUrl, token });
   return pool(Array.from({ length: count }), concurrency, async () => {
-    const data = await callApi<{ registerDevice: { secret: string; device: { productName: string; deviceName: string } } }>(
-      graphqlUrl,
-      token,
-      REGISTER,
-      { input: { productName, tags } },
-    );
-    const { secret, device } = data.registerDevice;
+    const { secret, device } = (await api.request(RegisterDeviceDocument, { input: { productName, tags } })).registerDevice;
     return { productName: device.productName, deviceName: device.deviceName, secret };
   });
 }
 
 /** Deletes devices through the API (what `simulate --cleanup` registered); returns how many were there. */
 export async function deleteDevices(graphqlUrl: string, token: string, devices: readonly DeviceCredentials[], concurrency = 8): Promise<number> {
-  const deleted = await pool(devices, concurrency, async ({ productName, deviceName }) =>
-    (await callApi<{ deleteDevice: boolean }>(graphqlUrl, token, DELETE, { productName, deviceName })).deleteDevice,
-  );
+  const api = new ApiClient({ server: graphqlUrl, token });
+  const deleted = await pool(devices, concurrency, async ({ productName, deviceName }) => (await api.request(DeleteDeviceDocument, { productName, deviceName })).deleteDevice);
   return deleted.filter(Boolean).length;
 }
 

@@ -155,7 +155,7 @@ describe("the simulator", () => {
     expect(flag.stderr).not.toContain("registering");
     const down = await run(["--token", "x", "-n", "1"], { PORT: String(port) });
     expect(down.code).not.toBe(0);
-    expect(down.stderr).toContain(`could not reach the API at http://127.0.0.1:${port}/graphql`);
+    expect(down.stderr).toContain(`cannot reach http://127.0.0.1:${port}/graphql`);
   });
 
   it("says why TLS devices could not connect (the self-signed certificate, and the flag)", async () => {
