@@ -10,6 +10,7 @@ import {
   SuspendDeviceDocument,
   type CliDevicesQuery,
   type DeviceFieldsFragment,
+  type DeviceState,
 } from "../client/generated/graphql.js";
 import type { ApiClient } from "./api.client.js";
 import { clientCommand, commandGroup, flag, parseFlags } from "./cli.command.js";
@@ -20,39 +21,57 @@ const product = z.object({ product: flag.required });
 
 type Listed = CliDevicesQuery["devices"]["nodes"][number];
 
+/** suspended, online, offline; unknown where the server's broker is external. */
+const stateOf = (d: { suspended: boolean; online?: boolean | null }) =>
+  d.suspended ? "suspended" : d.online === true ? "online" : d.online === false ? "offline" : "unknown";
+
 const otaCell = (p: Listed["otaProgress"]) => (p ? `${p.state} ${p.progress}% ${p.version}` : null);
 
 /** The device as a key/value block, for people. */
-function deviceBlock(d: DeviceFieldsFragment): string {
+function deviceBlock(d: DeviceFieldsFragment & { online?: boolean | null }): string {
   return fields([
     ["device", `${d.productName}/${d.deviceName}`],
     ["tags", d.tags.join(",")],
     ["tags version", d.tagsVersion],
     ["firmware", d.firmwareVersion],
-    ["suspended", d.suspended],
+    ["state", stateOf(d)],
     ["last status", d.lastStatusAt],
     ["registered", d.createdAt],
   ]);
 }
 
 export function registerDeviceCommands(program: Command): void {
-  const devices = commandGroup(program, "devices", "devices of a product: list, show, register, tag, suspend, resume, delete", "iothub-ota devices list --product acme --tag beta");
+  const devices = commandGroup(program, "devices", "devices of a product: list, show, register, tag, suspend, resume, delete", "iothub-ota devices list --product demo --tag beta");
 
   const list = clientCommand(
     devices,
     "list",
     "list a product's devices by name, with their firmware and latest OTA progress",
-    "iothub-ota devices list --product acme --tag beta --all",
+    "iothub-ota devices list --product demo --tag beta --state online --all",
     async ({ api, json: asJson }, _args, o) => {
       const f = parseFlags(
-        product.extend({ tag: z.string().optional(), first: flag.int(1, 1000).optional(), after: z.string().optional(), all: z.boolean().optional() }),
+        product.extend({
+          tag: z.string().optional(),
+          firmware: z.string().optional(),
+          state: z.enum(["online", "offline", "suspended"], { error: "--state must be online, offline or suspended" }).optional(),
+          first: flag.int(1, 1000).optional(),
+          after: z.string().optional(),
+          all: z.boolean().optional(),
+        }),
         o,
       );
       const nodes: Listed[] = [];
       let after = f.after ?? null;
       let pageInfo: CliDevicesQuery["devices"]["pageInfo"];
       do {
-        const { devices: page } = await api.request(CliDevicesDocument, { productName: f.product, tag: f.tag ?? null, first: f.first ?? (f.all ? 1000 : 50), after });
+        const { devices: page } = await api.request(CliDevicesDocument, {
+          productName: f.product,
+          tag: f.tag ?? null,
+          firmwareVersion: f.firmware ?? null,
+          state: f.state === undefined ? null : (f.state.toUpperCase() as DeviceState),
+          first: f.first ?? (f.all ? 1000 : 50),
+          after,
+        });
         nodes.push(...page.nodes);
         pageInfo = page.pageInfo;
         after = page.pageInfo.endCursor;
@@ -60,8 +79,8 @@ export function registerDeviceCommands(program: Command): void {
       if (asJson) return json({ devices: nodes, pageInfo });
       print(
         table(
-          ["DEVICE", "TAGS", "FIRMWARE", "SUSPENDED", "OTA", "LAST STATUS"],
-          nodes.map((d) => [d.deviceName, d.tags.join(","), d.firmwareVersion, d.suspended ? "yes" : "no", otaCell(d.otaProgress), d.lastStatusAt]),
+          ["DEVICE", "TAGS", "FIRMWARE", "STATE", "OTA", "LAST STATUS"],
+          nodes.map((d) => [d.deviceName, d.tags.join(","), d.firmwareVersion, stateOf(d), otaCell(d.otaProgress), d.lastStatusAt]),
         ),
       );
       if (pageInfo.hasNextPage) process.stderr.write(`more: --after ${pageInfo.endCursor} (or --all)\n`);
@@ -70,6 +89,8 @@ export function registerDeviceCommands(program: Command): void {
   list
     .option("--product <name>", "the product")
     .option("--tag <tag>", "only devices with this tag")
+    .option("--firmware <version>", "only devices that reported this firmware version")
+    .option("--state <state>", "only devices online (connected now), offline or suspended")
     .option("--first <n>", "page size, 1..1000 (default 50; 1000 with --all)")
     .option("--after <cursor>", "the page after this cursor")
     .option("--all", "every page");
@@ -78,7 +99,7 @@ export function registerDeviceCommands(program: Command): void {
     devices,
     "show <device>",
     "show a device: its tags, firmware, latest OTA progress and executions across rollouts",
-    "iothub-ota devices show dev-1 --product acme",
+    "iothub-ota devices show dev-1 --product demo",
     async ({ api, json: asJson }, [deviceName], o) => {
       const { product: productName } = parseFlags(product, o);
       const { device } = await api.request(CliDeviceDocument, { productName, deviceName: deviceName as string });
@@ -97,7 +118,7 @@ export function registerDeviceCommands(program: Command): void {
     devices,
     "register [device]",
     "register a device (a generated name when omitted) and print its MQTT secret, shown once",
-    "iothub-ota devices register dev-1 --product acme --tags beta,eu",
+    "iothub-ota devices register dev-1 --product demo --tags beta,eu",
     async ({ api, json: asJson }, [deviceName], o) => {
       const f = parseFlags(product.extend({ tags: flag.list.optional() }), o);
       const { registerDevice: r } = await api.request(RegisterDeviceDocument, { input: { productName: f.product, deviceName: deviceName ?? null, tags: f.tags ?? null } });
@@ -113,7 +134,7 @@ export function registerDeviceCommands(program: Command): void {
     devices,
     "tag <device>",
     "replace a device's tags (sends it $set_tags)",
-    'iothub-ota devices tag dev-1 --product acme --tags beta,eu    # --tags "" removes every tag',
+    'iothub-ota devices tag dev-1 --product demo --tags beta,eu    # --tags "" removes every tag',
     async ({ api, json: asJson }, [deviceName], o) => {
       const f = parseFlags(product.extend({ tags: z.string({ error: 'is required (--tags "" removes every tag)' }).pipe(flag.list) }), o);
       const { setDeviceTags: d } = await api.request(SetDeviceTagsDocument, { productName: f.product, deviceName: deviceName as string, tags: f.tags });
@@ -130,7 +151,7 @@ export function registerDeviceCommands(program: Command): void {
     ["resume", "let a suspended device connect again", async (api, t) => (await api.request(ResumeDeviceDocument, t)).resumeDevice],
   ];
   for (const [verb, description, act] of actions) {
-    clientCommand(devices, `${verb} <device>`, description, `iothub-ota devices ${verb} dev-1 --product acme`, async ({ api, json: asJson }, [deviceName], o) => {
+    clientCommand(devices, `${verb} <device>`, description, `iothub-ota devices ${verb} dev-1 --product demo`, async ({ api, json: asJson }, [deviceName], o) => {
       const { product: productName } = parseFlags(product, o);
       const { suspended } = await act(api, { productName, deviceName: deviceName as string });
       if (asJson) return json({ productName, deviceName, suspended });
@@ -142,7 +163,7 @@ export function registerDeviceCommands(program: Command): void {
     devices,
     "delete <device>",
     "delete a device, its progress and every session of it",
-    "iothub-ota devices delete dev-1 --product acme",
+    "iothub-ota devices delete dev-1 --product demo",
     async ({ api, json: asJson }, [deviceName], o) => {
       const { product: productName } = parseFlags(product, o);
       const { deleteDevice: deleted } = await api.request(DeleteDeviceDocument, { productName, deviceName: deviceName as string });

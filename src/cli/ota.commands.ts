@@ -19,12 +19,12 @@ const sendFlags = firmwareFlags
   });
 
 export function registerOtaCommands(program: Command): void {
-  const ota = commandGroup(program, "ota", "one-off upgrades: send $ota_upgrade to a device or a tag", "iothub-ota ota send --product acme --device dev-1 --version 1.1 --url https://fw.example/acme-1.1.bin --size 524288 --md5 <32 hex>");
+  const ota = commandGroup(program, "ota", "one-off upgrades: send $ota_upgrade to a device or a tag", "iothub-ota ota send --product demo --device dev-1 --version 1.1 --url https://fw.example/demo-1.1.bin --size 524288 --md5 <32 hex>");
   const send = clientCommand(
     ota,
     "send",
     "send $ota_upgrade (QoS 1) to one device or to every device with a tag; prints the requestId",
-    "iothub-ota ota send --product acme --tag beta --version 1.1 --url https://fw.example/acme-1.1.bin \\\n    --size 524288 --md5 0123456789abcdef0123456789abcdef --ttl 1h",
+    "iothub-ota ota send --product demo --tag beta --version 1.1 --url https://fw.example/demo-1.1.bin \\\n    --size 524288 --md5 0123456789abcdef0123456789abcdef --ttl 1h",
     async ({ api, json: asJson }, _args, o) => {
       const f = parseFlags(sendFlags, o);
       const firmware = { type: "firmware", ...firmwareOf(f) } as { type: string; version: string; url: string; size: number; md5: string };

@@ -42,12 +42,12 @@ class Latest {
 }
 
 export function registerProgressCommands(program: Command): void {
-  const progress = commandGroup(program, "progress", "OTA progress reports of devices, live", "iothub-ota progress watch --product acme --tag beta");
+  const progress = commandGroup(program, "progress", "OTA progress reports of devices, live", "iothub-ota progress watch --product demo --tag beta");
   clientCommand(
     progress,
     "watch",
     "print devices' OTA progress reports as they arrive (of a product, a tag, a device or a rollout) until Ctrl-C",
-    "iothub-ota progress watch --product acme --tag beta\niothub-ota progress watch --rollout 42 --json | tee progress.jsonl",
+    "iothub-ota progress watch --product demo --tag beta\niothub-ota progress watch --rollout 42 --json | tee progress.jsonl",
     async ({ api, json: asJson }, _args, o) => {
       const f = parseFlags(watchFlags, o);
       let productName = f.product;

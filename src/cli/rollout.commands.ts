@@ -80,14 +80,14 @@ export function registerRolloutCommands(program: Command): void {
     program,
     "rollout",
     "staged upgrades of many devices: create, preview, list, show, pause, resume, cancel, retry, watch",
-    "iothub-ota rollout list --product acme",
+    "iothub-ota rollout list --product demo",
   ).addHelpText("after", EXIT_CODES_HELP);
 
   const create = clientCommand(
     rollout,
     "create",
     "create a rollout and start it (or schedule it with --start-at); prints it, or only its id with --quiet",
-    `id=$(iothub-ota rollout create --product acme --tag beta --version 2.0 --url https://fw.example/acme-2.0.bin \\
+    `id=$(iothub-ota rollout create --product demo --tag beta --version 2.0 --url https://fw.example/demo-2.0.bin \\
     --size 524288 --md5 <32 hex> --sha256 <64 hex> --wave 5% --wave 50%:soak=10m --wave 100% \\
     --abort-rule DOWNLOAD_FAILED:10:20 --timeout 30m --quiet)
 iothub-ota rollout watch "$id"; echo "exit $?"
@@ -111,7 +111,7 @@ iothub-ota rollout create --input rollout.json --name "from a file, flags overri
       rollout,
       "preview",
       "what rollout create would do with the same flags: targets, skipped and why, waves, time; sends nothing",
-      "iothub-ota rollout preview --product acme --tag beta --version 2.0 --url https://fw.example/acme-2.0.bin \\\n    --size 524288 --md5 <32 hex> --sha256 <64 hex> --wave 10% --wave 100% --allow-from 1.x",
+      "iothub-ota rollout preview --product demo --tag beta --version 2.0 --url https://fw.example/demo-2.0.bin \\\n    --size 524288 --md5 <32 hex> --sha256 <64 hex> --wave 10% --wave 100% --allow-from 1.x",
       async ({ api, json: asJson }, _args, o) => {
         const { previewRollout: p } = await api.request(PreviewRolloutDocument, { input: await inputOf(o) });
         if (asJson) return json(p);
@@ -124,7 +124,7 @@ iothub-ota rollout create --input rollout.json --name "from a file, flags overri
     rollout,
     "list",
     "list a product's rollouts, newest first, with their progress",
-    "iothub-ota rollout list --product acme --state RUNNING,PAUSED",
+    "iothub-ota rollout list --product demo --state RUNNING,PAUSED",
     async ({ api, json: asJson }, _args, o) => {
       const f = parseFlags(
         z.object({ product: flag.required, state: upperList(ROLLOUT_STATES).optional(), first: flag.int(1, 100).optional(), after: z.string().optional() }),

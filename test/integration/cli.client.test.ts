@@ -98,11 +98,16 @@ describe("the client commands against a running server", () => {
     expect(jsonOf(shown)).toMatchObject({ deviceName: "dev-a", suspended: true, tags: ["gamma"], executions: [] });
     expect(table.status, table.stderr).toBe(0);
     const [header, row, ...rest] = table.stdout.trimEnd().split("\n");
-    expect(header).toMatch(/^DEVICE\s+TAGS\s+FIRMWARE\s+SUSPENDED/);
-    expect(row).toMatch(/^dev-a\s+gamma\s+-\s+yes/);
+    expect(header).toMatch(/^DEVICE\s+TAGS\s+FIRMWARE\s+STATE/);
+    expect(row).toMatch(/^dev-a\s+gamma\s+-\s+suspended/);
     expect(rest).toEqual([]);
     // Columns line up: each header starts where its cells do.
-    expect(row?.indexOf("yes")).toBe(header?.indexOf("SUSPENDED"));
+    expect(row?.indexOf("suspended")).toBe(header?.indexOf("STATE"));
+    const bySuspended = jsonOf<{ devices: { deviceName: string }[] }>(await cli(t, ["devices", "list", "--product", p, "--state", "suspended", "--json"]));
+    expect(bySuspended.devices.map((d) => d.deviceName)).toEqual(["dev-a"]);
+    const badState = await cli(t, ["devices", "list", "--product", p, "--state", "asleep"]);
+    expect(badState.status).toBe(2);
+    expect(badState.stderr).toContain("--state must be online, offline or suspended");
 
     expect(jsonOf(await cli(t, ["devices", "resume", "dev-a", "--product", p, "--json"]))).toMatchObject({ suspended: false });
     expect(jsonOf(await cli(t, ["devices", "delete", "dev-a", "--product", p, "--json"]))).toMatchObject({ deleted: true });
