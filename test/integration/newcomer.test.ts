@@ -126,6 +126,12 @@ describe("the first token", () => {
       body: JSON.stringify({ query: "{ apiTokens { name } }" }),
     });
     expect(await res.json()).toEqual({ data: { apiTokens: [{ name: "bootstrap" }] } });
+
+    // A clean stop says what it closed, and that it exits.
+    expect(await server.stop()).toBe(0);
+    const stopped = [...server.logs.matchAll(/"component":"([^"]+)","msg":"stopped"/g)].map((m) => m[1]);
+    expect(stopped).toEqual(["bootstrap token", "http", "rollout scheduler", "broker", "rollout signals", "redis", "database"]);
+    expect(server.logs).toContain("stopped: exiting");
   });
 });
 
