@@ -14,6 +14,15 @@ import * as schema from "./schema.js";
 
 export type Db = PgDatabase<PgQueryResultHKT, typeof schema>;
 
+/**
+ * PGlite runs PostgreSQL inside this process (WebAssembly, 128 MB of memory
+ * at least): its buffers default to a database server's sizes, which fill
+ * that memory and grow it. The registry of a fleet needs far less.
+ */
+const PGLITE_OPTIONS = {
+  postgresqlconf: ["shared_buffers = 8MB", "work_mem = 2MB", "maintenance_work_mem = 16MB", "temp_buffers = 2MB"],
+};
+
 /** A PostgreSQL that cannot be reached or logged into says where, and which setting names it. */
 function unreachable(err: unknown, url: string): unknown {
   const code = (err as { code?: unknown }).code;
@@ -67,7 +76,7 @@ export class Database {
         await this.#lock(`${dir}.pid`);
       }
       try {
-        const client = await PGlite.create(dir);
+        const client = await PGlite.create(dir, PGLITE_OPTIONS);
         this.#close = () => client.close();
         const db = drizzlePglite(client, { schema });
         await migratePglite(db, { migrationsFolder: MIGRATIONS });
