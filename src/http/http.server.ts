@@ -23,6 +23,7 @@ import type { RolloutService } from "../rollouts/rollout.service.js";
 import type { OtaService } from "../ota/ota.service.js";
 import type { ProgressFeed } from "../ota/progress.feed.js";
 import type { Context, SubscriptionContext } from "./context.js";
+import { dashboard } from "./dashboard.js";
 import { jsonErrorHandler, maskError, notFound, sendError } from "./errors.js";
 import { armorRules, listItemsPlugin, wsOperationGate, type OperationRequest } from "./graphql.limits.js";
 import { refusals } from "./refusals.js";
@@ -43,6 +44,8 @@ export interface HttpDeps {
   limits: Limits;
   /** Each dependency's readiness check; /readyz answers 503 naming those that fail. */
   readiness: Record<string, () => Promise<void>>;
+  /** The built web dashboard served at `/`; default web/dist. */
+  dashboardDir?: string;
 }
 
 const READINESS_TIMEOUT_MS = 2000;
@@ -138,6 +141,7 @@ export class HttpServer {
       expressMiddleware(apollo, { context: async ({ res }) => ({ principal: res.locals.principal as Principal }) }),
     );
     app.use(restRoutes(this.deps.devices, this.deps.ota, authenticate, limits.httpBodyBytes));
+    app.use(dashboard(this.deps.dashboardDir));
     app.use(notFound);
     app.use(jsonErrorHandler(limits.httpBodyBytes, log, (reason) => refuse("http", reason)));
 
