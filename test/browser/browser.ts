@@ -45,7 +45,8 @@ export async function newPage(browser: Browser) {
   // What the error boundary caught is logged to the console: a test fails on it too.
   page.on("console", (msg) => {
     if (msg.type() === "error" && msg.text().startsWith("dashboard render error")) errors.push(msg.text());
-    if (process.env.DEBUG_BROWSER) console.log("BROWSER", msg.type(), msg.text());
+    // DEBUG_BROWSER=1: the page's console on the test's stdout.
+    if (process.env.DEBUG_BROWSER) console.log("browser", msg.type(), msg.text());
   });
   page.setDefaultTimeout(15_000);
   return { page, done: () => expect(errors).toEqual([]) };

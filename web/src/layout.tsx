@@ -3,7 +3,7 @@ import { useQuery } from "urql";
 import { Link, useLocation, useRoute } from "wouter";
 import { ProductsDocument } from "../../src/client/generated/graphql.js";
 import { useSession } from "./auth.js";
-import { lastProduct, rememberProduct, routes } from "./routes.js";
+import { rememberProduct, routes, useLastProduct } from "./routes.js";
 
 function NavLink({ href, children, exact }: { href: string; children: ReactNode; exact?: boolean }) {
   const [location] = useLocation();
@@ -42,7 +42,8 @@ function ProductSwitcher({ product }: { product: string | null }) {
 export function Layout({ children }: { children: ReactNode }) {
   const session = useSession();
   const [, params] = useRoute<{ product: string }>("/products/:product/*?");
-  const product = params?.product ?? lastProduct();
+  const remembered = useLastProduct();
+  const product = params?.product ?? remembered;
   useEffect(() => {
     if (params?.product) rememberProduct(params.product);
   }, [params?.product]);

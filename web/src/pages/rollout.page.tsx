@@ -1,4 +1,4 @@
-import { useMemo, useState } from "react";
+import { useEffect, useMemo, useState } from "react";
 import { Link } from "wouter";
 import { useMutation, useQuery, type CombinedError } from "urql";
 import {
@@ -22,7 +22,7 @@ import { ago, dateTime, duration, num, percent, words } from "../format.js";
 import { useCoalescedSubscription, useThrottledOnChange } from "../live.js";
 import { useCursorPages } from "../paging.js";
 import { useLiveRollout } from "../rollout.live.js";
-import { routes } from "../routes.js";
+import { rememberProduct, routes } from "../routes.js";
 
 const PAGE_SIZE = 50;
 /** While a rollout's counts move, its table page is read again at most this often (the counts above are live). */
@@ -31,6 +31,10 @@ const EXECUTION_STATES: readonly ExecutionState[] = ["QUEUED", "NOTIFIED", "DOWN
 
 export function RolloutPage({ id }: { id: string }) {
   const { rollout, fetching, error, liveError, show, restart } = useLiveRollout(id);
+  const productName = rollout?.productName;
+  useEffect(() => {
+    if (productName) rememberProduct(productName);
+  }, [productName]);
   if (fetching) return <Loading />;
   if (error) return <ApiError error={error} />;
   if (!rollout) return <p className="alert alert-error">No rollout {id}.</p>;
