@@ -18,8 +18,26 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# Every dependency, development tools included (the tests, codegen, benchmarks).
 ensure_deps() {
-  if [ ! -x node_modules/.bin/tsx ]; then npm ci --no-audit --no-fund; fi
+  if [ ! -x node_modules/.bin/vitest ]; then npm ci --no-audit --no-fund; fi
+}
+
+# What running from a clone needs: the runtime and what builds it (TypeScript, Vite);
+# npm's warnings about development tools stay off a newcomer's first screen.
+ensure_runtime_deps() {
+  if [ ! -x node_modules/.bin/tsc ] || [ ! -x node_modules/.bin/vite ]; then
+    echo "installing dependencies (npm ci --omit=dev)"
+    npm ci --omit=dev --no-audit --no-fund --loglevel=error
+  fi
+}
+
+# The server's build (dist/), when it is missing or older than any source: bin/iothub-ota.js runs it.
+ensure_build() {
+  if [ ! -f dist/main.js ] || [ -n "$(find src -type f -newer dist/main.js -print -quit)" ]; then
+    echo "building the server (dist)"
+    npx tsc -p tsconfig.build.json
+  fi
 }
 
 ensure_redis() {
@@ -52,4 +70,17 @@ ensure_mosquitto() {
   as_root chown mosquitto /run/mosquitto 2>/dev/null || true
   port_open 1883 || as_root mosquitto -d -c /etc/mosquitto/mosquitto.conf
   wait_port 1883
+}
+
+# The dashboard (web/dist), when it is missing or older than any of its sources (web/, the generated operations).
+web_stale() {
+  [ -f web/dist/index.html ] || return 0
+  [ -n "$(find web src/client/generated -path web/dist -prune -o -type f -newer web/dist/index.html -print -quit)" ]
+}
+
+ensure_web() {
+  if web_stale; then
+    echo "building the dashboard (web/dist)"
+    npm run --silent build:web >/dev/null
+  fi
 }

@@ -1,6 +1,5 @@
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { generate } from "selfsigned";
 
 export interface TlsMaterial {
   cert: string;
@@ -19,6 +18,8 @@ export async function loadTls(certFile: string | undefined, keyFile: string | un
   try {
     return { cert: await readFile(certPath, "utf8"), key: await readFile(keyPath, "utf8") };
   } catch {
+    // Loaded only to make a certificate: it brings an ASN.1 and X.509 stack a running server does not need.
+    const { generate } = await import("selfsigned");
     const pems = await generate([{ name: "commonName", value: "localhost" }], {
       keySize: 2048,
       algorithm: "sha256",

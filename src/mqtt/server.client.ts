@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import mqtt, { type IPublishPacket, type MqttClient } from "mqtt";
+import type { IPublishPacket, MqttClient } from "mqtt";
 import type { Limits } from "../config/config.js";
 import type { Logger } from "../logger.js";
 import type { BrokerLink } from "../ota/ports.js";
@@ -122,6 +122,8 @@ export class ServerMqttClient implements BrokerLink {
     if (clientId === undefined) {
       this.log.warn("MQTT_CLIENT_ID is not set: reports left unacknowledged while a dependency is down are lost when the client reconnects");
     }
+    // Loaded only with an external broker: the embedded one needs no MQTT client.
+    const { default: mqtt } = await import("mqtt");
     const client = mqtt.connect(url, {
       clientId: clientId ?? `iothub-ota-${randomBytes(6).toString("hex")}`,
       clean: clientId === undefined,

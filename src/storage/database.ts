@@ -1,9 +1,6 @@
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
-import { PGlite } from "@electric-sql/pglite";
 import { sql } from "drizzle-orm";
-import { drizzle as drizzlePglite } from "drizzle-orm/pglite";
-import { migrate as migratePglite } from "drizzle-orm/pglite/migrator";
 import { drizzle as drizzlePg } from "drizzle-orm/node-postgres";
 import { migrate as migratePg } from "drizzle-orm/node-postgres/migrator";
 import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
@@ -76,6 +73,12 @@ export class Database {
         await this.#lock(`${dir}.pid`);
       }
       try {
+        // Loaded only when used: a server on PostgreSQL never needs PGlite.
+        const [{ PGlite }, { drizzle: drizzlePglite }, { migrate: migratePglite }] = await Promise.all([
+          import("@electric-sql/pglite"),
+          import("drizzle-orm/pglite"),
+          import("drizzle-orm/pglite/migrator"),
+        ]);
         const client = await PGlite.create(dir, PGLITE_OPTIONS);
         this.#close = () => client.close();
         const db = drizzlePglite(client, { schema });
