@@ -134,6 +134,8 @@ export interface ExecutionCounts {
   byState: Record<ExecutionState, number>;
   byFailureClass: Record<FailureClass, number>;
   bySkipReason: Record<SkipReason, number>;
+  /** The same by wave (0-based), in wave order; skipped executions left out (they belong to no wave's progress). */
+  byWave: { wave: number; byState: Record<ExecutionState, number> }[];
 }
 
 export interface Rollout {
@@ -163,5 +165,5 @@ export type AbortCause =
 
 export function emptyCounts(): ExecutionCounts {
   const zeros = <K extends string>(keys: readonly K[]) => Object.fromEntries(keys.map((k) => [k, 0])) as Record<K, number>;
-  return { total: 0, byState: zeros(EXECUTION_STATES), byFailureClass: zeros(FAILURE_CLASSES), bySkipReason: zeros(SKIP_REASONS) };
+  return { total: 0, byState: zeros(EXECUTION_STATES), byFailureClass: zeros(FAILURE_CLASSES), bySkipReason: zeros(SKIP_REASONS), byWave: [] };
 }

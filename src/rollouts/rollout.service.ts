@@ -783,13 +783,19 @@ function waveCounts(rows: readonly CountRow[], wave: number) {
 
 export function toCounts(rows: readonly CountRow[]): ExecutionCounts {
   const counts = emptyCounts();
+  const waves = new Map<number, Record<ExecutionState, number>>();
   for (const r of rows) {
     if (!EXECUTION_STATES.includes(r.state)) continue;
     counts.total += r.n;
     counts.byState[r.state] += r.n;
     if (r.failureClass !== null && (r.state === "FAILED" || r.state === "TIMED_OUT")) counts.byFailureClass[r.failureClass] += r.n;
     if (r.skipReason !== null && r.state === "SKIPPED") counts.bySkipReason[r.skipReason] += r.n;
+    if (r.state === "SKIPPED") continue;
+    const wave = waves.get(r.wave) ?? emptyCounts().byState;
+    wave[r.state] += r.n;
+    waves.set(r.wave, wave);
   }
+  counts.byWave = [...waves].sort(([a], [b]) => a - b).map(([wave, byState]) => ({ wave, byState }));
   return counts;
 }
 

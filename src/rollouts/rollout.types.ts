@@ -3,6 +3,7 @@ import { Field, Float, ID, InputType, Int, ObjectType, registerEnumType } from "
 import { connectionOf } from "../http/connection.types.js";
 import { FirmwareInput } from "../ota/ota.types.js";
 import {
+  EXECUTION_STATES,
   FAILURE_CLASSES,
   SKIP_REASONS,
   type AbortCause,
@@ -329,6 +330,26 @@ export class AbortCauseType {
   eligible!: number | null;
 }
 
+@ObjectType({ simpleResolvers: true, description: "One wave's executions (skipped ones left out)." })
+export class WaveCounts {
+  @Field(() => Int, { description: "0-based, as Rollout.openWave." })
+  wave!: number;
+  @Field(() => Int, { description: "Devices of the wave (not skipped)." })
+  devices!: number;
+  @Field(() => Int)
+  queued!: number;
+  @Field(() => Int, { description: "notified + downloading + downloaded" })
+  inProgress!: number;
+  @Field(() => Int)
+  succeeded!: number;
+  @Field(() => Int)
+  failed!: number;
+  @Field(() => Int)
+  timedOut!: number;
+  @Field(() => Int)
+  canceled!: number;
+}
+
 @ObjectType({ simpleResolvers: true })
 export class FailureClassCount {
   @Field(() => FailureClassEnum)
@@ -377,6 +398,9 @@ export class ExecutionCountsType {
 
   @Field(() => [SkipReasonCount])
   bySkipReason!: SkipReasonCount[];
+
+  @Field(() => [WaveCounts], { description: "Per wave, in wave order: the exact progress of each." })
+  byWave!: WaveCounts[];
 }
 
 @ObjectType("Rollout", { description: "A staged upgrade of many devices.", simpleResolvers: true })
@@ -598,6 +622,16 @@ export function toCountsType(c: ExecutionCounts): ExecutionCountsType {
     inProgress: s.NOTIFIED + s.DOWNLOADING + s.DOWNLOADED,
     byFailureClass: FAILURE_CLASSES.filter((f) => c.byFailureClass[f] > 0).map((f) => ({ failureClass: f, count: c.byFailureClass[f] })),
     bySkipReason: SKIP_REASONS.filter((r) => c.bySkipReason[r] > 0).map((r) => ({ reason: r, count: c.bySkipReason[r] })),
+    byWave: c.byWave.map(({ wave, byState: w }) => ({
+      wave,
+      devices: EXECUTION_STATES.reduce((n, state) => n + w[state], 0),
+      queued: w.QUEUED,
+      inProgress: w.NOTIFIED + w.DOWNLOADING + w.DOWNLOADED,
+      succeeded: w.SUCCEEDED,
+      failed: w.FAILED,
+      timedOut: w.TIMED_OUT,
+      canceled: w.CANCELED,
+    })),
   };
 }
 

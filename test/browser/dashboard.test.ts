@@ -75,6 +75,13 @@ describe("the web dashboard, in Chromium against a real server and simulated dev
     await expect.poll(() => table.innerText(), { timeout: 10_000 }).not.toMatch(/queued|notified|downloading|downloaded/);
     const failures = page.getByTestId("failures");
     expect(await failures.innerText()).toContain("install failed");
+    // Each wave's row says the API's exact count of devices and of finished ones.
+    const waveRows = await page.getByTestId("waves").locator("tbody tr").allInnerTexts();
+    expect(waveRows).toHaveLength(final.counts.byWave.length);
+    final.counts.byWave.forEach((w, i) => {
+      const done = w.succeeded + w.failed + w.timedOut + w.canceled;
+      expect(waveRows[i]).toContain(`${done} / ${w.devices}`);
+    });
     await screenshot(page, "rollout");
     // The README's picture: what a screen shows, not the whole table.
     await copyFile(await screenshot(page, "rollout-screen", false), "docs/dashboard-rollout.png");

@@ -65,6 +65,8 @@ describe("rollouts driven by the server against simulated IotHub devices", () =>
     const live = await subscribe(wsClient(t), RolloutChangedDocument, { id: rollout.id });
     const done = await rolloutIn(t, rollout.id, ["COMPLETED"], 90_000);
     expect(done.counts).toMatchObject({ total: 200, succeeded: 200, failed: 0, inProgress: 0, queued: 0 });
+    // Each wave's exact progress, as previewed.
+    expect(done.counts.byWave.map((w) => [w.wave, w.devices, w.succeeded])).toEqual(preview.waves.map((w, i) => [i, w.size, w.size]));
     expect(fleet.summary().states.succeeded).toBe(200);
     const executions = await executionsOf(t, rollout.id);
     expect(mostAtOnce(executions.flatMap((e) => e.attempts))).toBeLessThanOrEqual(40);

@@ -13,7 +13,6 @@ import {
   type FailureClass,
   type RolloutFieldsFragment,
 } from "../../../src/client/generated/graphql.js";
-import { waveSizes } from "../../../src/rollouts/rollout.policy.js";
 import { ApiError } from "../components/errors.js";
 import { ExecutionTable, type LiveProgress } from "../components/executions.js";
 import { finishedOf, isActive, RolloutBar, targetText } from "../components/rollout.js";
@@ -199,19 +198,12 @@ function Counts({ rollout }: { rollout: RolloutFieldsFragment }) {
   );
 }
 
-/**
- * Each wave's size follows from the policy (the server's own arithmetic) and
- * the eligible devices; its progress is the finished executions counted in wave
- * order, since a wave opens only after the one before reached its gate.
- */
+/** Each wave's devices and progress, exactly, from the rollout's counts (live with them). */
 function Waves({ rollout }: { rollout: RolloutFieldsFragment }) {
   const [{ data }] = useQuery({ query: DashRolloutPolicyDocument, variables: { id: rollout.id } });
   const policy = data?.rollout?.policy;
-  const c = rollout.counts;
   const specs = policy?.waves ?? [];
-  const sizes = waveSizes(c.total - c.skipped, specs);
-  let before = 0;
-  const finished = finishedOf(c);
+  const waves = rollout.counts.byWave;
   return (
     <Card title="Waves">
       <table className="table compact" data-testid="waves">
@@ -225,10 +217,9 @@ function Waves({ rollout }: { rollout: RolloutFieldsFragment }) {
           </tr>
         </thead>
         <tbody>
-          {sizes.map((size, i) => {
+          {waves.map(({ wave: i, devices: size, succeeded, failed, timedOut, canceled }) => {
             const spec = specs[i];
-            const done = Math.max(0, Math.min(size, finished - before));
-            before += size;
+            const done = succeeded + failed + timedOut + canceled;
             const state = isActive(rollout.state)
               ? i < rollout.openWave
                 ? "passed"
@@ -252,7 +243,14 @@ function Waves({ rollout }: { rollout: RolloutFieldsFragment }) {
                   <span className={`wave-state wave-${state.replace(" ", "-")}`}>{state}</span>
                 </td>
                 <td>
-                  <StackedBar segments={[{ key: "done", label: "finished", value: done, tone: "good" }]} total={size} />
+                  <StackedBar
+                    segments={[
+                      { key: "succeeded", label: "succeeded", value: succeeded, tone: "good" },
+                      { key: "failed", label: "failed or timed out", value: failed + timedOut, tone: "bad" },
+                      { key: "canceled", label: "canceled", value: canceled, tone: "idle" },
+                    ]}
+                    total={size}
+                  />
                   <span className="small muted">
                     {num(done)} / {num(size)}
                   </span>
