@@ -279,6 +279,8 @@ export class EmbeddedBroker implements BrokerLink {
   readonly #refusals: Refusals;
   /** Registered connections per device (`<product>/<device>`), for presence. */
   readonly #online = new Map<string, number>();
+  /** The connections counted in #online (each once). */
+  readonly #present = new WeakSet<Client>();
   #presenceTimer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -367,10 +369,7 @@ export class EmbeddedBroker implements BrokerLink {
     });
     aedes.on("client", (client) => this.#onRegistered(client));
     aedes.on("clientDisconnect", (client) => {
-      const device = this.#clients.get(client);
-      if (!device) return;
-      this.metrics.connectedDevices.dec();
-      this.#presenceChange(device.identity, -1);
+      if (this.#clients.has(client)) this.metrics.connectedDevices.dec();
     });
     this.#presenceTimer = setInterval(() => {
       this.presence?.refresh().catch((err: unknown) => {
@@ -856,7 +855,15 @@ export class EmbeddedBroker implements BrokerLink {
     const device = this.#clients.get(client);
     if (!device) return;
     this.metrics.connectedDevices.inc();
-    this.#presenceChange(device.identity, +1);
+    // Presence counts connections, each once, from registration to its socket's close: aedes' events can come
+    // for a connection that closed mid-CONNECT (a takeover), or for one it never registered.
+    if (!client.closed && !client.conn.destroyed && !this.#present.has(client)) {
+      this.#present.add(client);
+      this.#presenceChange(device.identity, +1);
+      client.conn.once("close", () => {
+        if (this.#present.delete(client)) this.#presenceChange(device.identity, -1);
+      });
+    }
     if (!client.clean && !device.freshSession) return;
     const { productName, deviceName } = device.identity;
     const subscriptions = deviceAutoSubscriptions(productName, deviceName).map((topic) => ({ topic, qos: 1 as const }));

@@ -49,9 +49,11 @@ export class ApiClient {
   #ws: Client | undefined;
 
   constructor(address: ServerAddress) {
-    const base = new URL(address.server);
-    this.graphqlUrl = new URL("/graphql", base).toString();
-    const ws = new URL("/graphql", base);
+    // The API is at graphql under the given URL, which may carry a path prefix (behind a proxy) or be the endpoint itself.
+    const given = new URL(address.server);
+    const base = new URL(given.pathname.endsWith("/graphql") ? given.href : `${given.href.replace(/\/$/, "")}/graphql`);
+    this.graphqlUrl = base.toString();
+    const ws = new URL(base);
     ws.protocol = base.protocol === "https:" ? "wss:" : "ws:";
     this.wsUrl = ws.toString();
     this.#authorization = address.token ? `Bearer ${address.token}` : undefined;

@@ -1,15 +1,13 @@
-import { and, arrayContains, asc, eq, gt, inArray, isNull, not, or, sql } from "drizzle-orm";
+import { and, arrayContains, asc, eq, gt, inArray, isNull, or, sql } from "drizzle-orm";
 import { rowsOf, type Db } from "../storage/database.js";
 import { devices } from "../storage/schema.js";
 import type { DeviceRow } from "./device.model.js";
 
-/** What a device list is narrowed to; `names`/`notNames` come from presence (online / offline). */
+/** What a device list is narrowed to in the registry (presence is checked by the service). */
 export interface DeviceFilter {
   tag?: string;
   firmwareVersion?: string;
   suspended?: boolean;
-  names?: readonly string[];
-  notNames?: readonly string[];
 }
 
 /** A product's devices counted by reported firmware version (null: none reported yet). */
@@ -47,7 +45,7 @@ export class DeviceRepository {
 
   /** Keyset pagination by device name: stable under inserts, O(page) at any depth. */
   async list(productName: string, filter: DeviceFilter, first: number, after: string | undefined): Promise<DevicePage> {
-    const { tag, suspended, names, notNames } = filter;
+    const { tag, suspended } = filter;
     const rows = await this.db()
       .select()
       .from(devices)
@@ -57,8 +55,6 @@ export class DeviceRepository {
           tag === undefined ? undefined : arrayContains(devices.tags, [tag]),
           filter.firmwareVersion === undefined ? undefined : eq(firmwareVersion, filter.firmwareVersion),
           suspended === undefined ? undefined : eq(devices.suspended, suspended),
-          names === undefined ? undefined : inArray(devices.deviceName, [...names]),
-          notNames === undefined || notNames.length === 0 ? undefined : not(inArray(devices.deviceName, [...notNames])),
           after === undefined ? undefined : gt(devices.deviceName, after),
         ),
       )
@@ -87,6 +83,17 @@ export class DeviceRepository {
       .from(devices)
       .where(and(eq(devices.productName, productName), arrayContains(devices.tags, [tag]), eq(devices.suspended, false)));
     return row?.n ?? 0;
+  }
+
+  /** Which of these products have registered devices, in order. */
+  async productsAmong(names: readonly string[]): Promise<string[]> {
+    if (names.length === 0) return [];
+    const rows = await this.db()
+      .selectDistinct({ n: devices.productName })
+      .from(devices)
+      .where(inArray(devices.productName, [...names]))
+      .orderBy(asc(devices.productName));
+    return rows.map((r) => r.n);
   }
 
   /** Product names of the registered devices, in order: a walk of the primary key, one probe per product. */

@@ -39,6 +39,7 @@ export class DeviceResolver {
       page.edges.map((e) => e.device),
       (_, i) => page.edges[i]?.cursor ?? "",
       page.hasNextPage,
+      page.endCursor,
     );
   }
 
@@ -50,10 +51,8 @@ export class DeviceResolver {
 
   @Authorized("read", PRODUCT_CHECKED_BY_RESOLVER)
   @Query(() => [String], { description: "Products with registered devices that this token may read, in order (at most 1,000)." })
-  async products(@Ctx() ctx: Context): Promise<string[]> {
-    const names = await this.service.productNames();
-    const allowed = ctx.principal.products;
-    return allowed === null ? names : names.filter((n) => allowed.includes(n));
+  products(@Ctx() ctx: Context): Promise<string[]> {
+    return this.service.productNames(ctx.principal.products);
   }
 
   @FieldResolver(() => Boolean, { nullable: true, description: "Connected now (to any instance); null with an external broker (unknown)." })

@@ -19,6 +19,14 @@ export interface DevicePage {
 }
 
 export const MAX_PAGE = 1000;
+/** A presence-filtered list walks the registry this many devices at a time, and at most SCAN_MAX per page. */
+const SCAN_BATCH = 500;
+const SCAN_MAX = 10_000;
+
+/** How long a product's fleet summary is shared, and how many of its versions it lists (most devices first). */
+const FLEET_CACHE_MS = 2000;
+const MAX_VERSIONS = 100;
+
 /** The most product names `products` answers. */
 export const MAX_PRODUCTS = 1000;
 
@@ -62,6 +70,12 @@ export class DeviceService {
     },
   });
 
+  readonly #fleets = new LRUCache<string, FleetSummary>({
+    ...upTo(1000),
+    ttl: FLEET_CACHE_MS,
+    fetchMethod: (productName) => this.#loadFleet(productName),
+  });
+
   constructor(
     private readonly repo: DeviceRepository,
     private readonly commands: CommandPublisher,
@@ -95,24 +109,51 @@ export class DeviceService {
     requireName("productName", productName);
     const limit = first ?? 50;
     if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE) throw badInput("first", `must be 1..${MAX_PAGE}`);
-    const filter = await this.#filterOf(productName, query);
-    const page = await this.repo.list(productName, filter, limit, after == null ? undefined : decodeCursor(after));
+    const filter = this.#filterOf(query);
+    const start = after == null ? undefined : decodeCursor(after);
+    if (query.state === "ONLINE" || query.state === "OFFLINE") return this.#listByPresence(productName, filter, query.state === "ONLINE", limit, start);
+    const page = await this.repo.list(productName, filter, limit, start);
     const edges = page.rows.map((row) => ({ cursor: encodeCursor(row.deviceName), device: toDevice(row) }));
     return { edges, endCursor: edges.at(-1)?.cursor ?? null, hasNextPage: page.hasNextPage };
   }
 
-  async #filterOf(productName: string, { tag, firmwareVersion, state }: DeviceQuery): Promise<DeviceFilter> {
+  /**
+   * Devices connected now (or not): presence lives in Redis, the registry in
+   * PostgreSQL, so the registry is walked in name order a batch at a time and
+   * each batch checked in one round trip, never loading a product's whole
+   * presence. A walk stops after SCAN_MAX devices: the page may then be short,
+   * its endCursor where the walk stopped, hasNextPage true.
+   */
+  async #listByPresence(productName: string, filter: DeviceFilter, online: boolean, limit: number, after: string | undefined): Promise<DevicePage> {
+    const edges: DevicePage["edges"] = [];
+    let cursor = after;
+    let scanned = 0;
+    for (;;) {
+      const batch = await this.repo.list(productName, { ...filter, suspended: false }, SCAN_BATCH, cursor);
+      const names = batch.rows.map((r) => r.deviceName);
+      const states = await this.presence.online(productName, names);
+      if (states === null) throw badInput("state", "whether devices are connected is unknown with an external broker (only SUSPENDED)");
+      for (const [i, row] of batch.rows.entries()) {
+        if (states[i] !== online) continue;
+        if (edges.length === limit) return { edges, endCursor: edges.at(-1)?.cursor ?? null, hasNextPage: true };
+        edges.push({ cursor: encodeCursor(row.deviceName), device: toDevice(row) });
+      }
+      scanned += batch.rows.length;
+      cursor = names.at(-1) ?? cursor;
+      if (!batch.hasNextPage) return { edges, endCursor: edges.at(-1)?.cursor ?? null, hasNextPage: false };
+      if (scanned >= SCAN_MAX) return { edges, endCursor: cursor === undefined ? null : encodeCursor(cursor), hasNextPage: true };
+    }
+  }
+
+  #filterOf({ tag, firmwareVersion, state }: DeviceQuery): DeviceFilter {
     const filter: DeviceFilter = {};
     if (tag != null) filter.tag = requireName("tag", tag);
     if (firmwareVersion != null) {
       if (firmwareVersion === "" || firmwareVersion.length > 64) throw badInput("firmwareVersion", "must be 1..64 characters");
       filter.firmwareVersion = firmwareVersion;
     }
-    if (state == null) return filter;
-    if (state === "SUSPENDED") return { ...filter, suspended: true };
-    const online = await this.presence.onlineNames(productName);
-    if (online === null) throw badInput("state", "whether devices are connected is unknown with an external broker (only SUSPENDED)");
-    return { ...filter, suspended: false, ...(state === "ONLINE" ? { names: online } : { notNames: online }) };
+    if (state === "SUSPENDED") filter.suspended = true;
+    return filter;
   }
 
   /** Whether each device is connected now, in order (null: unknown, the broker is external). */
@@ -120,13 +161,26 @@ export class DeviceService {
     return this.presence.online(productName, deviceNames);
   }
 
-  /** Devices by firmware version, suspended and online counts: one grouped scan and one Redis count. */
+  /**
+   * Devices by firmware version, suspended and online counts: one grouped scan
+   * of the product and one Redis count, shared for FLEET_CACHE_MS by every
+   * asker (a dashboard polls it; aliases in one request must not multiply the scan).
+   */
   async fleet(productName: string): Promise<FleetSummary> {
     requireName("productName", productName);
-    const [counts, online] = await Promise.all([this.repo.versionCounts(productName), this.presence.countOnline(productName)]);
+    return (await this.#fleets.fetch(productName)) as FleetSummary;
+  }
+
+  async #loadFleet(productName: string): Promise<FleetSummary> {
+    const [counts, online] = await Promise.all([
+      this.repo.versionCounts(productName),
+      // Presence is a nicety here: a Redis blip leaves the counts that PostgreSQL has.
+      this.presence.countOnline(productName).catch(() => null),
+    ]);
     const versions = counts
       .map(({ firmwareVersion, devices }) => ({ firmwareVersion, devices }))
-      .sort((a, b) => b.devices - a.devices || String(a.firmwareVersion).localeCompare(String(b.firmwareVersion)));
+      .sort((a, b) => b.devices - a.devices || String(a.firmwareVersion).localeCompare(String(b.firmwareVersion)))
+      .slice(0, MAX_VERSIONS);
     return {
       productName,
       devices: counts.reduce((n, c) => n + c.devices, 0),
@@ -141,9 +195,9 @@ export class DeviceService {
     return this.repo.countWithTag(productName, tag);
   }
 
-  /** Product names that have registered devices, in order (at most MAX_PRODUCTS). */
-  productNames(): Promise<string[]> {
-    return this.repo.productNames(MAX_PRODUCTS);
+  /** Product names that have registered devices, in order (at most MAX_PRODUCTS); only among `allowed` when given. */
+  productNames(allowed: readonly string[] | null): Promise<string[]> {
+    return allowed === null ? this.repo.productNames(MAX_PRODUCTS) : this.repo.productsAmong(allowed.slice(0, MAX_PRODUCTS));
   }
 
   /** Replaces the tags, bumps tagsVersion and pushes `$set_tags` (PROTOCOL.md, `$set_tags`). */

@@ -71,7 +71,7 @@ export class FirmwareVersionCount {
   devices!: number;
 }
 
-@ObjectType("Fleet", { description: "A product's devices at a glance." })
+@ObjectType("Fleet", { description: "A product's devices at a glance, counted at most 2 s ago." })
 export class FleetType {
   @Field(() => String)
   productName!: string;
@@ -85,6 +85,6 @@ export class FleetType {
   @Field(() => Int, { nullable: true, description: "Devices connected now; null with an external broker (unknown)." })
   online!: number | null;
 
-  @Field(() => [FirmwareVersionCount], { description: "Devices by reported firmware version, most devices first." })
+  @Field(() => [FirmwareVersionCount], { description: "Devices by reported firmware version, most devices first (at most 100 versions)." })
   versions!: FirmwareVersionCount[];
 }

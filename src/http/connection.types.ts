@@ -45,7 +45,13 @@ export function connectionOf<T extends object>(node: ClassType<T>, name: string)
 }
 
 /** A connection from the nodes of one page, each edge's cursor from `cursorOf`. */
-export function toConnection<T>(nodes: T[], cursorOf: (node: T, i: number) => string, hasNextPage: boolean): Connection<T> {
+export function toConnection<T>(
+  nodes: T[],
+  cursorOf: (node: T, i: number) => string,
+  hasNextPage: boolean,
+  /** Where the next page starts when it is not after the last node (a filtered scan that stopped short). */
+  endCursor?: string | null,
+): Connection<T> {
   const edges = nodes.map((node, i) => ({ cursor: cursorOf(node, i), node }));
-  return { edges, nodes, pageInfo: { hasNextPage, endCursor: edges.at(-1)?.cursor ?? null } };
+  return { edges, nodes, pageInfo: { hasNextPage, endCursor: endCursor ?? edges.at(-1)?.cursor ?? null } };
 }

@@ -15,7 +15,7 @@ function toSize(value: unknown): unknown {
 
 /** The IotHub name of an API field (PROTOCOL.md's REST fields are snake_case; firmware fields sit at the top level). */
 const iothubField = (field: string) =>
-  ({ productName: "product_name", deviceName: "device_name" })[field] ?? field.replace(/^firmware\./, "");
+  ({ productName: "product_name", deviceName: "device_name", idempotencyKey: "Idempotency-Key" })[field] ?? field.replace(/^firmware\./, "");
 
 /** Every problem of these names at once, by their IotHub field. */
 function nameProblems(names: Record<string, unknown>): InputProblem[] {

@@ -26,8 +26,8 @@ export interface SendOtaInput {
 }
 
 export interface SendOtaResult extends SentCommand {
-  /** Registered devices the command reaches now: 1 for a device, those holding the tag (suspended ones excluded) for a tag. */
-  targeted: number;
+  /** Registered devices the command reaches now: 1 for a device, those holding the tag (suspended ones excluded) for a tag; null: unknown. */
+  targeted: number | null;
   /** Set when the command reaches no device: it was sent, and nothing will happen. */
   warning: string | null;
 }
@@ -69,7 +69,6 @@ export class OtaService {
     if (!ttl.ok) throw badInput("ttlSeconds", ttl.message);
     const key = input.idempotencyKey == null ? undefined : checkIdempotencyKey(input.idempotencyKey);
     if (target.deviceName !== undefined) await this.devices.requireActive(productName, target.deviceName);
-    const targeted = target.tag === undefined ? 1 : await this.devices.countWithTag(productName, target.tag);
 
     const publish = async (requestId: string): Promise<SentCommand> => {
       const topic = buildCommandTopic({ target, command: "$ota_upgrade", encoding: "plain", requestId, expiresAt: ttl.value });
@@ -80,9 +79,22 @@ export class OtaService {
       key === undefined
         ? await publish(newObjectId())
         : await this.#sendOnce(productName, key, fingerprintOf({ target, firmware: firmware.value, ttlSeconds: input.ttlSeconds ?? null }), publish);
+    return { ...sent, ...(await this.#reach(productName, target)) };
+  }
+
+  /** Whom a sent command reaches now: counted after the send, best effort (a tag send needs the broker, not the registry). */
+  async #reach(productName: string, target: CommandTarget): Promise<Pick<SendOtaResult, "targeted" | "warning">> {
+    if (target.tag === undefined) return { targeted: 1, warning: null };
+    let targeted: number;
+    try {
+      targeted = await this.devices.countWithTag(productName, target.tag);
+    } catch (err) {
+      this.options.log.warn({ err, productName, tag: target.tag }, "could not count the devices of a tag sent to");
+      return { targeted: null, warning: "sent; how many devices hold the tag is unknown now (the registry could not be read)" };
+    }
     const warning =
       targeted > 0 ? null : `no registered device of product ${productName} holds tag ${target.tag} (suspended ones excepted): the command reaches nobody now`;
-    return { ...sent, targeted, warning };
+    return { targeted, warning };
   }
 
   /**

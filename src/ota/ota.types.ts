@@ -115,9 +115,11 @@ export class SendOtaResult {
   expiresAt!: number | null;
 
   @Field(() => Int, {
-    description: "Registered devices the command reaches now: 1 for a device; for a tag, those holding it (suspended ones excluded).",
+    nullable: true,
+    description:
+      "Registered devices the command reaches now: 1 for a device; for a tag, those holding it (suspended ones excluded), counted after the send; null when the registry could not be read.",
   })
-  targeted!: number;
+  targeted!: number | null;
 
   @Field(() => String, { nullable: true, description: "Set when the command reaches no device (a tag nobody holds): sent, but nothing will happen." })
   warning!: string | null;

@@ -95,6 +95,4 @@ export interface PresenceReader {
   /** Whether each device is connected, in the order asked. */
   online(productName: string, deviceNames: readonly string[]): Promise<boolean[] | null>;
   countOnline(productName: string): Promise<number | null>;
-  /** The connected devices of a product (for filtering by state). */
-  onlineNames(productName: string): Promise<string[] | null>;
 }

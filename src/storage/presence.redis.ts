@@ -78,15 +78,10 @@ export class RedisPresence implements PresenceReader {
   countOnline(productName: string): Promise<number> {
     return this.redis.zcount(this.keys.presence(productName), `(${Date.now()}`, "+inf");
   }
-
-  onlineNames(productName: string): Promise<string[]> {
-    return this.redis.zrangebyscore(this.keys.presence(productName), `(${Date.now()}`, "+inf");
-  }
 }
 
 /** Where the broker is external the server cannot know who is connected. */
 export const unknownPresence: PresenceReader = {
   online: () => Promise.resolve(null),
   countOnline: () => Promise.resolve(null),
-  onlineNames: () => Promise.resolve(null),
 };

@@ -1,20 +1,24 @@
+import { connect as netConnect } from "node:net";
 import { Redis } from "ioredis";
+import mqttPacket from "mqtt-packet";
 import { beforeAll, describe, expect, it } from "vitest";
 import {
   CreateApiTokenDocument,
   DeviceListDocument,
+  type DeviceListQuery,
   FleetDocument,
   ProductsDocument,
   SuspendDeviceDocument,
   type DeviceState,
 } from "../../src/client/generated/graphql.js";
+import { sql } from "drizzle-orm";
 import { redisKeys } from "../../src/storage/progress.redis.js";
 import { PRESENCE_TTL_MS, RedisPresence } from "../../src/storage/presence.redis.js";
 import { gql, gqlOk, startApp, type TestApp } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
 import { MOSQUITTO_URL, REDIS_URL, uniq } from "../helpers/services.js";
 import { onTeardown } from "../helpers/teardown.js";
-import { eventually } from "../helpers/wait.js";
+import { eventually, sleep } from "../helpers/wait.js";
 
 /** Registers devices and connects those asked; each reports its firmware version when given one. */
 async function fleetOf(t: TestApp, productName: string, spec: { name: string; version?: string; connect?: boolean; tags?: string[] }[]) {
@@ -78,6 +82,59 @@ describe("the fleet at a glance", () => {
     expect(await list(productName, { state: "OFFLINE" })).toEqual(["c", "d"]);
   });
 
+  it("lists online and offline devices page by page across the registry's batches, without loading the product's presence", async () => {
+    const productName = uniq("many");
+    await t.app.database.db.execute(sql`insert into devices (product_name, device_name, secret_hash)
+      select ${productName}, 'd' || lpad(i::text, 4, '0'), 'x' from generate_series(1, 1300) i`);
+    const redis = new Redis(REDIS_URL);
+    onTeardown(async () => void redis.disconnect());
+    const presence = new RedisPresence(redis, redisKeys(t.config.redisPrefix));
+    const all = Array.from({ length: 1300 }, (_, i) => `d${String(i + 1).padStart(4, "0")}`);
+    const online = all.filter((_, i) => i % 7 === 3);
+    for (const deviceName of online) await presence.connected({ productName, deviceName });
+    const walk = async (state: DeviceState) => {
+      const seen: string[] = [];
+      let after: string | null = null;
+      for (let pages = 0; pages < 100; pages++) {
+        const page: DeviceListQuery["devices"] = (await gqlOk(t, DeviceListDocument, { productName, state, first: 60, after })).devices;
+        seen.push(...page.nodes.map((n) => n.deviceName));
+        if (!page.pageInfo.hasNextPage) return seen;
+        after = page.pageInfo.endCursor;
+      }
+      throw new Error("did not end");
+    };
+    expect(await walk("ONLINE")).toEqual(online);
+    expect(await walk("OFFLINE")).toEqual(all.filter((n) => !online.includes(n)));
+  });
+
+  it("keeps presence right when a second connection of a device's client id drops in the middle of its CONNECT", async () => {
+    const productName = uniq("race");
+    const redis = new Redis(REDIS_URL);
+    onTeardown(async () => void redis.disconnect());
+    const key = redisKeys(t.config.redisPrefix).presence(productName);
+    const port = Number(new URL(t.mqttUrl).port);
+    const dropAfter = (clientId: string, secret: string, ms: number) =>
+      new Promise<void>((resolve) => {
+        const s = netConnect(port, "127.0.0.1", () => {
+          const packet = { cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: false, clientId, keepalive: 30, username: clientId, password: Buffer.from(secret) };
+          s.write(mqttPacket.generate(packet as never));
+          setTimeout(() => (s.destroy(), resolve()), ms);
+        });
+        s.on("error", () => undefined);
+      });
+    for (let i = 0; i < 30; i++) {
+      const deviceName = `d${i}`;
+      const { secret } = await t.app.devices.register({ productName, deviceName });
+      const a = await TestDevice.connect(t.mqttUrl, productName, deviceName, secret);
+      await dropAfter(`${productName}/${deviceName}`, secret, i % 6);
+      await sleep(150);
+      // Whatever became of A (taken over, or kept), presence says the same.
+      expect(await redis.zscore(key, deviceName) !== null, `trial ${i}: presence while A is ${a.client.connected ? "connected" : "gone"}`).toBe(a.client.connected);
+      await a.end();
+      await eventually(async () => expect(await redis.zscore(key, deviceName), `trial ${i}: presence after every connection closed`).toBeNull(), 3000);
+    }
+  }, 60_000);
+
   it("refuses a filter it cannot apply, naming the argument", async () => {
     const r = await gql(t, DeviceListDocument, { productName: uniq("fleet"), firmwareVersion: "" });
     expect(r.errors?.[0]?.extensions).toMatchObject({ code: "BAD_USER_INPUT", field: "firmwareVersion" });
@@ -92,6 +149,11 @@ describe("the fleet at a glance", () => {
     expect(all).toEqual(expect.arrayContaining([mine, other]));
     expect([...all].sort()).toEqual(all);
     const { token } = (await gqlOk(t, CreateApiTokenDocument, { input: { name: uniq("tok"), access: "READ", products: [mine] } })).createApiToken;
+    expect((await gqlOk({ httpUrl: t.httpUrl, token }, ProductsDocument, {})).products).toEqual([mine]);
+    // Past the 1,000 names a list holds, a limited token still sees its own (they are looked up, not filtered out of the first 1,000).
+    await t.app.database.db.execute(sql`insert into devices (product_name, device_name, secret_hash)
+      select 'aaa-' || lpad(i::text, 4, '0'), 'd', 'x' from generate_series(1, 1001) i`);
+    expect((await gqlOk(t, ProductsDocument, {})).products).toHaveLength(1000);
     expect((await gqlOk({ httpUrl: t.httpUrl, token }, ProductsDocument, {})).products).toEqual([mine]);
   });
 });
@@ -120,7 +182,6 @@ describe("presence in Redis", () => {
     await p.connected({ productName: "prod", deviceName: "here" });
     expect(await p.countOnline("prod")).toBe(1);
     expect(await p.online("prod", ["gone", "here", "never"])).toEqual([false, true, false]);
-    expect(await p.onlineNames("prod")).toEqual(["here"]);
     await p.refresh();
     expect(await redis.zscore(keys.presence("prod"), "gone")).toBeNull();
     expect(Number(await redis.zscore(keys.presence("prod"), "here"))).toBeGreaterThan(Date.now() + PRESENCE_TTL_MS / 2);

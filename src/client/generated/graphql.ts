@@ -337,7 +337,7 @@ export type SendOtaMutationVariables = Exact<{
 }>;
 
 
-export type SendOtaMutation = { sendOta: { requestId: string, topic: string, expiresAt: number | null, targeted: number, warning: string | null } };
+export type SendOtaMutation = { sendOta: { requestId: string, topic: string, expiresAt: number | null, targeted: number | null, warning: string | null } };
 
 export type OtaProgressQueryVariables = Exact<{
   productName: string;
