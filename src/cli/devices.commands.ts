@@ -1,14 +1,14 @@
 import type { Command } from "commander";
 import { z } from "zod";
 import {
-  CliDeviceDocument,
-  CliDevicesDocument,
+  DeviceDetailDocument,
+  DeviceListDocument,
   DeleteDeviceDocument,
   RegisterDeviceDocument,
   ResumeDeviceDocument,
   SetDeviceTagsDocument,
   SuspendDeviceDocument,
-  type CliDevicesQuery,
+  type DeviceListQuery,
   type DeviceFieldsFragment,
   type DeviceState,
 } from "../client/generated/graphql.js";
@@ -19,7 +19,7 @@ import { fields, json, print, table } from "./cli.output.js";
 
 const product = z.object({ product: flag.required });
 
-type Listed = CliDevicesQuery["devices"]["nodes"][number];
+type Listed = DeviceListQuery["devices"]["nodes"][number];
 
 /** suspended, online, offline; unknown where the server's broker is external. */
 const stateOf = (d: { suspended: boolean; online?: boolean | null }) =>
@@ -62,9 +62,9 @@ export function registerDeviceCommands(program: Command): void {
       );
       const nodes: Listed[] = [];
       let after = f.after ?? null;
-      let pageInfo: CliDevicesQuery["devices"]["pageInfo"];
+      let pageInfo: DeviceListQuery["devices"]["pageInfo"];
       do {
-        const { devices: page } = await api.request(CliDevicesDocument, {
+        const { devices: page } = await api.request(DeviceListDocument, {
           productName: f.product,
           tag: f.tag ?? null,
           firmwareVersion: f.firmware ?? null,
@@ -102,7 +102,7 @@ export function registerDeviceCommands(program: Command): void {
     "iothub-ota devices show dev-1 --product demo",
     async ({ api, json: asJson }, [deviceName], o) => {
       const { product: productName } = parseFlags(product, o);
-      const { device } = await api.request(CliDeviceDocument, { productName, deviceName: deviceName as string });
+      const { device } = await api.request(DeviceDetailDocument, { productName, deviceName: deviceName as string });
       if (!device) throw new ApiError([{ code: "DEVICE_NOT_FOUND", message: `no device ${productName}/${deviceName}` }]);
       if (asJson) return json(device);
       const p = device.otaProgress;

@@ -1,7 +1,7 @@
 import { copyFile } from "node:fs/promises";
 import type { Browser } from "playwright-core";
 import { beforeAll, describe, expect, it } from "vitest";
-import { DashDeviceDocument } from "../../src/client/generated/graphql.js";
+import { DeviceDetailDocument } from "../../src/client/generated/graphql.js";
 import type { FirmwareServer } from "../../src/sim/firmware.server.js";
 import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
 import { createRollout, firmwareFile, rolloutIn, rolloutInput, rolloutOf, sha256Of, simFleet } from "../helpers/rollout.js";
@@ -163,14 +163,14 @@ describe("the web dashboard, in Chromium against a real server and simulated dev
     await page.getByRole("button", { name: "Save tags" }).click();
     await page.getByRole("button", { name: "Edit tags" }).waitFor();
     const vars = { productName, deviceName };
-    expect((await gqlOk(t, DashDeviceDocument, vars)).device?.tags).toEqual(["beta", "lab"]);
+    expect((await gqlOk(t, DeviceDetailDocument, vars)).device?.tags).toEqual(["beta", "lab"]);
 
     await page.getByRole("button", { name: "Suspend device" }).click();
     await page.getByRole("button", { name: "Resume device" }).waitFor();
-    expect((await gqlOk(t, DashDeviceDocument, vars)).device?.suspended).toBe(true);
+    expect((await gqlOk(t, DeviceDetailDocument, vars)).device?.suspended).toBe(true);
     await page.getByRole("button", { name: "Resume device" }).click();
     await page.getByRole("button", { name: "Suspend device" }).waitFor();
-    expect((await gqlOk(t, DashDeviceDocument, vars)).device?.suspended).toBe(false);
+    expect((await gqlOk(t, DeviceDetailDocument, vars)).device?.suspended).toBe(false);
     done();
   });
 });

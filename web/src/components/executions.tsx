@@ -1,11 +1,11 @@
 import { Link } from "wouter";
-import type { DashExecutionFragment, ProgressFieldsFragment } from "../../../src/client/generated/graphql.js";
+import type { ExecutionFieldsFragment, ProgressFieldsFragment } from "../../../src/client/generated/graphql.js";
 import { ago, dateTime, words } from "../format.js";
 import { routes } from "../routes.js";
 import { Badge, ProgressCell } from "./ui.js";
 
 /** What both execution tables show: a rollout's (one row per device) and a device's (one row per rollout). */
-export type ExecutionRow = Omit<DashExecutionFragment, "rolloutId"> & { rolloutId?: string };
+export type ExecutionRow = Omit<ExecutionFieldsFragment, "rolloutId"> & { rolloutId?: string };
 export type LiveProgress = Pick<ProgressFieldsFragment, "deviceName" | "progress" | "state" | "version">;
 
 const IN_PROGRESS = new Set(["NOTIFIED", "DOWNLOADING", "DOWNLOADED"]);

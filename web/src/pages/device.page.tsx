@@ -2,7 +2,7 @@ import { useMemo, useState } from "react";
 import { Link } from "wouter";
 import { useMutation, useQuery } from "urql";
 import {
-  DashDeviceDocument,
+  DeviceDetailDocument,
   OtaProgressChangedDocument,
   ResumeDeviceDocument,
   SetDeviceTagsDocument,
@@ -18,7 +18,7 @@ import { useCoalescedSubscription } from "../live.js";
 import { routes } from "../routes.js";
 
 export function DevicePage({ product, device }: { product: string; device: string }) {
-  const [result, reexecute] = useQuery({ query: DashDeviceDocument, variables: { productName: product, deviceName: device } });
+  const [result, reexecute] = useQuery({ query: DeviceDetailDocument, variables: { productName: product, deviceName: device } });
   const one = useMemo(() => new Set([device]), [device]);
   const { latest, error: liveError } = useCoalescedSubscription(
     OtaProgressChangedDocument,
