@@ -98,7 +98,8 @@ export class SimulatedDevice {
   /** Whether the server has ever answered the `$tags` request with `$set_tags` (this server's broker does). */
   tagsAnswered = false;
   #client: MqttClient | undefined;
-  #upgrading = false;
+  /** The upgrade under way, if any: commands that arrive meanwhile are ignored, as IotHub firmware does. */
+  #upgrading: object | null = null;
   #stopped = false;
   /** Set while the device is deliberately away (a reboot, an outage it plays): no reconnection behind its back. */
   #away = false;
@@ -242,7 +243,8 @@ export class SimulatedDevice {
 
   async #upgrade(cmd: Firmware): Promise<void> {
     if (this.#upgrading || cmd.version === this.firmwareVersion) return;
-    this.#upgrading = true;
+    const run = {};
+    this.#upgrading = run;
     const faults = drawFaults(this.behaviour.faults, this.behaviour.random);
     const report = (progress: number, desc: string) =>
       this.#report({ version: cmd.version, type: cmd.type, progress, desc }, faults.has("duplicate"));
@@ -265,12 +267,11 @@ export class SimulatedDevice {
       const rolledBack = faults.has("rollback");
       if (!rolledBack) this.firmwareVersion = cmd.version;
       await this.#goOffline(); // the reboot into the new firmware
-      await this.#report({ firmware_ver: this.firmwareVersion }, false, "update_status");
-      this.#setState(rolledBack ? "rolled_back" : "succeeded");
+      await this.#finish(rolledBack ? "rolled_back" : "succeeded", () => this.#report({ firmware_ver: this.firmwareVersion }, false, "update_status"));
     } catch {
       this.counters.errors++;
     } finally {
-      this.#upgrading = false;
+      if (this.#upgrading === run) this.#upgrading = null;
     }
   }
 
@@ -315,9 +316,21 @@ export class SimulatedDevice {
     return { md5: hash.digest("hex"), size };
   }
 
+  /** Reports the failure as the upgrade's end: a command arriving meanwhile (another rollout's, say) is taken. */
   async #fail(report: (progress: number, desc: string) => Promise<void>, code: number, state: SimState, desc: string) {
-    await report(code, desc);
-    this.#setState(state);
+    await this.#finish(state, () => report(code, desc));
+  }
+
+  /**
+   * Ends the upgrade with its last report. The server may send the next
+   * command as soon as it has stored that report, before its acknowledgement
+   * arrives: the device takes commands again first, as firmware does once it
+   * has rebooted or given up.
+   */
+  async #finish(state: SimState, lastReport: () => Promise<void>): Promise<void> {
+    this.#upgrading = null;
+    await lastReport();
+    if (this.#upgrading === null) this.#setState(state);
   }
 
   /** Drops the connection, waits, and comes back on the same persistent session (retrying while the server is away). */
