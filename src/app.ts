@@ -107,7 +107,7 @@ export class App {
       withdraw: (p, d, ids) => this.#link.withdraw(p, d, ids),
     };
     this.tokens = new TokenService(db, config.adminToken, config.limits.tokenCacheTtlMs);
-    const presence = config.broker.kind === "embedded" ? new RedisPresence(this.#redis, keys) : undefined;
+    const presence = config.broker.kind === "embedded" ? new RedisPresence(this.#redis, keys, config.limits.presenceTtlMs) : undefined;
     this.devices = new DeviceService(new DeviceRepository(db), commands, sessions, progress, presence ?? unknownPresence);
     this.ota = new OtaService(this.devices, commands, progress, {
       idempotency: new RedisIdempotencyStore(this.#redis, config.redisPrefix),
@@ -152,7 +152,7 @@ export class App {
     const onMessage = (topic: string, payload: Buffer) => this.#ingest.handle(topic, payload);
     if (broker.kind === "embedded") {
       this.#embedded = new EmbeddedBroker(
-        { ...broker, dataDir: config.dataDir, redisPrefix: config.redisPrefix, limits: config.limits },
+        { ...broker, dataDir: config.dataDir, redisPrefix: config.redisPrefix, limits: config.limits, bus: config.brokerBus },
         onMessage,
         this.devices,
         // Not connected here: the broker connects a prefixed duplicate of it, and closes that.

@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { createServer as createTlsServer } from "node:tls";
 import { Aedes, type AedesPublishPacket, type AuthenticateError, type Client, type PublishPacket } from "aedes";
@@ -21,10 +22,11 @@ import {
 } from "../protocol/acl.js";
 import { isObjectId } from "../protocol/object-id.js";
 import { deviceAutoSubscriptions } from "../protocol/topics.js";
-import { PRESENCE_REFRESH_MS, type RedisPresence } from "../storage/presence.redis.js";
+import type { RedisPresence } from "../storage/presence.redis.js";
+import { RedisBus, type BrokerBusKind } from "./bus.js";
 import { guardFrames } from "./frame.guard.js";
 import { Refusals } from "./refusals.js";
-import { DeviceSessions } from "./sessions.js";
+import { deviceLiveKey, DeviceSessions } from "./sessions.js";
 import { loadTls } from "./tls.js";
 
 export interface EmbeddedBrokerOptions {
@@ -40,7 +42,21 @@ export interface EmbeddedBrokerOptions {
   limits: Limits;
   /** aedes' heartbeat; stored wills of a broker silent for 3 of these are replayed every 4 (aedes default: 60 s). */
   heartbeatIntervalMs?: number;
+  /** BROKER_BUS: aedes' message bus in process (one instance alone: the default here), or over Redis, shared by the instances of a deployment. */
+  bus?: BrokerBusKind;
 }
+
+/**
+ * The deployment's control messages between instances, on aedes' bus. No
+ * device can publish or subscribe to a `$` topic (PROTOCOL.md, "Access
+ * control"; MQTT 3.1.1 §4.7.2: wildcards never match them), and device
+ * publishes reach the bus only past access control.
+ */
+const DISCONNECT_TOPIC = "$iothub-ota/disconnect";
+/** What BroadcastPersistence (aedes-persistence) publishes when a session subscribes; every instance adds it to its trie. */
+const SUBSCRIPTIONS_ADDED_TOPIC = "$SYS/sub/add";
+/** Sessions whose subscriptions one resync reads at once. */
+const RESYNC_BATCH = 200;
 
 // MQTT 3.1.1 §3.2.2.3 CONNACK return codes.
 const IDENTIFIER_REJECTED = 2;
@@ -77,8 +93,12 @@ const WITHDRAW_CHUNK = 200;
  * is): the script reads the top-level map's `topic` itself, skipping other
  * values by their msgpack headers (github.com/msgpack/msgpack/blob/master/spec.md).
  *
- * KEYS[1] the queue; ARGV: key prefix, `cmd/<p>/<d>/`, first index, count, requestIds...
- * Returns {next index, 1 when the queue ended within the chunk, removed requestIds}.
+ * A session connected on any instance is left alone: its live mark is read
+ * in the same script, and a CONNECT writes its mark before it reads its queue.
+ *
+ * KEYS[1] the queue, KEYS[2] the device's live marks; ARGV: key prefix, `cmd/<p>/<d>/`, first index, count,
+ * client id, now (ms), requestIds...
+ * Returns {next index, 1 when the queue ended within the chunk (or is not ours to edit), removed requestIds}.
  */
 const WITHDRAW_SCRIPT = `
 local raw
@@ -129,8 +149,11 @@ end
 
 local prefix, topicHead = ARGV[1], ARGV[2]
 local first, count = tonumber(ARGV[3]), tonumber(ARGV[4])
+-- Connected on some instance (its live mark, sessions.ts, has not expired): its broker may be delivering this queue.
+local mark = redis.call('HGET', KEYS[2], ARGV[5])
+if mark and tonumber(string.match(mark, '^%d+')) > tonumber(ARGV[6]) then return {first, 1, {}} end
 local wanted = {}
-for i = 5, #ARGV do wanted[ARGV[i]] = true end
+for i = 7, #ARGV do wanted[ARGV[i]] = true end
 local entries = redis.call('LRANGE', KEYS[1], first, first + count - 1)
 local removed, gone = {}, 0
 for _, entry in ipairs(entries) do
@@ -282,6 +305,11 @@ export class EmbeddedBroker implements BrokerLink {
   /** The connections counted in #online (each once). */
   readonly #present = new WeakSet<Client>();
   #presenceTimer: NodeJS.Timeout | undefined;
+  #bus: RedisBus | undefined;
+  /** This broker's id among the instances (aedes' `id`: its heartbeats, its packets' brokerId, its live marks). */
+  readonly #brokerId = randomUUID();
+  /** aedes-persistence-redis' own subscriptionsByClient, before {@link #wrapStore}: a session's stored filters, nothing more. */
+  #storedSubscriptions: ((client: { id: string }) => Promise<Subscription[]>) | undefined;
 
   constructor(
     private readonly options: EmbeddedBrokerOptions,
@@ -338,12 +366,16 @@ export class EmbeddedBroker implements BrokerLink {
     // PROTOCOL.md: one client id per program, `<product>/<device>[/<suffix>]`. Each session holds its subscriptions in
     // Redis and in every instance's subscription trie, and gets its own copy of every command: a device cycling
     // suffixes would grow both without end.
-    this.#sessions = new DeviceSessions(db, limits.mqttMaxSessionsPerDevice);
+    this.#sessions = new DeviceSessions(db, limits.mqttMaxSessionsPerDevice, { brokerId: this.#brokerId, ttlMs: limits.presenceTtlMs });
+    this.#storedSubscriptions = store.subscriptionsByClient.bind(store);
     this.#wrapStore(store, db, this.#sessions);
     this.#store = store;
+    const mq = this.options.bus === "redis" ? await this.#startBus() : undefined;
 
     const aedes = new DeviceAedes({
+      id: this.#brokerId,
       persistence: store,
+      ...(mq ? { mq } : {}),
       connectTimeout: limits.mqttConnectTimeoutMs,
       ...(this.options.heartbeatIntervalMs === undefined ? {} : { heartbeatInterval: this.options.heartbeatIntervalMs }),
       authenticate: (client, username, password, done) => {
@@ -367,6 +399,7 @@ export class EmbeddedBroker implements BrokerLink {
     (aedes as unknown as EventEmitterLike).on("error", (err: Error) => {
       if (this.#refusals.shouldLog("aedes")) this.log.error({ err }, "broker error (persistence unavailable?)");
     });
+    await new Promise<void>((resolve) => aedes.subscribe(DISCONNECT_TOPIC, (packet, done) => this.#onDisconnectNotice(packet, done), resolve));
     aedes.on("client", (client) => this.#onRegistered(client));
     aedes.on("clientDisconnect", (client) => {
       if (this.#clients.has(client)) this.metrics.connectedDevices.dec();
@@ -375,7 +408,10 @@ export class EmbeddedBroker implements BrokerLink {
       this.presence?.refresh().catch((err: unknown) => {
         if (this.#refusals.shouldLog("presence")) this.log.warn({ err }, "could not refresh device presence");
       });
-    }, PRESENCE_REFRESH_MS);
+      this.#sessions?.refresh(this.#persistentHere()).catch((err: unknown) => {
+        if (this.#refusals.shouldLog("presence")) this.log.warn({ err }, "could not refresh the live marks of sessions");
+      });
+    }, Math.floor(limits.presenceTtlMs / 3));
     this.#presenceTimer.unref();
     aedes.on("unsubscribe", (filters, client) => {
       const granted = client && this.#clients.get(client)?.granted;
@@ -431,8 +467,29 @@ export class EmbeddedBroker implements BrokerLink {
     });
   }
 
-  /** Closes every connection of the device, those still logging in too, and stops its traffic at once. */
-  disconnect(productName: string, deviceName: string): void {
+  /**
+   * Closes every connection of the device, here at once and on every other
+   * instance of the deployment through the bus; resolves once the notice is
+   * on the bus (BROKER_UNAVAILABLE when it could not be sent, so a
+   * suspension never passes for done while the device may still be
+   * connected elsewhere).
+   */
+  async disconnect(productName: string, deviceName: string): Promise<void> {
+    this.#disconnectHere(productName, deviceName);
+    const aedes = this.#aedes;
+    if (!aedes || aedes.closed) throw new AppError(ErrorCode.BROKER_UNAVAILABLE, "the broker is not running");
+    const payload = Buffer.from(`${productName}/${deviceName}`);
+    await new Promise<void>((resolve, reject) =>
+      aedes.publish({ cmd: "publish", topic: DISCONNECT_TOPIC, payload, qos: 0, retain: false, dup: false }, (err?: Error) => {
+        if (!err) return resolve();
+        this.log.error({ err, productName, deviceName }, "could not tell the other instances to disconnect a device");
+        reject(new AppError(ErrorCode.BROKER_UNAVAILABLE, "the other instances could not be told to disconnect the device (Redis unavailable)"));
+      }),
+    );
+  }
+
+  /** Closes every connection of the device here, those still logging in too, and stops its traffic at once. */
+  #disconnectHere(productName: string, deviceName: string): void {
     for (const client of this.#byDevice.get(`${productName}/${deviceName}`) ?? []) {
       const device = this.#clients.get(client);
       if (device) device.cutOff = true;
@@ -440,9 +497,18 @@ export class EmbeddedBroker implements BrokerLink {
     }
   }
 
+  /** Another instance (or this one: the bus brings its own messages back) disconnects a device. */
+  #onDisconnectNotice(packet: { payload?: unknown }, done: () => void): void {
+    const payload = Buffer.isBuffer(packet.payload) ? packet.payload.toString("utf8") : String(packet.payload);
+    const id = parseUsername(payload);
+    if (id.ok) this.#disconnectHere(id.value.productName, id.value.deviceName);
+    else this.#refusals.refuse("bus", "malformed", "disconnect", { topic: DISCONNECT_TOPIC, payload: payload.slice(0, 200) });
+    done();
+  }
+
   /** Disconnects the device and drops every persistent session of it: all client ids `<p>/<d>[/<suffix>]`, online or not. */
   async forget(productName: string, deviceName: string): Promise<void> {
-    this.disconnect(productName, deviceName);
+    await this.disconnect(productName, deviceName);
     const store = this.#store;
     const db = this.#db;
     const sessions = this.#sessions;
@@ -455,12 +521,12 @@ export class EmbeddedBroker implements BrokerLink {
 
   /**
    * Takes the device's commands with these requestIds out of the queues of its
-   * offline sessions. A session connected here (from its login on) is left to
-   * aedes, which may be delivering its queue and expects each entry until the
-   * PUBACK. This broker is the only one holding these sessions (several
-   * instances run with an external broker only, DESIGN.md), so "connected
-   * here" is "connected"; and a CONNECT that begins after the check can read
-   * the queue only after the script, sent first on the same Redis connection.
+   * offline sessions. A connected session is left to its broker, which may be
+   * delivering its queue and expects each entry until the PUBACK: one
+   * connected here (from its login on) is known here, one connected on
+   * another instance by its live mark (sessions.ts), read in the script
+   * itself. A CONNECT writes its mark before it reads its queue, so it either
+   * comes after the script or is seen by it.
    */
   async withdraw(productName: string, deviceName: string, requestIds: readonly string[]): Promise<string[]> {
     const db = this.#db;
@@ -481,12 +547,15 @@ export class EmbeddedBroker implements BrokerLink {
       for (let done = false; !done && !this.#isConnected(device, clientId); ) {
         const [index, ended, ids] = (await db.eval(
           WITHDRAW_SCRIPT,
-          1,
+          2,
           outgoingKey(clientId),
+          deviceLiveKey(device),
           this.options.redisPrefix,
           head,
           next,
           WITHDRAW_CHUNK,
+          clientId,
+          Date.now(),
           ...wanted,
         )) as [number, number, string[]];
         for (const id of ids) removed.add(id);
@@ -517,13 +586,69 @@ export class EmbeddedBroker implements BrokerLink {
     return false;
   }
 
+  /** The persistent sessions connected here (those logging in too): their live marks are kept fresh. */
+  *#persistentHere(): Generator<{ id: DeviceIdentity; clientId: string }> {
+    for (const clients of this.#byDevice.values()) {
+      for (const client of clients) {
+        const device = this.#clients.get(client);
+        if (device && client.clean === false) yield { id: device.identity, clientId: client.id };
+      }
+    }
+  }
+
+  /**
+   * The bus over Redis, connected before aedes publishes its first notice.
+   * Redis pub/sub delivers at most once, so whatever was published while
+   * this instance's subscriber was away is lost to it; what matters of that
+   * is sessions' subscriptions, which commands are queued by (aedes-persistence
+   * keeps them in a trie per instance, fed by `$SYS/sub/add` notices): read
+   * again from Redis on every reconnection.
+   */
+  async #startBus(): Promise<RedisBus> {
+    const channel = `${this.options.redisPrefix}mqtt-bus`;
+    // Commands are not retried by ioredis on the subscriber; its SUBSCRIBE waits for messages by design.
+    const subscriber = this.redis.duplicate({ lazyConnect: true, commandTimeout: undefined });
+    const publisher = this.redis.duplicate({ lazyConnect: true });
+    const bus = new RedisBus(channel, subscriber, publisher, (err) => {
+      if (this.#refusals.shouldLog("redis")) this.log.warn({ err: err.message }, "broker bus redis connection error");
+    });
+    this.#bus = bus;
+    await bus.start();
+    bus.onResubscribed(() => {
+      this.#resync().catch((err: unknown) => this.log.error({ err }, "could not read sessions' subscriptions again after a bus outage"));
+    });
+    return bus;
+  }
+
+  /** Feeds every stored session's subscriptions to this instance's trie again, as the notices it may have missed would have. */
+  async #resync(): Promise<void> {
+    const db = this.#db;
+    const bus = this.#bus;
+    const stored = this.#storedSubscriptions;
+    if (!db || !bus || !stored) return;
+    let sessions = 0;
+    for await (const batch of db.sscanStream(CLIENTS_KEY, { count: RESYNC_BATCH }) as AsyncIterable<string[]>) {
+      const subs = await Promise.all(batch.map((id) => stored({ id })));
+      for (const [i, clientId] of batch.entries()) {
+        const held = subs[i] ?? [];
+        if (held.length === 0) continue;
+        sessions++;
+        bus.emitLocal({ topic: SUBSCRIPTIONS_ADDED_TOPIC, payload: Buffer.from(JSON.stringify({ clientId, subs: held })) });
+      }
+    }
+    this.log.info({ sessions }, "bus back: sessions' subscriptions read again");
+  }
+
   async stop(): Promise<void> {
     clearInterval(this.#presenceTimer);
     const aedes = this.#aedes;
     this.#aedes = undefined;
     for (const server of this.#servers) server.close();
     this.#servers = [];
+    // aedes closes its bus; one it never got is closed here.
     if (aedes) await new Promise<void>((resolve) => aedes.close(() => resolve()));
+    else await new Promise<void>((resolve) => (this.#bus ? this.#bus.close(resolve) : resolve()));
+    this.#bus = undefined;
     const store = this.#store;
     this.#store = undefined;
     this.#sessions = undefined;
@@ -659,7 +784,7 @@ export class EmbeddedBroker implements BrokerLink {
     // checked (scrypt: tens of ms) reaches this connection too.
     const device: DeviceClient = { identity, cutOff: false, ackTurn: SETTLED, freshSession: false, awaitingRelease: new Set(), granted: new Set() };
     this.#clients.set(client, device);
-    this.#track(client, `${identity.productName}/${identity.deviceName}`);
+    this.#track(client, identity);
     let result;
     try {
       result = await this.devices.authenticate(identity.productName, identity.deviceName, password.toString("utf8"));
@@ -688,13 +813,18 @@ export class EmbeddedBroker implements BrokerLink {
     return refuse(returnCode, reason.replace(/_/g, " "));
   }
 
-  /** Until the connection closes, `disconnect()` can find it. */
-  #track(client: Client, key: string): void {
+  /** Until the connection closes, `disconnect()` can find it; then its session's live mark goes, unless another connection here took it over. */
+  #track(client: Client, identity: DeviceIdentity): void {
+    const key = `${identity.productName}/${identity.deviceName}`;
     const set = this.#byDevice.get(key) ?? new Set<Client>();
     set.add(client);
     this.#byDevice.set(key, set);
     client.conn.once("close", () => {
       if (set.delete(client) && set.size === 0 && this.#byDevice.get(key) === set) this.#byDevice.delete(key);
+      if (client.clean !== false || this.#isConnected(identity, client.id)) return;
+      this.#sessions?.released(identity, client.id).catch((err: unknown) => {
+        if (this.#refusals.shouldLog("presence")) this.log.warn({ err }, "could not release a session's live mark (it expires)");
+      });
     });
   }
 

@@ -4,7 +4,7 @@ import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 
 /** What the broker refuses or drops, as counted in `refused{kind}` (see src/metrics.ts). */
-export type RefusalKind = "connect" | "publish" | "subscribe" | "will" | "retain" | "packet" | "session";
+export type RefusalKind = "connect" | "publish" | "subscribe" | "will" | "retain" | "packet" | "session" | "bus";
 
 /** Devices whose last log line is remembered; past this the oldest may log again early. */
 const LOG_KEYS_MAX = 10_000;

@@ -81,6 +81,8 @@ export interface Limits {
   readonly idempotencyTtlSeconds: number;
   /** Rollouts: the pause between the scheduler's passes over active rollouts. */
   readonly rolloutTickMs: number;
+  /** Embedded broker: a device stays online this long after its instance's last refresh (an instance that died). */
+  readonly presenceTtlMs: number;
 }
 
 export interface Config {
@@ -100,6 +102,8 @@ export interface Config {
   readonly dedupTtlSeconds: number;
   /** Prepended to every Redis key and channel of this server, so several environments (or tests) share one Redis. */
   readonly redisPrefix: string;
+  /** Embedded broker: its message bus in process (`memory`, one instance alone) or over Redis (`redis`, any number of instances). */
+  readonly brokerBus: "memory" | "redis";
   readonly limits: Limits;
 }
 
@@ -159,6 +163,7 @@ const envSchema = z.object({
   MAX_PAYLOAD_BYTES: z.coerce.number().int().min(256).max(10_485_760).default(65_536),
   DEDUP_TTL_SECONDS: z.coerce.number().int().min(1).default(21_600),
   REDIS_PREFIX: z.string().regex(/^[A-Za-z0-9_.:-]{0,64}$/, "REDIS_PREFIX must be 0..64 of [A-Za-z0-9_.:-]").default(""),
+  BROKER_BUS: z.enum(["redis", "memory"], { error: "BROKER_BUS must be redis or memory" }).default("redis"),
   MQTT_MAX_PACKET_BYTES: int(1024, 131_072, 268_435_455),
   MQTT_CONNECT_TIMEOUT_MS: int(100, 10_000),
   OFFLINE_COMMAND_TTL_SECONDS: int(1, 604_800),
@@ -185,6 +190,7 @@ const envSchema = z.object({
   TOKEN_CACHE_TTL_MS: int(100, 5_000, 300_000),
   IDEMPOTENCY_TTL_SECONDS: int(60, 86_400),
   ROLLOUT_TICK_MS: int(50, 1_000, 60_000),
+  PRESENCE_TTL_MS: int(3_000, 60_000, 3_600_000),
 });
 
 export class ConfigError extends Error {}
@@ -261,6 +267,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxPayloadBytes: e.MAX_PAYLOAD_BYTES,
     dedupTtlSeconds: e.DEDUP_TTL_SECONDS,
     redisPrefix: e.REDIS_PREFIX,
+    brokerBus: e.BROKER_BUS,
     limits: Object.freeze({
       mqttMaxPacketBytes: e.MQTT_MAX_PACKET_BYTES,
       mqttConnectTimeoutMs: e.MQTT_CONNECT_TIMEOUT_MS,
@@ -288,6 +295,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       tokenCacheTtlMs: e.TOKEN_CACHE_TTL_MS,
       idempotencyTtlSeconds: e.IDEMPOTENCY_TTL_SECONDS,
       rolloutTickMs: e.ROLLOUT_TICK_MS,
+      presenceTtlMs: e.PRESENCE_TTL_MS,
     }),
   });
 }

@@ -237,7 +237,7 @@ export class DeviceService {
       suspended,
     );
     if (!row) throw notFound(productName, deviceName);
-    if (suspended) this.sessions.disconnect(productName, deviceName);
+    if (suspended) await this.sessions.disconnect(productName, deviceName);
     return toDevice(row);
   }
 

@@ -108,7 +108,7 @@ export class ServerMqttClient implements BrokerLink {
   }
 
   /** Devices' connections and sessions belong to the external broker. */
-  disconnect(): void {}
+  async disconnect(): Promise<void> {}
 
   async forget(): Promise<void> {}
 

@@ -9,8 +9,11 @@ export interface CommandPublisher {
 
 /** Live connections of devices, where the broker is ours to control. */
 export interface DeviceSessions {
-  /** Closes every connection of the device; a no-op where the broker is external. */
-  disconnect(productName: string, deviceName: string): void;
+  /**
+   * Closes every connection of the device, on whichever instance holds it;
+   * resolves once every instance has been told. A no-op where the broker is external.
+   */
+  disconnect(productName: string, deviceName: string): Promise<void>;
   /** Closes them and drops the device's persistent session, with the commands queued in it. */
   forget(productName: string, deviceName: string): Promise<void>;
   /**

@@ -1,18 +1,48 @@
+import { randomUUID } from "node:crypto";
 import type { Redis } from "ioredis";
 import type { PresenceReader } from "../ota/ports.js";
 import type { RedisKeys } from "./progress.redis.js";
 
-/** An entry lives this long unless its instance refreshes it; a dead instance's devices go offline after it. */
+/** An entry lives this long unless its instance refreshes it (PRESENCE_TTL_MS): a dead instance's devices go offline after it. */
 export const PRESENCE_TTL_MS = 60_000;
-/** How often an instance refreshes the entries of the devices connected to it. */
-export const PRESENCE_REFRESH_MS = 20_000;
-const CHUNK = 1000;
+/** Devices one {@link HOLD_SCRIPT} run writes: each run holds Redis for a bounded time. */
+const CHUNK = 500;
 
-// Removes the entry only if it is still the one this instance wrote: a device that has since
-// connected to another instance (which wrote a later expiry) stays online.
-const REMOVE_IF_OURS = `
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and tonumber(score) <= tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
+/**
+ * Records that one instance holds (or, with expiry 0, no longer holds) a
+ * connection of each given device, and recomputes the devices' entries.
+ *
+ * Per device, `<presence key>/<device>` hashes instance id -> the expiry that
+ * instance last wrote: a device on two instances at once (a takeover across
+ * instances, a load balancer moving it) has two holders, and the one that
+ * lets go removes only its own. The product's sorted set keeps, per device,
+ * the latest expiry of its holders: what readers count, in O(log n), and what
+ * stops counting by itself once no holder refreshes it (an instance killed
+ * with its connections). Expired holders are dropped as they are met; a
+ * holder hash expires with its last holder. Product names hold no `/`, so a
+ * holder key never names another product's set.
+ *
+ * KEYS: per device, its product's set then its holder hash.
+ * ARGV: instance id, expiry (ms; 0: let go), now (ms), then the device names.
+ */
+const HOLD_SCRIPT = `
+local instance, expiresAt, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+for d = 4, #ARGV do
+  local set, holders, device = KEYS[2 * (d - 3) - 1], KEYS[2 * (d - 3)], ARGV[d]
+  if expiresAt > 0 then redis.call('HSET', holders, instance, expiresAt) else redis.call('HDEL', holders, instance) end
+  local latest = 0
+  local all = redis.call('HGETALL', holders)
+  for i = 1, #all, 2 do
+    local e = tonumber(all[i + 1])
+    if not e or e <= now then redis.call('HDEL', holders, all[i]) elseif e > latest then latest = e end
+  end
+  if latest > 0 then
+    redis.call('PEXPIREAT', holders, latest)
+    redis.call('ZADD', set, latest, device)
+  else
+    redis.call('ZREM', set, device)
+  end
+end
 return 0`;
 
 type Entry = { productName: string; deviceName: string };
@@ -20,52 +50,51 @@ type Entry = { productName: string; deviceName: string };
 /**
  * Presence in Redis: one sorted set per product, member the device name,
  * score the time its entry expires. The instance a device is connected to
- * writes it on connect, refreshes it while connected and removes it on
- * disconnect; readers count only unexpired entries.
+ * writes it on connect, refreshes it while connected and lets go of it on
+ * disconnect (see {@link HOLD_SCRIPT}); readers count only unexpired entries.
  */
 export class RedisPresence implements PresenceReader {
-  /** The expiry this instance last wrote per device (`<product>/<device>`). */
-  readonly #written = new Map<string, number>();
+  /** This instance, as a holder of device entries. */
+  readonly instanceId = randomUUID();
+  /** The devices (`<product>/<device>`) this instance holds. */
+  readonly #held = new Set<string>();
 
   constructor(
     private readonly redis: Redis,
     private readonly keys: RedisKeys,
+    /** How long an entry outlives its instance's last refresh. */
+    readonly ttlMs = PRESENCE_TTL_MS,
   ) {}
 
   async connected({ productName, deviceName }: Entry): Promise<void> {
-    const expiresAt = Date.now() + PRESENCE_TTL_MS;
-    this.#written.set(`${productName}/${deviceName}`, expiresAt);
-    await this.redis.zadd(this.keys.presence(productName), expiresAt, deviceName);
+    this.#held.add(`${productName}/${deviceName}`);
+    const now = Date.now();
+    await this.#hold(productName, [deviceName], now + this.ttlMs, now);
   }
 
   async disconnected({ productName, deviceName }: Entry): Promise<void> {
-    const key = `${productName}/${deviceName}`;
-    const written = this.#written.get(key);
-    this.#written.delete(key);
-    if (written === undefined) return;
-    await this.redis.eval(REMOVE_IF_OURS, 1, this.keys.presence(productName), deviceName, written);
+    if (!this.#held.delete(`${productName}/${deviceName}`)) return;
+    await this.#hold(productName, [deviceName], 0, Date.now());
   }
 
   /** Extends the entries of the devices connected here and drops every expired entry of their products. */
   async refresh(): Promise<void> {
     const now = Date.now();
-    const expiresAt = now + PRESENCE_TTL_MS;
-    const keys = [...this.#written.keys()];
-    const products = new Set<string>();
-    for (let i = 0; i < keys.length; i += CHUNK) {
-      const pipeline = this.redis.pipeline();
-      for (const key of keys.slice(i, i + CHUNK)) {
-        if (!this.#written.has(key)) continue; // disconnected meanwhile
-        const [productName, deviceName] = key.split("/") as [string, string];
-        products.add(productName);
-        this.#written.set(key, expiresAt);
-        pipeline.zadd(this.keys.presence(productName), expiresAt, deviceName);
-      }
-      await pipeline.exec();
+    const byProduct = new Map<string, string[]>();
+    for (const key of this.#held) {
+      const [productName, deviceName] = key.split("/") as [string, string];
+      const names = byProduct.get(productName) ?? [];
+      names.push(deviceName);
+      byProduct.set(productName, names);
     }
-    const pipeline = this.redis.pipeline();
-    for (const p of products) pipeline.zremrangebyscore(this.keys.presence(p), "-inf", now);
-    await pipeline.exec();
+    for (const [productName, names] of byProduct) {
+      for (let i = 0; i < names.length; i += CHUNK) {
+        // Disconnected meanwhile: not written again.
+        const still = names.slice(i, i + CHUNK).filter((d) => this.#held.has(`${productName}/${d}`));
+        if (still.length > 0) await this.#hold(productName, still, now + this.ttlMs, now);
+      }
+      await this.redis.zremrangebyscore(this.keys.presence(productName), "-inf", now);
+    }
   }
 
   async online(productName: string, deviceNames: readonly string[]): Promise<boolean[]> {
@@ -77,6 +106,12 @@ export class RedisPresence implements PresenceReader {
 
   countOnline(productName: string): Promise<number> {
     return this.redis.zcount(this.keys.presence(productName), `(${Date.now()}`, "+inf");
+  }
+
+  async #hold(productName: string, deviceNames: readonly string[], expiresAt: number, now: number): Promise<void> {
+    const set = this.keys.presence(productName);
+    const keys = deviceNames.flatMap((d) => [set, `${set}/${d}`]);
+    await this.redis.eval(HOLD_SCRIPT, keys.length, ...keys, this.instanceId, expiresAt, now, ...deviceNames);
   }
 }
 
