@@ -27,7 +27,7 @@ export function createMetrics() {
       name: "iothub_ota_refused_total",
       help:
         "What was refused or dropped, by kind and reason: from devices on the embedded broker (connect, publish, subscribe, will, retain, packet, session) " +
-        "and from API clients (http, graphql, ws).",
+        "from API clients (http, graphql, ws), and EMQX's authentication and authorization calls denied (emqx_authn, emqx_authz).",
       labelNames: ["kind", "reason"] as const,
       registers: [registry],
     }),

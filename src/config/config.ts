@@ -26,6 +26,18 @@ export type BrokerConfig =
 export type DatabaseConfig = { kind: "pglite"; dataDir: string } | { kind: "postgres"; url: string };
 
 /**
+ * The endpoints EMQX's HTTP authenticator and authorizer call (src/http/emqx.routes.ts),
+ * mounted when EMQX_AUTH_SECRET is set.
+ */
+export interface EmqxAuthConfig {
+  /** What EMQX sends in the X-EMQX-Auth-Secret header: callers without it are denied before anything is read. */
+  readonly secret: string;
+  /** The server's own MQTT credentials (MQTT_USERNAME, MQTT_PASSWORD), admitted with the server's access rules. */
+  readonly serverUsername: string | undefined;
+  readonly serverPassword: string | undefined;
+}
+
+/**
  * Operational limits: bounds, timeouts and sizes, each with its default
  * beside it (and in the README's settings table). Past a limit the server
  * refuses or drops with a clear error and a counter; it never grows without
@@ -81,6 +93,8 @@ export interface Limits {
   readonly idempotencyTtlSeconds: number;
   /** Rollouts: the pause between the scheduler's passes over active rollouts. */
   readonly rolloutTickMs: number;
+  /** EMQX authentication calls being answered at once (secret checks queue for CPU); past it one is denied at once. */
+  readonly emqxAuthMaxPending: number;
   /** Embedded broker: a device stays online this long after its instance's last refresh (an instance that died). */
   readonly presenceTtlMs: number;
 }
@@ -104,6 +118,8 @@ export interface Config {
   readonly redisPrefix: string;
   /** Embedded broker: its message bus in process (`memory`, one instance alone) or over Redis (`redis`, any number of instances). */
   readonly brokerBus: "memory" | "redis";
+  /** Set with EMQX_AUTH_SECRET: EMQX's HTTP authentication and authorization endpoints are served. */
+  readonly emqx: EmqxAuthConfig | undefined;
   readonly limits: Limits;
 }
 
@@ -190,6 +206,8 @@ const envSchema = z.object({
   TOKEN_CACHE_TTL_MS: int(100, 5_000, 300_000),
   IDEMPOTENCY_TTL_SECONDS: int(60, 86_400),
   ROLLOUT_TICK_MS: int(50, 1_000, 60_000),
+  EMQX_AUTH_SECRET: optionalString.pipe(z.string().min(32, "EMQX_AUTH_SECRET must be at least 32 characters").optional()),
+  EMQX_AUTH_MAX_PENDING: int(1, 256, 100_000),
   PRESENCE_TTL_MS: int(3_000, 60_000, 3_600_000),
 });
 
@@ -232,6 +250,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if ((e.TLS_CERT_FILE === undefined) !== (e.TLS_KEY_FILE === undefined)) {
     throw new ConfigError("invalid configuration:\n  TLS_CERT_FILE and TLS_KEY_FILE must be set together");
   }
+  if (e.EMQX_AUTH_SECRET !== undefined && e.MQTT_USERNAME !== undefined && e.MQTT_USERNAME.includes("/")) {
+    // A device's username is <product>/<device>: the server's must never be one (src/http/emqx.routes.ts).
+    throw new ConfigError("invalid configuration:\n  MQTT_USERNAME must not contain / when EMQX_AUTH_SECRET is set (device usernames are <product>/<device>)");
+  }
   const broker: BrokerConfig = e.MQTT_URL
     ? {
         kind: "external",
@@ -268,6 +290,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     dedupTtlSeconds: e.DEDUP_TTL_SECONDS,
     redisPrefix: e.REDIS_PREFIX,
     brokerBus: e.BROKER_BUS,
+    emqx:
+      e.EMQX_AUTH_SECRET === undefined
+        ? undefined
+        : Object.freeze({ secret: e.EMQX_AUTH_SECRET, serverUsername: e.MQTT_USERNAME, serverPassword: e.MQTT_PASSWORD }),
     limits: Object.freeze({
       mqttMaxPacketBytes: e.MQTT_MAX_PACKET_BYTES,
       mqttConnectTimeoutMs: e.MQTT_CONNECT_TIMEOUT_MS,
@@ -295,6 +321,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       tokenCacheTtlMs: e.TOKEN_CACHE_TTL_MS,
       idempotencyTtlSeconds: e.IDEMPOTENCY_TTL_SECONDS,
       rolloutTickMs: e.ROLLOUT_TICK_MS,
+      emqxAuthMaxPending: e.EMQX_AUTH_MAX_PENDING,
       presenceTtlMs: e.PRESENCE_TTL_MS,
     }),
   });
