@@ -16,6 +16,7 @@ import { deviceLiveKey } from "../../src/broker/sessions.js";
 import { createLogger } from "../../src/logger.js";
 import { createMetrics } from "../../src/metrics.js";
 import { newObjectId } from "../../src/protocol/object-id.js";
+import { RedisPresence } from "../../src/storage/presence.redis.js";
 import { redisKeys } from "../../src/storage/progress.redis.js";
 import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
 import { connackCode, TestDevice, type Received } from "../helpers/device.js";
@@ -137,22 +138,67 @@ describe.skipIf(!DATABASE_URL)("three instances, each with its embedded broker, 
     await eventually(async () => expect(await online(a, s.name)).toBe(false));
   });
 
-  it("withdraws a queued command only from a session no instance has connected", async () => {
-    // Two brokers as src/app.ts builds them (the apps keep theirs private), in a keyspace of their own.
-    const prefix = `${uniq("wd")}:`;
-    const [x, y] = [0, 1].map(() => {
+  /** Two brokers as src/app.ts builds them (the apps keep theirs private), in a keyspace of their own; the first on `conn`'s duplicates. */
+  async function twoBrokers(conn = redis) {
+    const prefix = `${uniq("two")}:`;
+    const make = (r: Redis) => {
       const broker = new EmbeddedBroker(
-        { host: "127.0.0.1", port: 0, tlsPort: null, tlsCertFile: undefined, tlsKeyFile: undefined, dataDir: tempDir("wd"), redisPrefix: prefix, limits: a.config.limits, bus: "redis" },
+        { host: "127.0.0.1", port: 0, tlsPort: null, tlsCertFile: undefined, tlsKeyFile: undefined, dataDir: tempDir("two"), redisPrefix: prefix, limits: a.config.limits, bus: "redis" },
         () => undefined,
         a.app.devices,
-        redis,
+        r,
         createMetrics(),
         createLogger("silent"),
       );
       onTeardown(() => broker.stop());
       return broker;
-    }) as [EmbeddedBroker, EmbeddedBroker];
+    };
+    const [x, y] = [make(conn), make(redis)];
     await Promise.all([x.start(), y.start()]);
+    return { x, y, prefix, url: (broker: EmbeddedBroker) => `mqtt://127.0.0.1:${broker.ports.mqtt}` };
+  }
+
+  it("queues a command for a session that subscribed while an instance's bus connection was down, once it is back", async () => {
+    const name = uniq("bus");
+    const conn = new Redis(REDIS_URL, { connectionName: name });
+    onTeardown(() => conn.quit());
+    const { x, y, prefix, url } = await twoBrokers(conn);
+    const d = await register();
+    const clientId = `${productName}/${d.name}/sdk`;
+    // Its secret verified once: the CONNECT below is quick.
+    await (await TestDevice.connect(url(y), productName, d.name, d.secret)).end();
+
+    // The first broker's bus subscriber is cut (again and again, so that it is surely away) while a new session subscribes on the second.
+    const subscriberIds = async () =>
+      ((await redis.client("LIST")) as string)
+        .split("\n")
+        .filter((line) => line.includes(` name=${name} `) && / sub=[1-9]/.test(line))
+        .map((line) => /^id=(\d+)/.exec(line)?.[1] as string);
+    expect(await subscriberIds()).toHaveLength(1);
+    let cutting = true;
+    const cutter = (async () => {
+      while (cutting) {
+        for (const id of await subscriberIds()) await redis.client("KILL", "ID", id);
+        await new Promise((r) => setTimeout(r, 2));
+      }
+    })();
+    const fresh = await TestDevice.connect(url(y), productName, d.name, d.secret, { clientId });
+    await new Promise((r) => setTimeout(r, 100));
+    cutting = false;
+    await cutter;
+    await fresh.end();
+    await eventually(async () => expect(await subscriberIds()).toHaveLength(1));
+
+    // Sent through the instance that missed the subscription: queued in that session too, once it has read them again.
+    await eventually(async () => {
+      const requestId = newObjectId();
+      await x.publishCommand(`cmd/${productName}/${d.name}/$ota_upgrade/plain/${requestId}`, JSON.stringify(firmware));
+      expect(await redis.lrange(queueKey(prefix, clientId), 0, -1)).not.toEqual([]);
+    }, 5_000);
+  });
+
+  it("withdraws a queued command only from a session no instance has connected", async () => {
+    const { x, y, prefix, url } = await twoBrokers();
     const d = await register();
     const queue = () => redis.lrange(queueKey(prefix, `${productName}/${d.name}`), 0, -1);
     const command = async () => {
@@ -161,7 +207,7 @@ describe.skipIf(!DATABASE_URL)("three instances, each with its embedded broker, 
       return requestId;
     };
 
-    const dev = await TestDevice.connect(`mqtt://127.0.0.1:${y.ports.mqtt}`, productName, d.name, d.secret);
+    const dev = await TestDevice.connect(url(y), productName, d.name, d.secret);
     const held: (() => void)[] = [];
     // mqtt.js' backpressure hook: the command is out, its PUBACK waits: the second broker is delivering the queue.
     dev.client.handleMessage = (_packet, callback) => void held.push(() => callback());
@@ -231,78 +277,105 @@ describe.skipIf(!DATABASE_URL)("an instance killed with SIGKILL while its device
     const url = (e: { MQTT_PORT: string }) => `mqtt://127.0.0.1:${e.MQTT_PORT}`;
 
     const productName = uniq("kill");
-    const REPORTS = 100;
+    const WINDOW = 10;
     const devices = await Promise.all(
       Array.from({ length: 6 }, async () => {
         const { registerDevice } = await gqlOk(observer, RegisterDeviceDocument, { input: { productName } });
-        return { name: registerDevice.device.deviceName, secret: registerDevice.secret, acked: 0 };
+        // Progress 1..100, each report with its messageId, sent again under it until acknowledged.
+        const reports = Array.from({ length: 100 }, (_, i) => ({ id: new ObjectId().toHexString(), progress: i + 1 }));
+        return { name: registerDevice.device.deviceName, secret: registerDevice.secret, reports, acked: new Set<string>() };
       }),
     );
-    const connect = (to: string, d: (typeof devices)[number]) =>
-      mqtt.connectAsync(to, {
+    type Device = (typeof devices)[number];
+    const connect = async (to: string, d: Device) => {
+      const client = await mqtt.connectAsync(to, {
         clientId: `${productName}/${d.name}`,
         username: `${productName}/${d.name}`,
         password: d.secret,
         clean: false,
         reconnectPeriod: 0,
       });
-    const clients = new Map<string, MqttClient>();
-    for (const d of devices) {
-      const client = await connect(url(firstEnv), d);
-      clients.set(d.name, client);
       onTeardown(() => client.endAsync(true));
-    }
-    const lingerer = devices[0]!;
-    await eventually(async () => expect((await gqlOk(observer, DeviceDetailDocument, { productName, deviceName: lingerer.name })).device?.online).toBe(true));
-
-    /** Reports progress one after the other from the last acknowledged one; stops at the first left unacknowledged. */
-    const stream = async (d: (typeof devices)[number], client: MqttClient) => {
+      return client;
+    };
+    /** Sends the device's unacknowledged reports, WINDOW in flight at a time, until done or the connection drops. */
+    const stream = async (d: Device, client: MqttClient) => {
       // mqtt.js keeps a persistent session's unacknowledged publish for a reconnection that never comes here.
       const gone = new Promise<false>((r) => client.once("close", () => r(false)));
-      for (let p = d.acked + 1; p <= REPORTS; p++) {
-        const topic = `update_ota_status/${productName}/${d.name}/${new ObjectId().toHexString()}`;
-        const payload = JSON.stringify({ version: "2.0", type: "firmware", progress: p });
-        const acked = await Promise.race([client.publishAsync(topic, payload, { qos: 1 }).then(() => true, () => false), gone]);
-        if (!acked) return;
-        d.acked = p;
-      }
+      const todo = d.reports.filter((r) => !d.acked.has(r.id));
+      const worker = async () => {
+        for (let r = todo.shift(); r; r = todo.shift()) {
+          const topic = `update_ota_status/${productName}/${d.name}/${r.id}`;
+          const body = JSON.stringify({ version: "2.0", type: "firmware", progress: r.progress });
+          if (!(await Promise.race([client.publishAsync(topic, body, { qos: 1 }).then(() => true, () => false), gone]))) return;
+          d.acked.add(r.id);
+        }
+      };
+      await Promise.all(Array.from({ length: WINDOW }, worker));
     };
-    const streaming = devices.map((d) => stream(d, clients.get(d.name)!));
-    await eventually(() => expect(devices.every((d) => d.acked >= 5)).toBe(true));
+    /** The acknowledged reports whose effect is not in Redis (the messageId is remembered in the same atomic step as the report). */
+    const lost = async (d: Device) => {
+      const acked = [...d.acked];
+      const remembered = await redis.mget(acked.map((id) => `${redisPrefix}msg_dedup/${productName}/${d.name}/${id}`));
+      return acked.filter((_, i) => remembered[i] === null);
+    };
+    const redis = new Redis(REDIS_URL);
+    onTeardown(() => redis.quit());
+
+    const clients = await Promise.all(devices.map((d) => connect(url(firstEnv), d)));
+    const lingerer = devices[0] as Device;
+    const online = async (d: Device) => (await gqlOk(observer, DeviceDetailDocument, { productName, deviceName: d.name })).device?.online;
+    await eventually(async () => expect(await online(lingerer)).toBe(true));
+
+    const streaming = devices.map((d, i) => stream(d, clients[i] as MqttClient));
+    await eventually(() => expect(devices.every((d) => d.acked.size >= 20)).toBe(true));
     const killedAt = Date.now();
     first.process.kill("SIGKILL");
     await Promise.all(streaming);
-    const ackedAtKill = devices.map((d) => d.acked);
-    expect(ackedAtKill.some((n) => n < REPORTS)).toBe(true); // the kill was mid-stream
+    expect(devices.some((d) => d.acked.size < d.reports.length)).toBe(true); // the kill was mid-stream
+    expect(await online(lingerer)).toBe(true); // until its entry expires
+    for (const d of devices) expect(await lost(d)).toEqual([]);
 
-    // Every acknowledged report is stored: progress counts up, so the stored one is at least the last acknowledged.
-    for (const [i, d] of devices.entries()) {
-      const stored = (await gqlOk(observer, OtaProgressDocument, { productName, deviceName: d.name })).otaProgress;
-      expect(stored?.progress ?? 0).toBeGreaterThanOrEqual(ackedAtKill[i] ?? 0);
-    }
-
-    // The others reconnect to the second instance and finish; the lingerer stays away and goes offline.
+    // The others reconnect to the second instance and send the rest; the lingerer stays away and goes offline.
     const movers = devices.slice(1);
     await Promise.all(
       movers.map(async (d) => {
         const client = await connect(url(secondEnv), d);
-        onTeardown(() => client.endAsync(true));
         await stream(d, client);
-        expect(d.acked).toBe(REPORTS);
+        expect(d.acked.size).toBe(d.reports.length);
         await client.publishAsync(`update_status/${productName}/${d.name}/${new ObjectId().toHexString()}`, JSON.stringify({ firmware_ver: "2.0" }), { qos: 1 });
       }),
     );
     for (const d of movers) {
+      expect(await lost(d)).toEqual([]);
       const detail = (await gqlOk(observer, DeviceDetailDocument, { productName, deviceName: d.name })).device;
       expect(detail?.firmwareVersion).toBe("2.0");
       expect(detail?.otaProgress?.progress).toBe(100);
       expect(detail?.online).toBe(true);
     }
-    expect((await gqlOk(observer, DeviceDetailDocument, { productName, deviceName: lingerer.name })).device?.online).toBe(true);
-    await eventually(async () => {
-      expect((await gqlOk(observer, DeviceDetailDocument, { productName, deviceName: lingerer.name })).device?.online).toBe(false);
-    }, 10_000);
-    // Within the TTL of the dead instance's last refresh (a third of it before the kill at most).
+    await eventually(async () => expect(await online(lingerer)).toBe(false), 10_000);
+    // Within the TTL of the dead instance's last refresh (made a third of it before the kill at most).
     expect(Date.now() - killedAt).toBeLessThan(Number(ttl) + 2_000);
   }, 45_000);
+});
+
+describe("presence of a device held by two instances at once", () => {
+  it("stays online when the instance it left refreshed its entry after the other took it, then let go", async () => {
+    const redis = new Redis(REDIS_URL);
+    onTeardown(() => redis.quit());
+    const keys = redisKeys(`${uniq("pres")}:`);
+    const device = { productName: "prod", deviceName: "dev" };
+    const [left, took] = [new RedisPresence(redis, keys), new RedisPresence(redis, keys)];
+    await left.connected(device);
+    await took.connected(device);
+    // The instance it left writes a later expiry than the one that took it (its refresh came after).
+    await new Promise((r) => setTimeout(r, 5));
+    await left.refresh();
+    await left.disconnected(device);
+    expect(await took.online("prod", ["dev"])).toEqual([true]);
+    expect(await took.countOnline("prod")).toBe(1);
+    await took.disconnected(device);
+    expect(await took.online("prod", ["dev"])).toEqual([false]);
+    expect(await redis.exists(`${keys.presence("prod")}/dev`)).toBe(0);
+  });
 });
