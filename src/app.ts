@@ -1,3 +1,5 @@
+import { networkInterfaces } from "node:os";
+import { join } from "node:path";
 import type { Redis } from "ioredis";
 import type { Config } from "./config/config.js";
 import { TokenResolver } from "./auth/token.resolver.js";
@@ -30,6 +32,11 @@ import { RolloutRepository } from "./rollouts/rollout.repository.js";
 import { DeviceRolloutResolver, FleetRolloutResolver, RolloutResolver } from "./rollouts/rollout.resolver.js";
 import { RolloutScheduler } from "./rollouts/rollout.scheduler.js";
 import { RolloutService } from "./rollouts/rollout.service.js";
+import { ArtifactRepository } from "./firmware/artifact.repository.js";
+import { ArtifactResolver } from "./firmware/artifact.resolver.js";
+import { ArtifactService } from "./firmware/artifact.service.js";
+import { DirectoryArtifactStore } from "./firmware/artifact.store.js";
+import { UrlSigner, urlKey } from "./firmware/url.signer.js";
 
 interface Component {
   name: string;
@@ -58,6 +65,7 @@ export class App {
   readonly progressFeed: ProgressFeed;
   readonly rollouts: RolloutService;
   readonly rolloutFeed: RolloutFeed;
+  readonly artifacts: ArtifactService;
   readonly #scheduler: RolloutScheduler;
   readonly #redis: Redis;
   readonly #subscriber: Redis;
@@ -107,9 +115,21 @@ export class App {
       withdraw: (p, d, ids) => this.#link.withdraw(p, d, ids),
     };
     this.tokens = new TokenService(db, config.adminToken, config.limits.tokenCacheTtlMs);
+    const artifactStore = new DirectoryArtifactStore(join(config.dataDir, "firmware"));
+    let signingKey: Buffer | undefined;
+    const signer = new UrlSigner(
+      () => {
+        if (!signingKey) throw new Error("the firmware URL key is read at start");
+        return signingKey;
+      },
+      () => this.downloadBase,
+    );
+    this.artifacts = new ArtifactService(new ArtifactRepository(db), artifactStore, signer, { maxBytes: config.limits.firmwareMaxBytes, log: this.log });
     const presence = config.broker.kind === "embedded" ? new RedisPresence(this.#redis, keys, config.limits.presenceTtlMs) : undefined;
     this.devices = new DeviceService(new DeviceRepository(db), commands, sessions, progress, presence ?? unknownPresence);
     this.ota = new OtaService(this.devices, commands, progress, {
+      artifacts: this.artifacts,
+      offlineCommandTtlSeconds: config.limits.offlineCommandTtlSeconds,
       idempotency: new RedisIdempotencyStore(this.#redis, config.redisPrefix),
       // A first request can still be publishing for this long: marking the attempt (Redis), then the publish itself.
       inFlightMs: config.limits.redisCommandTimeoutMs + config.limits.publishTimeoutMs,
@@ -127,6 +147,7 @@ export class App {
     );
     const rolloutRepo = new RolloutRepository(db);
     this.rollouts = new RolloutService(rolloutRepo, commands, sessions, progress, {
+      artifacts: this.artifacts,
       log: this.log,
       signals,
       publishTimeoutMs: config.limits.publishTimeoutMs,
@@ -178,6 +199,7 @@ export class App {
       new RolloutResolver(this.rollouts),
       new DeviceRolloutResolver(this.rollouts, this.ota),
       new FleetRolloutResolver(this.rollouts),
+      new ArtifactResolver(this.artifacts),
     ];
     this.#http = new HttpServer({
       tokens: this.tokens,
@@ -186,6 +208,8 @@ export class App {
       progressFeed: feed,
       rolloutFeed: this.rolloutFeed,
       rollouts: this.rollouts,
+      artifacts: this.artifacts,
+      emqx: config.emqx,
       corsOrigins: config.corsOrigins,
       limits: config.limits,
       metrics: this.metrics,
@@ -203,6 +227,15 @@ export class App {
     this.#components = [
       { name: "database", start: () => this.database.start(), stop: () => this.database.stop() },
       { name: "redis", start: () => connectAll(redisClients, config.redisUrl), stop: () => quitAll(redisClients) },
+      {
+        name: "firmware store",
+        start: async () => {
+          const { removed } = await artifactStore.start();
+          if (removed > 0) this.log.warn({ removed, dir: artifactStore.dir }, "removed firmware uploads a crash left half received");
+          signingKey = await urlKey(config.firmwareUrlKey, join(artifactStore.dir, "url.key"));
+        },
+        stop: async () => undefined,
+      },
       {
         // Rollout changes from every instance: subscribers recount, ingest re-reads the versions in play.
         name: "rollout signals",
@@ -245,6 +278,11 @@ export class App {
     ];
   }
 
+  /** Where devices download firmware from (PUBLIC_URL, or this machine and the HTTP port). */
+  get downloadBase(): string {
+    return this.config.publicUrl ?? `http://${reachableHost(this.config.httpHost)}:${this.#http.port}`;
+  }
+
   get address(): AppAddress {
     return { http: this.#http.port, mqtt: this.#embedded?.ports.mqtt ?? null, mqtts: this.#embedded?.ports.mqtts ?? null };
   }
@@ -262,7 +300,7 @@ export class App {
       }
       this.#started.push(component);
     }
-    this.log.info({ address: this.address }, "iothub-ota started");
+    this.log.info({ address: this.address, firmwareDownloads: this.downloadBase }, "iothub-ota started");
   }
 
   /** Idempotent: stops what was started, in reverse order. */
@@ -289,4 +327,13 @@ export class App {
         `  Lost it? npx iothub-ota token create --access admin   makes another (with the built-in database: while the server is stopped).\n\n`,
     );
   }
+}
+
+/** A host devices can reach for a bind address: the address itself, or this machine's first external IPv4 for a wildcard. */
+function reachableHost(bind: string): string {
+  if (bind !== "0.0.0.0" && bind !== "::") return bind.includes(":") ? `[${bind}]` : bind;
+  const external = Object.values(networkInterfaces())
+    .flat()
+    .find((i) => i !== undefined && i.family === "IPv4" && !i.internal);
+  return external?.address ?? "127.0.0.1";
 }

@@ -24,6 +24,10 @@ export enum ErrorCode {
   COMMAND_UNCONFIRMED = "COMMAND_UNCONFIRMED",
   /** An earlier request with the same idempotency key is still being processed: ask again later. */
   REQUEST_IN_PROGRESS = "REQUEST_IN_PROGRESS",
+  /** A firmware artifact of this product, version and type exists with other content (versions are immutable). */
+  FIRMWARE_EXISTS = "FIRMWARE_EXISTS",
+  /** The firmware artifact is used by a rollout that is active or has devices still upgrading. */
+  FIRMWARE_IN_USE = "FIRMWARE_IN_USE",
   INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR",
 }
 
@@ -90,5 +94,7 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   [ErrorCode.BROKER_UNAVAILABLE]: 503,
   [ErrorCode.COMMAND_UNCONFIRMED]: 504,
   [ErrorCode.REQUEST_IN_PROGRESS]: 409,
+  [ErrorCode.FIRMWARE_EXISTS]: 409,
+  [ErrorCode.FIRMWARE_IN_USE]: 409,
   [ErrorCode.INTERNAL_SERVER_ERROR]: 500,
 };

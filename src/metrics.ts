@@ -59,6 +59,20 @@ export function createMetrics() {
       labelNames: ["command"] as const,
       registers: [registry],
     }),
+    firmwareBytes: new Counter({
+      name: "iothub_ota_firmware_bytes_served_total",
+      help: "Bytes of firmware artifacts sent to devices, by artifact (product, version, type).",
+      labelNames: ["product", "version", "type"] as const,
+      registers: [registry],
+    }),
+    firmwareDownloads: new Counter({
+      name: "iothub_ota_firmware_downloads_total",
+      help:
+        "Firmware downloads by artifact and event: started (from the first byte), resumed (a Range from further on), " +
+        "completed (sent through the last byte).",
+      labelNames: ["product", "version", "type", "event"] as const,
+      registers: [registry],
+    }),
   };
 }
 

@@ -93,6 +93,8 @@ export interface Limits {
   readonly idempotencyTtlSeconds: number;
   /** Rollouts: the pause between the scheduler's passes over active rollouts. */
   readonly rolloutTickMs: number;
+  /** Firmware: the largest artifact an upload may store (GraphQL's Int bounds it to 2 GiB - 1). */
+  readonly firmwareMaxBytes: number;
   /** EMQX authentication calls being answered at once (secret checks queue for CPU); past it one is denied at once. */
   readonly emqxAuthMaxPending: number;
   /** Embedded broker: a device stays online this long after its instance's last refresh (an instance that died). */
@@ -118,6 +120,10 @@ export interface Config {
   readonly redisPrefix: string;
   /** Embedded broker: its message bus in process (`memory`, one instance alone) or over Redis (`redis`, any number of instances). */
   readonly brokerBus: "memory" | "redis";
+  /** Where devices reach this server's HTTP port (firmware download URLs); unset: this machine's address and PORT. */
+  readonly publicUrl: string | undefined;
+  /** The key of firmware download URL signatures; unset: one generated under DATA_DIR (shared by instances on a shared volume). */
+  readonly firmwareUrlKey: string | undefined;
   /** Set with EMQX_AUTH_SECRET: EMQX's HTTP authentication and authorization endpoints are served. */
   readonly emqx: EmqxAuthConfig | undefined;
   readonly limits: Limits;
@@ -206,6 +212,14 @@ const envSchema = z.object({
   TOKEN_CACHE_TTL_MS: int(100, 5_000, 300_000),
   IDEMPOTENCY_TTL_SECONDS: int(60, 86_400),
   ROLLOUT_TICK_MS: int(50, 1_000, 60_000),
+  PUBLIC_URL: optionalString.pipe(
+    z
+      .string()
+      .regex(/^https?:\/\/[^\s/?#]+(\/[^\s?#]*)?$/, "PUBLIC_URL must be an http(s) URL without query or fragment, e.g. https://ota.example.com")
+      .optional(),
+  ),
+  FIRMWARE_URL_KEY: optionalString.pipe(z.string().min(32, "FIRMWARE_URL_KEY must be at least 32 characters").optional()),
+  FIRMWARE_MAX_BYTES: int(1, 1_073_741_824, 2_147_483_647),
   EMQX_AUTH_SECRET: optionalString.pipe(z.string().min(32, "EMQX_AUTH_SECRET must be at least 32 characters").optional()),
   EMQX_AUTH_MAX_PENDING: int(1, 256, 100_000),
   PRESENCE_TTL_MS: int(3_000, 60_000, 3_600_000),
@@ -290,6 +304,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     dedupTtlSeconds: e.DEDUP_TTL_SECONDS,
     redisPrefix: e.REDIS_PREFIX,
     brokerBus: e.BROKER_BUS,
+    publicUrl: e.PUBLIC_URL,
+    firmwareUrlKey: e.FIRMWARE_URL_KEY,
     emqx:
       e.EMQX_AUTH_SECRET === undefined
         ? undefined
@@ -321,6 +337,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       tokenCacheTtlMs: e.TOKEN_CACHE_TTL_MS,
       idempotencyTtlSeconds: e.IDEMPOTENCY_TTL_SECONDS,
       rolloutTickMs: e.ROLLOUT_TICK_MS,
+      firmwareMaxBytes: e.FIRMWARE_MAX_BYTES,
       emqxAuthMaxPending: e.EMQX_AUTH_MAX_PENDING,
       presenceTtlMs: e.PRESENCE_TTL_MS,
     }),

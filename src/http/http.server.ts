@@ -12,8 +12,9 @@ import { useServer } from "graphql-ws/use/ws";
 import { WebSocketServer } from "ws";
 import { bearerToken, type Principal } from "../auth/principal.js";
 import type { TokenService } from "../auth/token.service.js";
-import type { Limits } from "../config/config.js";
+import type { EmqxAuthConfig, Limits } from "../config/config.js";
 import type { DeviceService } from "../devices/device.service.js";
+import type { ArtifactService } from "../firmware/artifact.service.js";
 import { ErrorCode } from "../errors.js";
 import { listen } from "../listen.js";
 import type { Logger } from "../logger.js";
@@ -27,6 +28,8 @@ import { dashboard } from "./dashboard.js";
 import { jsonErrorHandler, maskError, notFound, sendError } from "./errors.js";
 import { armorRules, listItemsPlugin, wsOperationGate, type OperationRequest } from "./graphql.limits.js";
 import { refusals } from "./refusals.js";
+import { emqxAuthRoutes } from "./emqx.routes.js";
+import { firmwareRoutes } from "./firmware.routes.js";
 import { restRoutes } from "./rest.routes.js";
 import { sharedDocuments, sharedSubscribe } from "./shared.subscribe.js";
 import { WsCloseCode, WsConnections } from "./ws.connections.js";
@@ -38,12 +41,15 @@ export interface HttpDeps {
   progressFeed: ProgressFeed;
   rolloutFeed: RolloutFeed;
   rollouts: RolloutService;
+  artifacts: ArtifactService;
   metrics: Metrics;
   log: Logger;
   corsOrigins: readonly string[];
   limits: Limits;
   /** Each dependency's readiness check; /readyz answers 503 naming those that fail. */
   readiness: Record<string, () => Promise<void>>;
+  /** EMQX's HTTP authentication and authorization (EMQX_AUTH_SECRET); absent: not served. */
+  emqx?: EmqxAuthConfig;
   /** The built web dashboard served at `/`; default web/dist. */
   dashboardDir?: string;
 }
@@ -140,7 +146,10 @@ export class HttpServer {
       },
       expressMiddleware(apollo, { context: async ({ res }) => ({ principal: res.locals.principal as Principal }) }),
     );
+    app.use(firmwareRoutes(this.deps.artifacts, authenticate, { metrics, log, refuse, maxBytes: limits.firmwareMaxBytes }));
     app.use(restRoutes(this.deps.devices, this.deps.ota, authenticate, limits.httpBodyBytes));
+    // Before the dashboard and the 404: EMQX reads any answer but a 200 allow/deny as "no match".
+    if (this.deps.emqx) app.use(emqxAuthRoutes({ devices: this.deps.devices, metrics, log, limits, ...this.deps.emqx }));
     app.use(dashboard(this.deps.dashboardDir));
     app.use(notFound);
     app.use(jsonErrorHandler(limits.httpBodyBytes, log, (reason) => refuse("http", reason)));

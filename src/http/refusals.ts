@@ -2,12 +2,12 @@ import { Refusals } from "../broker/refusals.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 
-export type Surface = "http" | "graphql" | "ws";
+export type Surface = "http" | "graphql" | "ws" | "download";
 export type Refuse = (surface: Surface, reason: string) => void;
 
 /**
  * Counts every request the API refuses for its size, shape or limits
- * (`refused{kind="http"|"graphql"|"ws", reason}`), and logs each kind of
+ * (`refused{kind="http"|"graphql"|"ws"|"download", reason}`), and logs each kind of
  * refusal at most once per interval (the broker's throttle): a flood of bad
  * requests is not a flood of log lines.
  */

@@ -15,7 +15,7 @@ function toSize(value: unknown): unknown {
 
 /** The IotHub name of an API field (PROTOCOL.md's REST fields are snake_case; firmware fields sit at the top level). */
 const iothubField = (field: string) =>
-  ({ productName: "product_name", deviceName: "device_name", idempotencyKey: "Idempotency-Key" })[field] ?? field.replace(/^firmware\./, "");
+  ({ productName: "product_name", deviceName: "device_name", idempotencyKey: "Idempotency-Key", firmwareId: "firmware_id" })[field] ?? field.replace(/^firmware\./, "");
 
 /** Every problem of these names at once, by their IotHub field. */
 function nameProblems(names: Record<string, unknown>): InputProblem[] {
@@ -58,13 +58,17 @@ export function restRoutes(devices: DeviceService, ota: OtaService, authenticate
   router.post("/ota/:productName/:deviceName", authenticate, may("write"), ...body, async (req, res) => {
     const { productName, deviceName } = req.params as { productName: string; deviceName: string };
     const fields = (req.body ?? {}) as Record<string, unknown>;
-    const firmware = { url: fields.url, version: fields.version, size: toSize(fields.size), md5: fields.md5, type: fields.type };
-    refuseProblems([...nameProblems({ product_name: productName, device_name: deviceName }), ...firmwareProblems(firmware)]);
+    // An uploaded artifact (firmware_id) instead of url, size, md5, version and type.
+    const firmwareId = fields.firmware_id;
+    const firmware = firmwareId === undefined ? { url: fields.url, version: fields.version, size: toSize(fields.size), md5: fields.md5, type: fields.type } : null;
+    const idProblem = firmwareId !== undefined && typeof firmwareId !== "string" ? [{ field: "firmware_id", message: "must be a firmware id" }] : [];
+    refuseProblems([...nameProblems({ product_name: productName, device_name: deviceName }), ...(firmware ? firmwareProblems(firmware) : idProblem)]);
     try {
       await ota.send({
         productName,
         deviceName,
         firmware,
+        firmwareId: firmwareId as string | undefined,
         idempotencyKey: req.get("idempotency-key"),
       });
     } catch (err) {

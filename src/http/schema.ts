@@ -4,6 +4,7 @@ import { buildSchema, type AuthChecker, type PubSub } from "type-graphql";
 import { ANY_PRODUCT, isAccess, PRODUCT_CHECKED_BY_RESOLVER, requireAccess } from "../auth/principal.js";
 import { TokenResolver } from "../auth/token.resolver.js";
 import { DeviceResolver } from "../devices/device.resolver.js";
+import { ArtifactResolver } from "../firmware/artifact.resolver.js";
 import { OtaResolver } from "../ota/ota.resolver.js";
 import { DeviceRolloutResolver, FleetRolloutResolver, RolloutResolver } from "../rollouts/rollout.resolver.js";
 import type { Context } from "./context.js";
@@ -37,7 +38,7 @@ const authChecker: AuthChecker<Context> = ({ context, args }, roles) => {
 export function buildGraphqlSchema(pubSub: PubSub, resolvers: object[] = []): Promise<GraphQLSchema> {
   const instances = new Map<unknown, object>(resolvers.map((r) => [r.constructor, r]));
   return buildSchema({
-    resolvers: [DeviceResolver, OtaResolver, TokenResolver, RolloutResolver, DeviceRolloutResolver, FleetRolloutResolver],
+    resolvers: [DeviceResolver, OtaResolver, TokenResolver, RolloutResolver, DeviceRolloutResolver, FleetRolloutResolver, ArtifactResolver],
     container: { get: (cls) => instances.get(cls) },
     pubSub,
     authChecker,

@@ -46,7 +46,8 @@ export interface FirmwareProblem {
   message: string;
 }
 
-const shortText = (value: unknown) =>
+/** A version or type: what IotHub firmware compares and shows (null when fine). */
+export const shortText = (value: unknown) =>
   typeof value !== "string" || value.trim() === "" || value.length > SHORT || CONTROL.test(value)
     ? `must be a non-empty string of at most ${SHORT} characters`
     : null;

@@ -11,7 +11,7 @@ export class OtaResolver {
   @Authorized("write")
   @Mutation(() => SendOtaResult, { description: "Publishes `$ota_upgrade` (QoS 1) to one device or to every device with a tag." })
   sendOta(@Arg("input", () => SendOtaInput) input: SendOtaInput): Promise<SendOtaResult> {
-    return this.ota.send({ ...input, firmware: { ...input.firmware } });
+    return this.ota.send({ ...input, firmware: input.firmware && { ...input.firmware } });
   }
 
   @Authorized("read")

@@ -12,6 +12,8 @@ import {
   type IdempotencyStore,
   type SentCommand,
 } from "./idempotency.js";
+import type { ArtifactService } from "../firmware/artifact.service.js";
+import type { UrlSubject } from "../firmware/url.signer.js";
 import type { CommandPublisher, ProgressStore } from "./ports.js";
 import type { ProgressRecord } from "./progress.model.js";
 
@@ -19,7 +21,9 @@ export interface SendOtaInput {
   productName: string;
   deviceName?: string | null;
   tag?: string | null;
-  firmware: Record<string, unknown>;
+  /** Exactly one of firmware (url, version, size, md5, type) and firmwareId (an uploaded artifact). */
+  firmware?: Record<string, unknown> | null;
+  firmwareId?: string | null;
   ttlSeconds?: number | null;
   /** A retried request with the same key never sends twice: it gets the first result, or an error saying why not. */
   idempotencyKey?: string | null;
@@ -33,6 +37,10 @@ export interface SendOtaResult extends SentCommand {
 }
 
 export interface OtaServiceOptions {
+  /** Uploaded artifacts: a send by firmwareId gets its fields and a download URL signed for the target. */
+  artifacts: ArtifactService;
+  /** How long a command may wait in an offline device's session (OFFLINE_COMMAND_TTL_SECONDS): a URL's life when the command has no TTL. */
+  offlineCommandTtlSeconds: number;
   idempotency: IdempotencyStore;
   /** How long a first request with a key may still be publishing (past it, a retry is told it ended unconfirmed). */
   inFlightMs: number;
@@ -63,23 +71,40 @@ export class OtaService {
     const target: CommandTarget = byDevice
       ? { productName, deviceName: requireName("deviceName", input.deviceName) }
       : { productName, tag: requireName("tag", input.tag) };
-    const firmware = checkFirmware(input.firmware);
-    if (!firmware.ok) throw badInput(`firmware.${firmware.reason}`, firmware.message);
-    const ttl = checkTtl(input.ttlSeconds, this.now());
+    if ((input.firmwareId != null) === (input.firmware != null)) throw badInput("firmwareId", "give exactly one of firmware and firmwareId");
+    const now = this.now();
+    const ttl = checkTtl(input.ttlSeconds, now);
     if (!ttl.ok) throw badInput("ttlSeconds", ttl.message);
+    const payload = await this.#payload(input, target, ttl.value ?? Math.floor(now / 1000) + this.options.offlineCommandTtlSeconds);
     const key = input.idempotencyKey == null ? undefined : checkIdempotencyKey(input.idempotencyKey);
     if (target.deviceName !== undefined) await this.devices.requireActive(productName, target.deviceName);
 
     const publish = async (requestId: string): Promise<SentCommand> => {
       const topic = buildCommandTopic({ target, command: "$ota_upgrade", encoding: "plain", requestId, expiresAt: ttl.value });
-      await this.commands.publishCommand(topic, JSON.stringify(firmware.value));
+      await this.commands.publishCommand(topic, JSON.stringify(payload.firmware));
       return { requestId, topic, expiresAt: ttl.value ?? null };
     };
     const sent =
       key === undefined
         ? await publish(newObjectId())
-        : await this.#sendOnce(productName, key, fingerprintOf({ target, firmware: firmware.value, ttlSeconds: input.ttlSeconds ?? null }), publish);
+        : await this.#sendOnce(productName, key, fingerprintOf({ target, firmware: payload.identity, ttlSeconds: input.ttlSeconds ?? null }), publish);
     return { ...sent, ...(await this.#reach(productName, target)) };
+  }
+
+  /**
+   * The `$ota_upgrade` payload, and what identifies it for idempotency (an
+   * artifact's signed URL differs per send: its id does not). An artifact's
+   * URL lives as long as the command: its TTL, or the longest a session keeps it.
+   */
+  async #payload(input: SendOtaInput, target: CommandTarget, urlExpiresAt: number): Promise<{ firmware: object; identity: object }> {
+    if (input.firmwareId != null) {
+      const artifact = await this.options.artifacts.forProduct(target.productName, input.firmwareId);
+      const subject: UrlSubject = target.deviceName !== undefined ? { kind: "device", name: target.deviceName } : { kind: "tag", name: target.tag as string };
+      return { firmware: this.options.artifacts.firmwareFor(artifact, subject, urlExpiresAt), identity: { firmwareId: artifact.id } };
+    }
+    const firmware = checkFirmware(input.firmware as Record<string, unknown>);
+    if (!firmware.ok) throw badInput(`firmware.${firmware.reason}`, firmware.message);
+    return { firmware: firmware.value, identity: firmware.value };
   }
 
   /** Whom a sent command reaches now: counted after the send, best effort (a tag send needs the broker, not the registry). */

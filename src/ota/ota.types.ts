@@ -87,8 +87,15 @@ export class SendOtaInput {
   @Field(() => String, { nullable: true })
   tag?: string | null;
 
-  @Field(() => FirmwareInput)
-  firmware!: FirmwareInput;
+  @Field(() => FirmwareInput, { nullable: true, description: "A firmware hosted elsewhere; or give firmwareId." })
+  firmware?: FirmwareInput | null;
+
+  @Field(() => ID, {
+    nullable: true,
+    description:
+      "An uploaded artifact of the product (firmwares): the server fills url, size, md5 and sha256; the url is signed for the device (or tag) and lives as long as the command (ttlSeconds, or OFFLINE_COMMAND_TTL_SECONDS).",
+  })
+  firmwareId?: string | null;
 
   @Field(() => Int, { nullable: true, description: "Devices ignore the command after this many seconds." })
   ttlSeconds?: number | null;

@@ -21,3 +21,8 @@ const OBJECT_ID = /^[0-9a-fA-F]{24}$/;
 export function isObjectId(value: string): boolean {
   return OBJECT_ID.test(value);
 }
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** Rollouts and firmware artifacts are named by UUIDs (PostgreSQL's gen_random_uuid). */
+export const isUuid = (id: string) => UUID.test(id);

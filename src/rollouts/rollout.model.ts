@@ -9,6 +9,8 @@ export type Membership = "CONTINUOUS" | "SNAPSHOT";
 /** What `$ota_upgrade` carries for a rollout: the IotHub fields plus `sha256` (extra fields are ignored by existing firmware). */
 export interface RolloutFirmware extends Firmware {
   sha256: string;
+  /** An uploaded artifact's id: `url` is then its unsigned download path, and each device's command carries it signed. */
+  firmwareId?: string;
 }
 
 /** Why an execution failed. TIMED_OUT is also an execution state of its own. */

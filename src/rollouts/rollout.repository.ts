@@ -1,4 +1,6 @@
 import { and, desc, eq, getTableColumns, inArray, lt, or, sql, type SQL } from "drizzle-orm";
+import { badInput } from "../errors.js";
+import { lockArtifact } from "../firmware/artifact.repository.js";
 import { rowsOf, type Db } from "../storage/database.js";
 import { devices, rolloutExecutions, rollouts } from "../storage/schema.js";
 import {
@@ -130,6 +132,11 @@ export class RolloutRepository {
     executions: { deviceName: string; wave: number; execution: Execution }[];
   }): Promise<Rollout> {
     return this.db().transaction(async (tx) => {
+      // A rollout of an artifact holds it: deleting it waits, then sees this rollout (or this insert finds it deleted).
+      const { firmwareId } = row.firmware;
+      if (firmwareId !== undefined && !(await this.holdArtifact(firmwareId, tx as unknown as Db))) {
+        throw badInput("firmwareId", `firmware artifact ${firmwareId} was deleted meanwhile`);
+      }
       const [inserted] = await tx
         .insert(rollouts)
         .values({
@@ -148,6 +155,11 @@ export class RolloutRepository {
       await insertExecutions(tx as unknown as Db, rollout.id, rollout.productName, row.executions);
       return rollout;
     });
+  }
+
+  /** Locks the artifact until the transaction ends (see {@link lockArtifact}); false when it is gone. */
+  async holdArtifact(firmwareId: string, db: Db): Promise<boolean> {
+    return (await lockArtifact(db, firmwareId)) !== null;
   }
 
   /** Adds executions for devices that joined a CONTINUOUS rollout; a device already in it is left as it is. */

@@ -48,7 +48,8 @@ function toInput(input: CreateRolloutInput): RolloutInput {
     name: input.name,
     target: { ...input.target },
     membership: input.membership,
-    firmware: { ...input.firmware },
+    firmware: input.firmware && { ...input.firmware },
+    firmwareId: input.firmwareId,
     policy: p && {
       maxInProgress: p.maxInProgress,
       maxPerMinute: p.maxPerMinute,

@@ -2,11 +2,12 @@ import { LRUCache } from "lru-cache";
 import { upTo } from "../lru.js";
 import { requireName } from "../devices/device.service.js";
 import { AppError, ErrorCode, badInput } from "../errors.js";
+import type { ArtifactService } from "../firmware/artifact.service.js";
 import type { Logger } from "../logger.js";
 import { checkFirmware } from "../ota/firmware.js";
 import type { CommandPublisher, DeviceSessions, ProgressStore } from "../ota/ports.js";
 import type { ProgressRecord } from "../ota/progress.model.js";
-import { newObjectId } from "../protocol/object-id.js";
+import { isUuid, newObjectId } from "../protocol/object-id.js";
 import { buildCommandTopic } from "../protocol/topics.js";
 import { transition, type ExecutionEvent } from "./execution.machine.js";
 import {
@@ -37,7 +38,9 @@ export interface RolloutInput {
   name?: string | null;
   target: { tag?: string | null; deviceNames?: readonly string[] | null; wholeProduct?: boolean | null };
   membership?: Membership | null;
-  firmware: Record<string, unknown>;
+  /** Exactly one of firmware (url, version, size, md5, type, sha256) and firmwareId (an uploaded artifact). */
+  firmware?: Record<string, unknown> | null;
+  firmwareId?: string | null;
   policy?: unknown;
 }
 
@@ -47,6 +50,8 @@ export interface RolloutSignals {
 }
 
 export interface RolloutServiceOptions {
+  /** Uploaded artifacts: a rollout by firmwareId sends each device a download URL signed for it. */
+  artifacts: ArtifactService;
   log: Logger;
   signals: RolloutSignals;
   /** A command the broker has not confirmed within this may still be on its way: sent again only after twice this. */
@@ -140,14 +145,14 @@ export class RolloutService {
 
   /** What `create` would do, without doing anything. */
   async preview(input: RolloutInput): Promise<RolloutPlan & { productName: string; firmware: RolloutFirmware; policy: RolloutPolicy }> {
-    const checked = this.#checkInput(input);
+    const checked = await this.#checkInput(input);
     const devices = await this.repo.targetDevices(checked.productName, checked.target);
     this.#checkDevicesExist(checked.target, devices.length);
     return { ...planRollout(devices, checked.firmware.version, checked.policy, this.#now()), ...checked };
   }
 
   async create(input: RolloutInput): Promise<Rollout> {
-    const checked = this.#checkInput(input);
+    const checked = await this.#checkInput(input);
     const now = this.#now();
     const devices = await this.repo.targetDevices(checked.productName, checked.target);
     this.#checkDevicesExist(checked.target, devices.length);
@@ -259,6 +264,11 @@ export class RolloutService {
       id,
       async (rollout, tx) => {
         if (rollout.state === "CANCELED") throw new AppError(ErrorCode.BAD_USER_INPUT, "a canceled rollout cannot be retried", "id");
+        // Under the artifact's lock too: it cannot be deleted from under the retried rollout.
+        const { firmwareId } = rollout.firmware;
+        if (firmwareId !== undefined && !(await this.repo.holdArtifact(firmwareId, tx))) {
+          throw new AppError(ErrorCode.BAD_USER_INPUT, `the rollout's firmware artifact ${firmwareId} was deleted: create a new rollout`, "id");
+        }
         const now = this.#now();
         let requeued = 0;
         for (;;) {
@@ -608,7 +618,11 @@ export class RolloutService {
       requestId,
       expiresAt,
     });
-    const { url, version, size, md5, type, sha256 } = rollout.firmware;
+    const { version, size, md5, type, sha256, firmwareId } = rollout.firmware;
+    const url =
+      firmwareId === undefined
+        ? rollout.firmware.url
+        : this.options.artifacts.firmwareFor({ id: firmwareId, ...rollout.firmware }, { kind: "device", name: row.deviceName }, expiresAt).url;
     try {
       await this.commands.publishCommand(topic, JSON.stringify({ url, version, size, md5, type, sha256 }));
       return { sent: true, brokerFailed: false };
@@ -715,7 +729,7 @@ export class RolloutService {
 
   // ---- input ----------------------------------------------------------------------------------
 
-  #checkInput(input: RolloutInput) {
+  async #checkInput(input: RolloutInput) {
     const productName = requireName("productName", input.productName);
     const name = input.name ?? "";
     if (typeof name !== "string" || name.length > 200 || /[\u0000-\u001f]/.test(name)) throw badInput("name", "must be at most 200 characters, no control characters");
@@ -730,13 +744,25 @@ export class RolloutService {
     } else target = { kind: "PRODUCT" };
     const membership: Membership = input.membership ?? "SNAPSHOT";
     if (membership === "CONTINUOUS" && target.kind === "DEVICES") throw badInput("membership", "a list of devices is a SNAPSHOT target");
-    const firmware = checkFirmware(input.firmware);
-    if (!firmware.ok) throw badInput(`firmware.${firmware.reason}`, firmware.message);
-    const sha256 = input.firmware.sha256;
-    if (typeof sha256 !== "string" || !SHA256.test(sha256)) throw badInput("firmware.sha256", "must be 64 hexadecimal characters");
     const policy = checkPolicy(input.policy ?? {});
     if (!policy.ok) throw badInput(policy.reason, policy.message);
-    return { productName, name, target, membership, firmware: { ...firmware.value, sha256: sha256.toLowerCase() }, policy: policy.value };
+    return { productName, name, target, membership, firmware: await this.#firmwareOf(productName, input), policy: policy.value };
+  }
+
+  /** A rollout's firmware as given, or an artifact's (its url then the unsigned download path: each device gets it signed). */
+  async #firmwareOf(productName: string, input: RolloutInput): Promise<RolloutFirmware> {
+    if ((input.firmwareId != null) === (input.firmware != null)) throw badInput("firmwareId", "give exactly one of firmware and firmwareId");
+    if (input.firmwareId != null) {
+      const artifact = await this.options.artifacts.forProduct(productName, input.firmwareId);
+      const { id, version, size, md5, type, sha256 } = artifact;
+      return { url: this.options.artifacts.downloadPath(id), version, size, md5, type, sha256, firmwareId: id };
+    }
+    const given = input.firmware as Record<string, unknown>;
+    const firmware = checkFirmware(given);
+    if (!firmware.ok) throw badInput(`firmware.${firmware.reason}`, firmware.message);
+    const sha256 = given.sha256;
+    if (typeof sha256 !== "string" || !SHA256.test(sha256)) throw badInput("firmware.sha256", "must be 64 hexadecimal characters");
+    return { ...firmware.value, sha256: sha256.toLowerCase() };
   }
 
   #checkDevicesExist(target: RolloutTarget, found: number): void {
@@ -799,8 +825,6 @@ export function toCounts(rows: readonly CountRow[]): ExecutionCounts {
   return counts;
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-export const isUuid = (id: string) => UUID.test(id);
 
 function encodeRolloutCursor(r: Rollout): string {
   return Buffer.from(`${r.createdAt}/${r.id}`, "utf8").toString("base64url");

@@ -198,8 +198,14 @@ export class CreateRolloutInput {
   @Field(() => MembershipEnum, { nullable: true, description: "Default SNAPSHOT." })
   membership?: Membership | null;
 
-  @Field(() => RolloutFirmwareInput)
-  firmware!: RolloutFirmwareInput;
+  @Field(() => RolloutFirmwareInput, { nullable: true, description: "A firmware hosted elsewhere; or give firmwareId." })
+  firmware?: RolloutFirmwareInput | null;
+
+  @Field(() => ID, {
+    nullable: true,
+    description: "An uploaded artifact of the product (firmwares): each device's command carries its url signed for that device, expiring with the command.",
+  })
+  firmwareId?: string | null;
 
   @Field(() => RolloutPolicyInput, { nullable: true })
   policy?: RolloutPolicyInput | null;
@@ -238,6 +244,9 @@ export class RolloutFirmwareType {
 
   @Field(() => String)
   type!: string;
+
+  @Field(() => ID, { nullable: true, description: "The uploaded artifact, when the rollout was created with firmwareId (url is then its unsigned download path)." })
+  firmwareId!: string | null;
 }
 
 @ObjectType("Wave", { simpleResolvers: true })
@@ -555,7 +564,7 @@ export function toRolloutType(r: Rollout, counts?: ExecutionCounts): RolloutType
       deviceNames: r.target.kind === "DEVICES" ? [...r.target.deviceNames] : null,
     },
     membership: r.membership,
-    firmware: { ...r.firmware },
+    firmware: { ...r.firmware, firmwareId: r.firmware.firmwareId ?? null },
     policy: {
       ...policy,
       waves: policy.waves.map((w) => ({ ...w })),

@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { createHash, type Hash } from "node:crypto";
 import mqtt, { type MqttClient } from "mqtt";
 import { checkFirmware, type Firmware } from "../ota/firmware.js";
 import { checkTags } from "../protocol/names.js";
@@ -40,11 +40,26 @@ export type SimState =
   | "failed_install"
   | "rolled_back";
 
+/** A download so far: what a resumed one goes on from. */
+interface DownloadSoFar {
+  md5: Hash;
+  size: number;
+  /** The next percent to report. */
+  next: number;
+  /** The server answered `Accept-Ranges: bytes`. */
+  ranges: boolean;
+  etag: string | undefined;
+}
+
+const newDownload = (): DownloadSoFar => ({ md5: createHash("md5"), size: 0, next: 0, ranges: false, etag: undefined });
+
 export interface SimCounters {
   reportsSent: number;
   duplicatesSent: number;
   commandsReceived: number;
   expiredIgnored: number;
+  /** Downloads taken up again with a `Range` after a lost link (instead of from the first byte). */
+  downloadsResumed: number;
   reconnects: number;
   errors: number;
 }
@@ -251,10 +266,11 @@ export class SimulatedDevice {
     try {
       this.#setState("downloading");
       if (faults.has("downloadError")) return await this.#fail(report, -1, "failed_download", "injected download error");
-      let result = await this.#download(cmd, report, faults.has("offline"));
+      const partial = newDownload();
+      let result = await this.#download(cmd, report, faults.has("offline"), partial);
       if (result === "offline") {
         await this.#goOffline();
-        result = await this.#download(cmd, report, false);
+        result = await this.#download(cmd, report, false, partial);
       }
       if (result === "error" || result === "offline") return await this.#fail(report, -1, "failed_download", "download failed");
       if (faults.has("md5Mismatch") || result.md5 !== cmd.md5 || result.size !== cmd.size) {
@@ -275,37 +291,52 @@ export class SimulatedDevice {
     }
   }
 
-  /** Streams the file, hashing as it goes; reports every `step` percent. */
+  /**
+   * Streams the file, hashing as it goes; reports every `step` percent. After
+   * a lost link it resumes from `partial` with a `Range` (and `If-Range`, so
+   * that changed bytes start over) when the server said it takes ranges;
+   * otherwise it starts again from the first byte.
+   */
   async #download(
     cmd: Firmware,
     report: (progress: number, desc: string) => Promise<void>,
     dropMidway: boolean,
+    partial: DownloadSoFar,
   ): Promise<{ md5: string; size: number } | "error" | "offline"> {
     const { step, paceMs } = this.behaviour;
+    const resume = partial.size > 0 && partial.ranges;
+    // Every byte came before the link went: nothing left to ask for.
+    if (resume && partial.size >= cmd.size) {
+      await report(100, "download");
+      return { md5: partial.md5.digest("hex"), size: partial.size };
+    }
     let response: Response;
     try {
-      response = await fetch(cmd.url);
+      response = await fetch(cmd.url, resume ? { headers: { range: `bytes=${partial.size}-`, ...(partial.etag ? { "if-range": partial.etag } : {}) } } : {});
     } catch {
       return "error";
     }
     if (!response.ok || !response.body) return "error";
-    const hash = createHash("md5");
-    let size = 0;
-    let next = 0;
-    await report(0, "download");
-    next = step;
+    if (resume && response.status === 206) this.counters.downloadsResumed++;
+    else if (partial.size > 0) Object.assign(partial, newDownload()); // the whole file again
+    partial.ranges = response.headers.get("accept-ranges") === "bytes";
+    partial.etag = response.headers.get("etag") ?? undefined;
+    if (partial.size === 0) {
+      await report(0, "download");
+      partial.next = step;
+    }
     try {
       for await (const chunk of response.body) {
-        hash.update(chunk);
-        size += chunk.length;
-        const percent = Math.min(100, Math.floor((size * 100) / cmd.size));
-        while (percent >= next && next < 100) {
-          if (dropMidway && next >= 50) {
+        partial.md5.update(chunk);
+        partial.size += chunk.length;
+        const percent = Math.min(100, Math.floor((partial.size * 100) / cmd.size));
+        while (percent >= partial.next && partial.next < 100) {
+          if (dropMidway && partial.next >= 50) {
             await response.body.cancel().catch(() => undefined);
             return "offline";
           }
-          await report(next, "download");
-          next += step;
+          await report(partial.next, "download");
+          partial.next += step;
           if (paceMs > 0) await sleep(paceMs);
         }
       }
@@ -313,7 +344,7 @@ export class SimulatedDevice {
       return "error";
     }
     await report(100, "download");
-    return { md5: hash.digest("hex"), size };
+    return { md5: partial.md5.digest("hex"), size: partial.size };
   }
 
   /** Reports the failure as the upgrade's end: a command arriving meanwhile (another rollout's, say) is taken. */

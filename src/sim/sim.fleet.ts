@@ -81,7 +81,7 @@ export async function writeCredentials(file: string, credentials: DeviceCredenti
 /** Many simulated devices in one process, with shared counters. */
 export class Fleet {
   readonly devices: SimulatedDevice[];
-  readonly counters: SimCounters = { reportsSent: 0, duplicatesSent: 0, commandsReceived: 0, expiredIgnored: 0, reconnects: 0, errors: 0 };
+  readonly counters: SimCounters = { reportsSent: 0, duplicatesSent: 0, commandsReceived: 0, expiredIgnored: 0, downloadsResumed: 0, reconnects: 0, errors: 0 };
   #connectSeconds: number | null = null;
   #kbPerDevice: number | null = null;
   #listeners: (() => void)[] = [];

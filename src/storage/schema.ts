@@ -1,5 +1,5 @@
 import { sql } from "drizzle-orm";
-import { boolean, index, integer, jsonb, pgTable, primaryKey, text, timestamp, uuid } from "drizzle-orm/pg-core";
+import { bigint, boolean, index, integer, jsonb, pgTable, primaryKey, text, timestamp, uniqueIndex, uuid } from "drizzle-orm/pg-core";
 
 export const devices = pgTable(
   "devices",
@@ -87,5 +87,24 @@ export const rolloutExecutions = pgTable(
     primaryKey({ columns: [t.rolloutId, t.deviceName] }),
     index("rollout_executions_device_idx").on(t.productName, t.deviceName),
     index("rollout_executions_state_idx").on(t.rolloutId, t.state, t.wave),
+  ],
+);
+
+/** An uploaded firmware artifact (src/firmware/): its bytes are in the artifact store under its id, visible once this row exists. */
+export const firmwares = pgTable(
+  "firmwares",
+  {
+    id: uuid("id").primaryKey().defaultRandom(),
+    productName: text("product_name").notNull(),
+    version: text("version").notNull(),
+    type: text("type").notNull(),
+    size: bigint("size", { mode: "number" }).notNull(),
+    md5: text("md5").notNull(),
+    sha256: text("sha256").notNull(),
+    createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [
+    uniqueIndex("firmwares_version_idx").on(t.productName, t.version, t.type),
+    index("firmwares_product_idx").on(t.productName, t.createdAt, t.id),
   ],
 );

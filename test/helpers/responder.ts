@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import mqtt from "mqtt";
 import pg from "pg";
-import type { CreateRolloutInput } from "../../src/client/generated/graphql.js";
+import type { RolloutFirmwareInput } from "../../src/client/generated/graphql.js";
 import { DevicesWithExecutionsDocument } from "../../src/client/generated/graphql.js";
 import { buildCommandTopic, parseCommandTopic } from "../../src/protocol/topics.js";
 import { registerDevices } from "../../src/sim/sim.fleet.js";
@@ -210,7 +210,7 @@ export async function plantStaleClaim(databaseUrl: string, rolloutId: string, de
 }
 
 /** Publishes a rollout's `$ota_upgrade` to one device as a server would (QoS 1): what a dead server may have sent before dying. */
-export async function publishUpgrade(brokerUrl: string, productName: string, deviceName: string, requestId: string, fw: CreateRolloutInput["firmware"]) {
+export async function publishUpgrade(brokerUrl: string, productName: string, deviceName: string, requestId: string, fw: RolloutFirmwareInput) {
   const topic = buildCommandTopic({
     target: { productName, deviceName },
     command: "$ota_upgrade",

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import type { CreateRolloutInput, RolloutExecutionsQuery, RolloutFieldsFragment } from "../../src/client/generated/graphql.js";
+import type { CreateRolloutInput, RolloutExecutionsQuery, RolloutFieldsFragment, RolloutFirmwareInput } from "../../src/client/generated/graphql.js";
 import { CreateRolloutDocument, DevicesWithExecutionsDocument, RolloutDocument, RolloutExecutionsDocument } from "../../src/client/generated/graphql.js";
 import { NO_FAULTS, seededRandom, type FaultRates } from "../../src/sim/faults.js";
 import { FirmwareServer } from "../../src/sim/firmware.server.js";
@@ -65,7 +65,7 @@ export function rolloutInput(
   productName: string,
   fw: Pick<FirmwareServer, "file">,
   extra: Partial<Omit<CreateRolloutInput, "productName" | "firmware">> & { version?: string } = {},
-): CreateRolloutInput {
+): CreateRolloutInput & { firmware: RolloutFirmwareInput } {
   const { version = "2.0", ...rest } = extra;
   return {
     productName,

@@ -49,6 +49,8 @@ describe("withdrawing queued commands from a device's sessions", () => {
     await broker.start();
     url = `mqtt://127.0.0.1:${broker.ports.mqtt}`;
     ota = new OtaService(t.app.devices, broker, new RedisProgressStore(redis, redisKeys(prefix)), {
+      artifacts: t.app.artifacts,
+      offlineCommandTtlSeconds: t.config.limits.offlineCommandTtlSeconds,
       idempotency: new RedisIdempotencyStore(redis, prefix),
       inFlightMs: 1_000,
       idempotencyTtlSeconds: 60,

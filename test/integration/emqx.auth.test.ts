@@ -11,12 +11,9 @@
  * "ignore"/"no match", which may allow. So every answer here must be 200 with allow or deny.
  */
 import { randomBytes } from "node:crypto";
-import { Agent, createServer, request } from "node:http";
-import type { AddressInfo } from "node:net";
-import express from "express";
+import { Agent, request } from "node:http";
 import { beforeAll, describe, expect, it } from "vitest";
-import { EMQX_AUTHN_PATH, EMQX_AUTHZ_PATH, EMQX_SECRET_HEADER, emqxAuthRoutes } from "../../src/http/emqx.routes.js";
-import { jsonErrorHandler, notFound } from "../../src/http/errors.js";
+import { EMQX_AUTHN_PATH, EMQX_AUTHZ_PATH, EMQX_SECRET_HEADER } from "../../src/http/emqx.routes.js";
 import { newObjectId } from "../../src/protocol/object-id.js";
 import { startApp, type TestApp } from "../helpers/app.js";
 import { metric } from "../helpers/metrics.js";
@@ -80,29 +77,6 @@ interface Answer {
   body: { result?: string; is_superuser?: boolean; reason?: string; message?: string };
 }
 
-/**
- * The endpoints on a small express app of their own, on a loopback port, built from the started App's services,
- * and followed by the server's own 404 and error handlers, as when http.server.ts mounts them.
- */
-async function ownServer(t: TestApp): Promise<string> {
-  const emqx = t.config.emqx;
-  if (!emqx) throw new Error("EMQX_AUTH_SECRET not in the test app's config");
-  const app = express();
-  app.use(emqxAuthRoutes({ devices: t.app.devices, metrics: t.app.metrics, log: t.app.log, limits: t.config.limits, ...emqx, standingTtlMs: 300 }));
-  app.use(notFound);
-  app.use(jsonErrorHandler(t.config.limits.httpBodyBytes, t.app.log, () => undefined));
-  const server = createServer(app);
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  onTeardown(
-    () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  );
-  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-}
-
 describe("EMQX HTTP authentication and authorization", () => {
   let t: TestApp;
   let base: string;
@@ -156,8 +130,7 @@ describe("EMQX HTTP authentication and authorization", () => {
         EMQX_AUTH_MAX_PENDING: String(MAX_PENDING),
       },
     });
-    // Once http.server.ts mounts emqxAuthRoutes, this line becomes: base = t.httpUrl;
-    base = await ownServer(t);
+    base = t.httpUrl;
     productName = uniq("emqx");
     await register("d1", ["blue"]);
     await register("d2");
@@ -319,7 +292,7 @@ describe("EMQX HTTP authentication and authorization", () => {
       const topic = () => `update_status/${productName}/live/${newObjectId()}`;
       expectAllowed(await authz({ ...as("live"), action: "publish", topic: topic() }));
       await t.app.devices.setSuspended(productName, "live", true);
-      // The standing is remembered for a moment (5 s; 300 ms here): one registry read per device per interval.
+      // The standing is remembered for a moment (5 s): one registry read per device per interval.
       await eventually(async () => expectDenied(await authz({ ...as("live"), action: "publish", topic: topic() }), "suspended"), 15_000);
       expectDenied(await authz({ ...as("live"), action: "subscribe", topic: `tags/${productName}/+/cmd/+/+/+/#` }), "suspended");
       await t.app.devices.setSuspended(productName, "live", false);

@@ -1,0 +1,132 @@
+import { createHash, randomUUID } from "node:crypto";
+import { constants, createWriteStream } from "node:fs";
+import { mkdir, open, readdir, rename, rm, stat } from "node:fs/promises";
+import { join } from "node:path";
+import { Transform, type Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { AppError, ErrorCode } from "../errors.js";
+
+/** What was received: the bytes' size and digests, and where they wait until kept or discarded. */
+export interface Received {
+  readonly size: number;
+  readonly md5: string;
+  readonly sha256: string;
+  readonly handle: string;
+}
+
+/** An inclusive byte range, as HTTP's `Range` names it. */
+export interface ByteRange {
+  start: number;
+  end: number;
+}
+
+/**
+ * Where artifacts' bytes live. The database row is the artifact: bytes are
+ * received out of sight, kept under the row's id before the row is written,
+ * and removed after it is deleted, so a crash never shows a half artifact.
+ */
+export interface ArtifactStore {
+  /** Streams the bytes out of sight, hashing them as they come; refused past `maxBytes`. */
+  receive(source: Readable, maxBytes: number): Promise<Received>;
+  /** Makes received bytes the artifact `id`'s (atomically, and durably once it resolves). */
+  keep(received: Received, id: string): Promise<void>;
+  discard(received: Received): Promise<void>;
+  /** The artifact's bytes (a range of them); null when they are gone. */
+  open(id: string, range?: ByteRange): Promise<Readable | null>;
+  remove(id: string): Promise<void>;
+}
+
+/** Received files left by a crash are removed when this much older than now (another instance may be receiving). */
+const STALE_INCOMING_MS = 60 * 60 * 1000;
+/** Larger reads than fs' 64 KiB default: fewer system calls per download (measured in BENCHMARKS.md). */
+const READ_CHUNK_BYTES = 256 * 1024;
+
+/**
+ * Artifacts as files in a directory (DATA_DIR/firmware by default), named by
+ * id. Uploads are written under `.incoming/`, synced, then renamed into place:
+ * a rename within one file system is atomic. Several instances need the
+ * directory on a shared volume.
+ */
+export class DirectoryArtifactStore implements ArtifactStore {
+  readonly #incoming: string;
+
+  constructor(readonly dir: string) {
+    this.#incoming = join(dir, ".incoming");
+  }
+
+  /** Creates the directories, and removes what a crash left half received. */
+  async start(now = Date.now()): Promise<{ removed: number }> {
+    await mkdir(this.#incoming, { recursive: true, mode: 0o700 });
+    let removed = 0;
+    for (const name of await readdir(this.#incoming)) {
+      const path = join(this.#incoming, name);
+      const info = await stat(path).catch(() => null);
+      if (info && now - info.mtimeMs > STALE_INCOMING_MS) {
+        await rm(path, { force: true });
+        removed++;
+      }
+    }
+    return { removed };
+  }
+
+  async receive(source: Readable, maxBytes: number): Promise<Received> {
+    const handle = join(this.#incoming, randomUUID());
+    const md5 = createHash("md5");
+    const sha256 = createHash("sha256");
+    let size = 0;
+    const hashing = new Transform({
+      transform(chunk: Buffer, _encoding, done) {
+        size += chunk.length;
+        if (size > maxBytes) return done(new AppError(ErrorCode.PAYLOAD_TOO_LARGE, `the artifact is larger than FIRMWARE_MAX_BYTES (${maxBytes} bytes)`));
+        md5.update(chunk);
+        sha256.update(chunk);
+        done(null, chunk);
+      },
+    });
+    try {
+      // `flush`: synced to the disk before it is closed, so what is kept survives a power loss.
+      await pipeline(source, hashing, createWriteStream(handle, { flags: "wx", mode: 0o600, flush: true }));
+    } catch (err) {
+      await rm(handle, { force: true });
+      throw err;
+    }
+    return { size, md5: md5.digest("hex"), sha256: sha256.digest("hex"), handle };
+  }
+
+  async keep(received: Received, id: string): Promise<void> {
+    await rename(received.handle, this.#pathOf(id));
+    // The rename itself is durable once the directory is synced.
+    const dir = await open(this.dir, constants.O_RDONLY);
+    try {
+      await dir.sync();
+    } finally {
+      await dir.close();
+    }
+  }
+
+  async discard(received: Received): Promise<void> {
+    await rm(received.handle, { force: true });
+  }
+
+  async open(id: string, range?: ByteRange): Promise<Readable | null> {
+    let file;
+    try {
+      file = await open(this.#pathOf(id), constants.O_RDONLY);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
+      throw err;
+    }
+    // An open file stays readable if the artifact is deleted meanwhile: a download under way finishes.
+    return file.createReadStream({ ...range, highWaterMark: READ_CHUNK_BYTES });
+  }
+
+  async remove(id: string): Promise<void> {
+    await rm(this.#pathOf(id), { force: true });
+  }
+
+  #pathOf(id: string): string {
+    // Ids are UUIDs (checked by the service): no path separators, no dot files.
+    if (!/^[0-9a-f-]{36}$/.test(id)) throw new Error(`not an artifact id: ${id}`);
+    return join(this.dir, id);
+  }
+}

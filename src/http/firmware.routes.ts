@@ -1,0 +1,131 @@
+import express, { type Request, type RequestHandler, type Response, type Router } from "express";
+import type { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { requireAccess, type Principal } from "../auth/principal.js";
+import { AppError, ErrorCode, InputProblems } from "../errors.js";
+import { etagOf, type Artifact } from "../firmware/artifact.model.js";
+import type { ArtifactService } from "../firmware/artifact.service.js";
+import type { Logger } from "../logger.js";
+import type { Metrics } from "../metrics.js";
+import { sendError } from "./errors.js";
+import type { Refuse } from "./refusals.js";
+
+/** The API's view of an artifact (GraphQL's Firmware fields). */
+export function artifactView(a: Artifact) {
+  return { id: a.id, productName: a.productName, version: a.version, type: a.type, size: a.size, md5: a.md5, sha256: a.sha256, createdAt: new Date(a.createdAt).toISOString() };
+}
+
+const REFUSED: Record<"malformed" | "forged" | "expired", string> = {
+  malformed: "this download URL is not signed (device or tag, expires and sig are required): use the URL of an $ota_upgrade command",
+  forged: "this download URL's signature is not valid",
+  expired: "this download URL has expired, with its command: send the upgrade again",
+};
+
+/**
+ * Firmware artifacts over HTTP: streaming uploads under the API's bearer
+ * tokens (`PUT /firmware/<product>/<version>?type=`), and downloads for
+ * devices by signed URL (`GET /firmware/download/<id>?...`), with `Range`,
+ * `ETag` and `If-None-Match`. Neither is ever held whole in memory.
+ */
+export function firmwareRoutes(artifacts: ArtifactService, authenticate: RequestHandler, deps: { metrics: Metrics; log: Logger; refuse: Refuse; maxBytes: number }): Router {
+  const { metrics, log, refuse, maxBytes } = deps;
+  const router = express.Router();
+
+  router.put("/firmware/:productName/:version", authenticate, async (req: Request, res: Response) => {
+    const { productName, version } = req.params as { productName: string; version: string };
+    requireAccess(res.locals.principal as Principal, "write", productName);
+    const query = req.query as Record<string, unknown>;
+    const type = query.type ?? "firmware";
+    const claims = { md5: query.md5, sha256: query.sha256 };
+    // Everything that can be refused is refused before the first byte is read.
+    const problems = artifacts.uploadProblems(productName, version, type, claims);
+    if (problems.length > 0) throw new InputProblems(problems);
+    const declared = Number(req.get("content-length") ?? Number.NaN);
+    if (declared > maxBytes) throw new AppError(ErrorCode.PAYLOAD_TOO_LARGE, `the artifact is larger than FIRMWARE_MAX_BYTES (${maxBytes} bytes)`);
+    let result;
+    try {
+      result = await artifacts.upload(productName, version, type as string, req, claims as { md5?: string; sha256?: string });
+    } catch (err) {
+      if (req.destroyed && !(err instanceof AppError)) {
+        // The client went away mid-upload: nothing was stored, and there is nobody to answer.
+        log.info({ productName, version }, "firmware upload aborted by the client; nothing stored");
+        return;
+      }
+      throw err;
+    }
+    res.status(result.created ? 201 : 200).json(artifactView(result.artifact));
+  });
+
+  const download: RequestHandler = async (req, res) => {
+    const id = req.params.id as string;
+    const found = await artifacts.downloadable(id, req.query as Record<string, unknown>);
+    if ("refused" in found) {
+      refuse("download", found.refused);
+      if (found.refused === "not_found") return sendError(res, ErrorCode.NOT_FOUND, `firmware ${id} not found`);
+      return sendError(res, ErrorCode.FORBIDDEN, REFUSED[found.refused]);
+    }
+    const { artifact } = found;
+    const etag = etagOf(artifact);
+    res.set({ ETag: etag, "Accept-Ranges": "bytes", "Cache-Control": "private, no-transform", "Content-Type": "application/octet-stream" });
+    if (noneMatch(req.get("if-none-match"), etag)) return void res.status(304).end();
+    const range = rangeOf(req, artifact.size, etag);
+    if (range === "unsatisfiable") {
+      res.set("Content-Range", `bytes */${artifact.size}`);
+      return sendError(res, ErrorCode.BAD_REQUEST, `the range asked for is outside the artifact's ${artifact.size} bytes`, 416);
+    }
+    const { start, end } = range ?? { start: 0, end: artifact.size - 1 };
+    const body = req.method === "HEAD" ? null : await artifacts.open(artifact, { start, end });
+    if (req.method !== "HEAD" && !body) return sendError(res, ErrorCode.NOT_FOUND, `firmware ${id} not found`);
+    res.status(range ? 206 : 200).set("Content-Length", String(end - start + 1));
+    if (range) res.set("Content-Range", `bytes ${start}-${end}/${artifact.size}`);
+    if (!body) return void res.end();
+    await serve(body, res, artifact, start, end);
+  };
+  router.get("/firmware/download/:id", download);
+  router.head("/firmware/download/:id", download);
+
+  /** Streams the bytes and counts them: started or resumed, bytes sent, completed when the last byte went out. */
+  async function serve(body: Readable, res: Response, a: Artifact, start: number, end: number) {
+    const labels = { product: a.productName, version: a.version, type: a.type };
+    metrics.firmwareDownloads.inc({ ...labels, event: start === 0 ? "started" : "resumed" });
+    let sent = 0;
+    body.on("data", (chunk: Buffer) => (sent += chunk.length));
+    try {
+      await pipeline(body, res);
+      if (end === a.size - 1) metrics.firmwareDownloads.inc({ ...labels, event: "completed" });
+    } catch {
+      // The device went away mid-download (it resumes with a Range): nothing to answer.
+    } finally {
+      metrics.firmwareBytes.inc(labels, sent);
+    }
+  }
+
+  return router;
+}
+
+/**
+ * Whether `If-None-Match` names these bytes (RFC 9110 §13.1.2, weak
+ * comparison). Evaluated here rather than by Express's `req.fresh`, which
+ * answers for caches and ignores the header beside `Cache-Control: no-cache`
+ * (sent by every fetch() that asks conditionally).
+ */
+function noneMatch(header: string | undefined, etag: string): boolean {
+  if (header === undefined) return false;
+  if (header.trim() === "*") return true;
+  return header.split(",").some((tag) => tag.trim().replace(/^W\//, "") === etag);
+}
+
+/**
+ * The one byte range asked for, if any. Several ranges, a malformed header, or
+ * an If-Range for other bytes get the whole artifact (RFC 9110 allows it).
+ */
+function rangeOf(req: Request, size: number, etag: string): { start: number; end: number } | "unsatisfiable" | null {
+  if (!req.headers.range) return null;
+  const ifRange = req.get("if-range");
+  if (ifRange !== undefined && ifRange !== etag) return null;
+  const ranges = req.range(size, { combine: true });
+  if (ranges === -1) return "unsatisfiable";
+  if (ranges === -2 || ranges === undefined || ranges.type !== "bytes" || ranges.length !== 1) return null;
+  const [only] = ranges;
+  return only ?? null;
+}
