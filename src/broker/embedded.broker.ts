@@ -200,6 +200,7 @@ type InboundPacket = { messageId?: number };
 interface Store {
   destroy(): Promise<void>;
   addSubscriptions(client: { id: string }, subs: Subscription[]): Promise<unknown>;
+  removeSubscriptions(client: { id: string }, topics: string[]): Promise<unknown>;
   subscriptionsByClient(client: { id: string }): Promise<Subscription[]>;
   cleanSubscriptions(client: { id: string }): Promise<unknown>;
   putWill(client: { id: string }, packet: unknown): Promise<unknown>;
@@ -664,9 +665,14 @@ export class EmbeddedBroker implements BrokerLink {
 
   /**
    * aedes-persistence-redis, adjusted:
-   * - a SUBSCRIBE is stored whole, refused filters too (aedes' storeSubscriptions takes
-   *   packet.subscriptions): keep only what access control grants, and never an
-   *   auto-subscription, which the connect path below owns;
+   * - a SUBSCRIBE is stored whole, refused filters too, and once per granted filter (aedes'
+   *   storeSubscriptions takes packet.subscriptions): keep only what access control grants, never
+   *   an auto-subscription, which the connect path below owns, and store it once;
+   * - a session's subscription changes are stored one after the other: BroadcastPersistence
+   *   (aedes-persistence) waits for its own `$SYS/sub/...` notice to come back over the bus,
+   *   under a key of the client id and the first filter, so two at once overwrite each other's
+   *   waiter and one never settles (over the Redis bus the notice is not back within the call,
+   *   as it is in process). One whose notice does not come back within PUBLISH_TIMEOUT_MS fails;
    * - the session a CONNECT finds (fetchSubs, clean:false only) always holds the
    *   auto-subscriptions, stored before the CONNACK so commands queue even if the device
    *   drops at once; a session that had nothing before reads as absent, so the CONNACK's
@@ -686,15 +692,39 @@ export class EmbeddedBroker implements BrokerLink {
    */
   #wrapStore(store: Store, db: Redis, sessions: DeviceSessions): void {
     const addSubscriptions = store.addSubscriptions.bind(store);
+    const removeSubscriptions = store.removeSubscriptions.bind(store);
     const subscriptionsByClient = store.subscriptionsByClient.bind(store);
     const delWill = store.delWill.bind(store);
     const outgoingEnqueueCombi = store.outgoingEnqueueCombi.bind(store);
+    const changing = new Map<string, Promise<unknown>>();
+    const inTurn = (clientId: string, change: () => Promise<unknown>): Promise<unknown> => {
+      const ms = this.options.limits.publishTimeoutMs;
+      const run = () => {
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`the subscription change was not confirmed within ${ms} ms`)), ms);
+        });
+        return Promise.race([change(), late]).finally(() => clearTimeout(timer));
+      };
+      const next = (changing.get(clientId) ?? SETTLED).then(run, run);
+      const settled = next.catch(noop);
+      changing.set(clientId, settled);
+      void settled.then(() => changing.get(clientId) === settled && changing.delete(clientId));
+      return next;
+    };
+    const storing = new WeakMap<object, Promise<unknown>>();
     store.addSubscriptions = (client, subs) => {
+      const pending = storing.get(subs);
+      if (pending) return pending;
       const id = this.#clients.get(client as Client)?.identity;
       const auto = id ? deviceAutoSubscriptions(id.productName, id.deviceName) : [];
       const kept = subs.filter((s) => this.#mayHold(client, s.topic) && !auto.includes(s.topic));
-      return kept.length === 0 ? Promise.resolve() : addSubscriptions(client, kept);
+      const stored = kept.length === 0 ? Promise.resolve() : inTurn(client.id, () => addSubscriptions(client, kept));
+      storing.set(subs, stored);
+      return stored;
     };
+    // cleanSubscriptions calls it too (this.removeSubscriptions).
+    store.removeSubscriptions = (client, topics) => inTurn(client.id, () => removeSubscriptions(client, topics));
     store.subscriptionsByClient = async (client) => {
       const id = clientIdentity(client.id);
       if (!id) return subscriptionsByClient(client);
@@ -703,7 +733,7 @@ export class EmbeddedBroker implements BrokerLink {
       const missing = deviceAutoSubscriptions(id.productName, id.deviceName)
         .filter((topic) => !subs.some((s) => s.topic === topic))
         .map((topic) => ({ topic, qos: 1 as const }));
-      if (missing.length > 0) await addSubscriptions(client, missing);
+      if (missing.length > 0) await inTurn(client.id, () => addSubscriptions(client, missing));
       if (subs.length === 0) {
         this.#markFresh(id, client.id);
         return [];

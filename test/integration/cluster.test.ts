@@ -83,6 +83,19 @@ describe.skipIf(!DATABASE_URL)("three instances, each with its embedded broker, 
     await exactlyOnce(onC, byTag, () => send(b, { deviceName: y.name }));
   });
 
+  it("grants a SUBSCRIBE of several tags at once, its subscriptions known to every instance", async () => {
+    const tags = [uniq("tag"), uniq("tag"), uniq("tag")];
+    const d = await register(tags);
+    const dev = await TestDevice.connect(b.mqttUrl, productName, d.name, d.secret);
+    // One SUBSCRIBE, as an SDK may send on $set_tags: aedes stores it once per filter, each waiting for its notice on the bus.
+    expect(await dev.subscribeGranted(tags.map((tag) => `tags/${productName}/${tag}/cmd/+/+/+/#`))).toEqual([1, 1, 1]);
+    await dev.end();
+    // Offline: queued by the instance that sends, from what it was told of the subscriptions.
+    const requestId = await send(c, { tag: tags[2] as string });
+    const back = await TestDevice.connect(a.mqttUrl, productName, d.name, d.secret);
+    await back.inbox.next((m) => m.topic.includes(requestId));
+  });
+
   it("keeps a command for an offline device once in its session, and delivers it once when it connects to yet another instance", async () => {
     const d = await register();
     const clientId = `${productName}/${d.name}`;
