@@ -64,13 +64,14 @@ export class RedisBus extends Base {
     await this.subConn.subscribe(this.#channel);
   }
 
-  /** Called again on every reconnection of the subscriber after the first: messages may have been missed meanwhile. */
-  onResubscribed(listener: () => void): void {
-    let first = true;
-    this.subConn.on("ready", () => {
-      if (first) first = false;
-      else listener();
-    });
+  /**
+   * Called on every reconnection of the subscriber from now on (after
+   * {@link start}), once the channel is subscribed again: messages published
+   * while it was away never arrive.
+   */
+  onResubscribed(listener: () => void, onError: (err: Error) => void): void {
+    // ioredis resubscribes by itself but says nothing when that took effect: a SUBSCRIBE of its own, answered once it has.
+    this.subConn.on("ready", () => void this.subConn.subscribe(this.#channel).then(listener, onError));
   }
 
   on(topic: string, listener: Listener, done?: () => void): this {

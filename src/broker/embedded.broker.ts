@@ -615,9 +615,8 @@ export class EmbeddedBroker implements BrokerLink {
     });
     this.#bus = bus;
     await bus.start();
-    bus.onResubscribed(() => {
-      this.#resync().catch((err: unknown) => this.log.error({ err }, "could not read sessions' subscriptions again after a bus outage"));
-    });
+    const failed = (err: unknown) => this.log.error({ err }, "could not read sessions' subscriptions again after a bus outage");
+    bus.onResubscribed(() => void this.#resync().catch(failed), failed);
     return bus;
   }
 
