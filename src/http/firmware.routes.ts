@@ -75,7 +75,11 @@ export function firmwareRoutes(artifacts: ArtifactService, authenticate: Request
     }
     const { start, end } = range ?? { start: 0, end: artifact.size - 1 };
     const body = req.method === "HEAD" ? null : await artifacts.open(artifact, { start, end });
-    if (req.method !== "HEAD" && !body) return sendError(res, ErrorCode.NOT_FOUND, `firmware ${id} not found`);
+    if (req.method !== "HEAD" && !body) {
+      // A row without its bytes: deleted just now, or DATA_DIR/firmware is not shared by the instances (logged, throttled).
+      refuse("download", "file_missing_on_this_instance");
+      return sendError(res, ErrorCode.NOT_FOUND, `firmware ${id} not found`);
+    }
     res.status(range ? 206 : 200).set("Content-Length", String(end - start + 1));
     if (range) res.set("Content-Range", `bytes ${start}-${end}/${artifact.size}`);
     if (!body) return void res.end();
