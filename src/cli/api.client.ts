@@ -1,3 +1,4 @@
+import { Readable } from "node:stream";
 import type { TypedDocumentNode } from "@graphql-typed-document-node/core";
 import { print } from "graphql";
 import { createClient, type Client } from "graphql-ws";
@@ -19,6 +20,9 @@ const answer = z.object({
   data: z.record(z.string(), z.unknown()).nullish(),
   errors: z.array(graphqlError).optional(),
 });
+
+/** The answer of a REST route: its JSON, or the API's errors (`{"errors": [...]}`, as GraphQL shapes them). */
+const errorAnswer = z.object({ errors: z.array(graphqlError).min(1) });
 
 const toApiError = (errors: z.infer<typeof graphqlError>[], status?: number) =>
   new ApiError(errors.map((e) => ({ code: e.extensions?.code ?? "ERROR", message: e.message })), status);
@@ -84,6 +88,47 @@ export class ApiClient {
   }
 
   /**
+   * Streams `body` (exactly `length` bytes, sent as its Content-Length) to a
+   * REST route of the server (`PUT firmware/<product>/<version>`, relative to
+   * the API's URL) and answers its status and JSON; an error answer is an
+   * {@link ApiError}, a failed read of `body` rejects as itself. An answer
+   * before the last byte (a refusal) stops the reading of `body`.
+   */
+  async put(path: string, query: Record<string, string>, body: Readable, length: number): Promise<{ status: number; body: unknown }> {
+    const url = new URL(path, this.graphqlUrl);
+    for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
+    const where = `${url.origin}${url.pathname}`;
+    let res: Response;
+    let answered: string;
+    try {
+      res = await fetch(url, {
+        method: "PUT",
+        headers: { "content-type": "application/octet-stream", "content-length": String(length), ...(this.#authorization ? { authorization: this.#authorization } : {}) },
+        body: Readable.toWeb(body) as ReadableStream<Uint8Array>,
+        duplex: "half",
+      } as RequestInit);
+      answered = await res.text();
+    } catch (err) {
+      // The file unreadable, or changed while read: the caller's error, not the server's.
+      if (body.errored) throw body.errored;
+      throw new UnreachableError(where, err);
+    } finally {
+      body.destroy();
+    }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(answered);
+    } catch {
+      throw new ApiError([{ code: `HTTP_${res.status}`, message: `${where} answered ${res.status}, not JSON` }], res.status);
+    }
+    if (res.status >= 400) {
+      const errors = errorAnswer.safeParse(parsed);
+      throw errors.success ? toApiError(errors.data.errors, res.status) : new ApiError([{ code: `HTTP_${res.status}`, message: `${where} answered ${res.status}` }], res.status);
+    }
+    return { status: res.status, body: parsed };
+  }
+
+  /**
    * Runs a subscription until the server completes it (resolves) or it fails
    * (rejects: GraphQL errors, a close by the server, the server gone).
    * `stop()` ends it early.
@@ -133,5 +178,23 @@ export class ApiClient {
       lazy: true,
     });
     return this.#ws;
+  }
+}
+
+/** A page of one of the API's connections. */
+export interface Page<N> {
+  nodes: N[];
+  pageInfo: { hasNextPage: boolean; endCursor: string | null };
+}
+
+/** A connection read from `after`: one page, or with `all` each page to the last; their nodes and the last page's pageInfo. */
+export async function pagesOf<N>(page: (after: string | null) => Promise<Page<N>>, o: { after?: string | null | undefined; all?: boolean | undefined }): Promise<Page<N>> {
+  const nodes: N[] = [];
+  let after = o.after ?? null;
+  for (;;) {
+    const p = await page(after);
+    nodes.push(...p.nodes);
+    if (!o.all || !p.pageInfo.hasNextPage) return { nodes, pageInfo: p.pageInfo };
+    after = p.pageInfo.endCursor;
   }
 }

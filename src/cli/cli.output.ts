@@ -38,6 +38,14 @@ export function counts(pairs: [string, number][]): string {
   return (shown.length > 0 ? shown : pairs).map(([k, n]) => `${k} ${n}`).join("  ");
 }
 
+/** `5242880` as `5.0 MiB`: sizes for people (tables keep the exact bytes). */
+export function bytes(n: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  for (let v = n; v >= 1024 && i < units.length - 1; v /= 1024) i++;
+  return i === 0 ? `${n} B` : `${(n / 1024 ** i).toFixed(1)} ${units[i]}`;
+}
+
 export const json = (doc: unknown): void => void process.stdout.write(`${JSON.stringify(doc)}\n`);
 
 export const print = (s: string): void => void process.stdout.write(`${s}\n`);
@@ -45,7 +53,8 @@ export const print = (s: string): void => void process.stdout.write(`${s}\n`);
 /**
  * What a watch draws on each change. On a terminal, a block of lines redrawn
  * in place (cursor up, clear down); elsewhere (a pipe, a CI log) one plain
- * line per change; with --json, one JSON document per line.
+ * line per change (or none, where `line` answers null: a transfer's every
+ * chunk is no line for a log); with --json, one JSON document per line.
  */
 export class LiveView<T> {
   #drawn = 0;
@@ -53,7 +62,7 @@ export class LiveView<T> {
 
   constructor(
     private readonly mode: { json: boolean },
-    private readonly render: { block(v: T): string[]; line(v: T): string; json(v: T): unknown },
+    private readonly render: { block(v: T): string[]; line(v: T): string | null; json(v: T): unknown },
     private readonly out: NodeJS.WriteStream = process.stdout,
   ) {
     this.#tty = !mode.json && out.isTTY === true;
@@ -61,7 +70,10 @@ export class LiveView<T> {
 
   update(v: T): void {
     if (this.mode.json) return void this.out.write(`${JSON.stringify(this.render.json(v))}\n`);
-    if (!this.#tty) return void this.out.write(`${this.render.line(v)}\n`);
+    if (!this.#tty) {
+      const line = this.render.line(v);
+      return void (line !== null && this.out.write(`${line}\n`));
+    }
     const width = this.out.columns || 80;
     const lines = this.render.block(v).map((l) => (l.length > width ? l.slice(0, width - 1) : l));
     // ESC[nA: up n lines; ESC[0J: clear to the end of the screen (ECMA-48).

@@ -12,7 +12,7 @@ import {
   type DeviceFieldsFragment,
   type DeviceState,
 } from "../client/generated/graphql.js";
-import type { ApiClient } from "./api.client.js";
+import { pagesOf, type ApiClient } from "./api.client.js";
 import { clientCommand, commandGroup, flag, parseFlags } from "./cli.command.js";
 import { ApiError } from "./cli.errors.js";
 import { fields, json, print, table } from "./cli.output.js";
@@ -60,22 +60,20 @@ export function registerDeviceCommands(program: Command): void {
         }),
         o,
       );
-      const nodes: Listed[] = [];
-      let after = f.after ?? null;
-      let pageInfo: DeviceListQuery["devices"]["pageInfo"];
-      do {
-        const { devices: page } = await api.request(DeviceListDocument, {
-          productName: f.product,
-          tag: f.tag ?? null,
-          firmwareVersion: f.firmware ?? null,
-          state: f.state === undefined ? null : (f.state.toUpperCase() as DeviceState),
-          first: f.first ?? (f.all ? 1000 : 50),
-          after,
-        });
-        nodes.push(...page.nodes);
-        pageInfo = page.pageInfo;
-        after = page.pageInfo.endCursor;
-      } while (f.all && pageInfo.hasNextPage);
+      const { nodes, pageInfo } = await pagesOf<Listed>(
+        async (after) =>
+          (
+            await api.request(DeviceListDocument, {
+              productName: f.product,
+              tag: f.tag ?? null,
+              firmwareVersion: f.firmware ?? null,
+              state: f.state === undefined ? null : (f.state.toUpperCase() as DeviceState),
+              first: f.first ?? (f.all ? 1000 : 50),
+              after,
+            })
+          ).devices,
+        f,
+      );
       if (asJson) return json({ devices: nodes, pageInfo });
       print(
         table(

@@ -14,11 +14,10 @@ import {
   RolloutExecutionsDocument,
   RolloutsDocument,
   type ExecutionState,
-  type RolloutExecutionsQuery,
   type RolloutFieldsFragment,
   type RolloutState,
 } from "../client/generated/graphql.js";
-import type { ApiClient } from "./api.client.js";
+import { pagesOf, type ApiClient } from "./api.client.js";
 import { clientCommand, commandGroup, flag, parseFlags, type CliContext } from "./cli.command.js";
 import { ApiError, ExitCode } from "./cli.errors.js";
 import { json, LiveView, print, table } from "./cli.output.js";
@@ -87,10 +86,13 @@ export function registerRolloutCommands(program: Command): void {
     rollout,
     "create",
     "create a rollout and start it (or schedule it with --start-at); prints it, or only its id with --quiet",
-    `id=$(iothub-ota rollout create --product demo --tag beta --version 2.0 --url https://fw.example/demo-2.0.bin \\
-    --size 524288 --md5 <32 hex> --sha256 <64 hex> --wave 5% --wave 50%:soak=10m --wave 100% \\
-    --abort-rule DOWNLOAD_FAILED:10:20 --timeout 30m --quiet)
+    `id=$(iothub-ota rollout create --product demo --tag beta --firmware-id "$fw" \\
+    --wave 5% --wave 50%:soak=10m --wave 100% --abort-rule DOWNLOAD_FAILED:10:20 --timeout 30m --quiet)
 iothub-ota rollout watch "$id"; echo "exit $?"
+# fw: the id of an uploaded artifact (fw=$(iothub-ota firmware upload --product demo --version 2.0 demo-2.0.bin --quiet));
+# or a file hosted elsewhere instead of --firmware-id:
+iothub-ota rollout create --product demo --tag beta --version 2.0 --url https://fw.example/demo-2.0.bin \\
+    --size 524288 --md5 <32 hex> --sha256 <64 hex> --wave 100%
 iothub-ota rollout create --input rollout.json --name "from a file, flags override"`,
     async (ctx, _args, o) => {
       const input = await inputOf(o);
@@ -111,7 +113,8 @@ iothub-ota rollout create --input rollout.json --name "from a file, flags overri
       rollout,
       "preview",
       "what rollout create would do with the same flags: targets, skipped and why, waves, time; sends nothing",
-      "iothub-ota rollout preview --product demo --tag beta --version 2.0 --url https://fw.example/demo-2.0.bin \\\n    --size 524288 --md5 <32 hex> --sha256 <64 hex> --wave 10% --wave 100% --allow-from 1.x",
+      "iothub-ota rollout preview --product demo --tag beta --firmware-id \"$fw\" --wave 10% --wave 100% --allow-from 1.x\n" +
+        "iothub-ota rollout preview --product demo --tag beta --version 2.0 --url https://fw.example/demo-2.0.bin \\\n    --size 524288 --md5 <32 hex> --sha256 <64 hex> --wave 10% --wave 100%",
       async ({ api, json: asJson }, _args, o) => {
         const { previewRollout: p } = await api.request(PreviewRolloutDocument, { input: await inputOf(o) });
         if (asJson) return json(p);
@@ -149,22 +152,11 @@ iothub-ota rollout create --input rollout.json --name "from a file, flags overri
     async ({ api, json: asJson }, [id], o) => {
       const f = parseFlags(z.object({ executions: z.union([z.literal(true), upperList(EXECUTION_STATES)]).optional() }), o);
       const r = await rolloutOf(api, id as string);
-      let executions: RolloutExecutionsQuery["rolloutExecutions"]["nodes"] | undefined;
-      if (f.executions !== undefined) {
-        executions = [];
-        let after: string | null = null;
-        for (;;) {
-          const { rolloutExecutions: page }: RolloutExecutionsQuery = await api.request(RolloutExecutionsDocument, {
-            id: r.id,
-            states: f.executions === true ? null : f.executions,
-            first: 1000,
-            after,
-          });
-          executions.push(...page.nodes);
-          if (!page.pageInfo.hasNextPage) break;
-          after = page.pageInfo.endCursor;
-        }
-      }
+      const states = f.executions === true ? null : f.executions;
+      const executions =
+        states === undefined
+          ? undefined
+          : (await pagesOf(async (after) => (await api.request(RolloutExecutionsDocument, { id: r.id, states, first: 1000, after })).rolloutExecutions, { all: true })).nodes;
       if (asJson) return json(executions ? { ...r, executions } : r);
       print(rolloutBlock(r));
       if (executions) {

@@ -3,7 +3,7 @@ import { z } from "zod";
 import type { CreateRolloutInput, FailureClass, RolloutPolicyInput, WaveInput } from "../client/generated/graphql.js";
 import { flag } from "./cli.command.js";
 import { UsageError } from "./cli.errors.js";
-import { firmwareFlags, firmwareOf, firmwareOptions } from "./firmware.flags.js";
+import { firmwareFlags, firmwareOf, firmwareOptions, missingFirmware } from "./firmware.flags.js";
 
 export const FAILURE_CLASSES = ["DOWNLOAD_FAILED", "INSTALL_FAILED", "MD5_MISMATCH", "OTHER", "ROLLED_BACK", "TIMED_OUT"] as const satisfies readonly FailureClass[];
 const failureClass = z.enum(FAILURE_CLASSES, { error: `must be one of ${FAILURE_CLASSES.join(", ")}` });
@@ -118,12 +118,36 @@ export async function readInput(source: string, read: (source: string) => Promis
   return r.data as Partial<CreateRolloutInput>;
 }
 
+const HOSTED = "--version, --url, --size, --md5 and --sha256";
+
+/**
+ * The rollout's firmware: the flags' way replaces the file's (an artifact's id
+ * for a hosted file, or back), and a hosted file's flags override the file's
+ * fields one by one. Exactly one way in the end.
+ */
+function rolloutFirmwareOf(base: Partial<CreateRolloutInput>, f: RolloutFlags, missing: string[]): Pick<CreateRolloutInput, "firmware" | "firmwareId"> {
+  const flags = firmwareOf(f, HOSTED);
+  if (flags !== null && "firmwareId" in flags) return { firmwareId: flags.firmwareId };
+  const firmwareId = flags === null ? base.firmwareId : undefined;
+  const hosted = flags !== null || base.firmware != null ? { type: "firmware", ...base.firmware, ...flags?.firmware } : undefined;
+  if (firmwareId != null && hosted !== undefined) throw new UsageError("--input: give firmwareId or firmware, not both");
+  if (firmwareId != null) return { firmwareId };
+  if (hosted === undefined) {
+    missing.push(`the firmware: --firmware-id <id> (an uploaded artifact) or ${HOSTED} (or firmwareId or firmware in --input)`);
+    return {};
+  }
+  const fields = missingFirmware(hosted, ["version", "url", "size", "md5", "sha256"], (k) => ` (or firmware.${k} in --input)`);
+  if (fields.length > 0) missing.push(...fields.slice(0, -1), `${fields.at(-1)}; or give --firmware-id <id>, an uploaded artifact`);
+  return { firmware: hosted as CreateRolloutInput["firmware"] };
+}
+
 const defined = <T extends object>(o: T): Partial<T> => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 
 /**
  * The CreateRolloutInput of an --input document and the flags: each flag
  * overrides the matching field (firmware and policy field by field; any
- * target flag replaces the target). Pure: the server checks the rest.
+ * target flag replaces the target; --firmware-id replaces the file's firmware).
+ * Pure: the server checks the rest.
  */
 export function rolloutInputOf(base: Partial<CreateRolloutInput>, f: RolloutFlags): CreateRolloutInput {
   const targets = [f.tag !== undefined, f.devices !== undefined, f.wholeProduct === true].filter(Boolean).length;
@@ -144,19 +168,19 @@ export function rolloutInputOf(base: Partial<CreateRolloutInput>, f: RolloutFlag
       startAt: f.startAt,
     }),
   };
-  const firmware = { type: "firmware", ...base.firmware, ...firmwareOf(f) };
   const missing: string[] = [];
   const productName = f.product ?? base.productName;
   if (productName === undefined) missing.push("--product (or productName in --input)");
   if (target === undefined) missing.push("a target: --tag, --devices or --whole-product (or target in --input)");
-  for (const k of ["version", "url", "size", "md5", "sha256"] as const) if (firmware[k] === undefined) missing.push(`--${k} (or firmware.${k} in --input)`);
+  const firmware = rolloutFirmwareOf(base, f, missing);
   if (missing.length > 0) throw new UsageError(`missing ${missing.join("; ")}`);
+  const { firmware: _firmware, firmwareId: _firmwareId, ...rest } = base;
   return {
-    ...base,
+    ...rest,
     ...defined({ name: f.name, membership: f.membership?.toUpperCase() as "SNAPSHOT" | "CONTINUOUS" | undefined }),
     productName: productName as string,
     target: target as CreateRolloutInput["target"],
-    firmware: firmware as CreateRolloutInput["firmware"],
+    ...firmware,
     ...(Object.keys(policy).length > 0 ? { policy } : {}),
   };
 }

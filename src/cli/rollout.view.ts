@@ -35,7 +35,7 @@ export function rolloutBlock(r: Rollout): string {
     ["product", r.productName],
     ["state", `${r.state} (wave ${r.openWave + 1} open)`],
     ["target", `${targetText(r.target)}, ${r.membership.toLowerCase()}`],
-    ["firmware", `${r.firmware.version} ${r.firmware.url}`],
+    ["firmware", `${r.firmware.version} ${r.firmware.firmwareId ? `artifact ${r.firmware.firmwareId}` : r.firmware.url}`],
     ["progress", `${bar(finished(c), c.total)}  ${finished(c)}/${c.total} finished`],
     ["counts", counts(stateCounts(c))],
     ["failures", failureText(c) || null],
