@@ -124,7 +124,16 @@ export class App {
       },
       () => this.downloadBase,
     );
-    this.artifacts = new ArtifactService(new ArtifactRepository(db), artifactStore, signer, { maxBytes: config.limits.firmwareMaxBytes, log: this.log });
+    this.artifacts = new ArtifactService(new ArtifactRepository(db), artifactStore, signer, {
+      maxBytes: config.limits.firmwareMaxBytes,
+      maxUploads: config.limits.firmwareMaxUploads,
+      urlGraceSeconds: config.limits.firmwareUrlGraceSeconds,
+      deviceActive: async (productName, deviceName) => {
+        const device = await this.devices.find(productName, deviceName);
+        return device !== null && !device.suspended;
+      },
+      log: this.log,
+    });
     const presence = config.broker.kind === "embedded" ? new RedisPresence(this.#redis, keys, config.limits.presenceTtlMs) : undefined;
     this.devices = new DeviceService(new DeviceRepository(db), commands, sessions, progress, presence ?? unknownPresence);
     this.ota = new OtaService(this.devices, commands, progress, {
@@ -230,8 +239,7 @@ export class App {
       {
         name: "firmware store",
         start: async () => {
-          const { removed } = await artifactStore.start();
-          if (removed > 0) this.log.warn({ removed, dir: artifactStore.dir }, "removed firmware uploads a crash left half received");
+          await this.artifacts.start();
           signingKey = await urlKey(config.firmwareUrlKey, join(artifactStore.dir, "url.key"));
         },
         stop: async () => undefined,

@@ -28,6 +28,8 @@ export enum ErrorCode {
   FIRMWARE_EXISTS = "FIRMWARE_EXISTS",
   /** The firmware artifact is used by a rollout that is active or has devices still upgrading. */
   FIRMWARE_IN_USE = "FIRMWARE_IN_USE",
+  /** Too little disk space is left for the upload: nothing was stored. */
+  INSUFFICIENT_STORAGE = "INSUFFICIENT_STORAGE",
   INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR",
 }
 
@@ -96,5 +98,6 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   [ErrorCode.REQUEST_IN_PROGRESS]: 409,
   [ErrorCode.FIRMWARE_EXISTS]: 409,
   [ErrorCode.FIRMWARE_IN_USE]: 409,
+  [ErrorCode.INSUFFICIENT_STORAGE]: 507,
   [ErrorCode.INTERNAL_SERVER_ERROR]: 500,
 };

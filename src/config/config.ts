@@ -95,6 +95,12 @@ export interface Limits {
   readonly rolloutTickMs: number;
   /** Firmware: the largest artifact an upload may store (GraphQL's Int bounds it to 2 GiB - 1). */
   readonly firmwareMaxBytes: number;
+  /** Firmware: uploads being received at once on one instance (each holds a file and disk space); the next answers 503. */
+  readonly firmwareMaxUploads: number;
+  /** HTTP: a connection that moves no byte either way for this long is closed (a stalled upload or download; idle keep-alive has its own 5 s). */
+  readonly httpIdleTimeoutMs: number;
+  /** Firmware: a download URL lives this long past its command's expiry, so that a download begun in time can be resumed. */
+  readonly firmwareUrlGraceSeconds: number;
   /** EMQX authentication calls being answered at once (secret checks queue for CPU); past it one is denied at once. */
   readonly emqxAuthMaxPending: number;
   /** Embedded broker: a device stays online this long after its instance's last refresh (an instance that died). */
@@ -188,7 +194,7 @@ const envSchema = z.object({
   BROKER_BUS: z.enum(["redis", "memory"], { error: "BROKER_BUS must be redis or memory" }).default("redis"),
   MQTT_MAX_PACKET_BYTES: int(1024, 131_072, 268_435_455),
   MQTT_CONNECT_TIMEOUT_MS: int(100, 10_000),
-  OFFLINE_COMMAND_TTL_SECONDS: int(1, 604_800),
+  OFFLINE_COMMAND_TTL_SECONDS: int(1, 604_800, 31_536_000),
   MQTT_MAX_SESSIONS_PER_DEVICE: int(2, 8, 1_000),
   REFUSED_LOG_INTERVAL_MS: int(0, 60_000),
   INGEST_MAX_PENDING_BYTES: int(65_536, 67_108_864),
@@ -220,6 +226,9 @@ const envSchema = z.object({
   ),
   FIRMWARE_URL_KEY: optionalString.pipe(z.string().min(32, "FIRMWARE_URL_KEY must be at least 32 characters").optional()),
   FIRMWARE_MAX_BYTES: int(1, 1_073_741_824, 2_147_483_647),
+  FIRMWARE_MAX_UPLOADS: int(1, 8, 1_000),
+  FIRMWARE_URL_GRACE_SECONDS: int(0, 86_400, 2_592_000),
+  HTTP_IDLE_TIMEOUT_MS: int(1_000, 60_000, 3_600_000),
   EMQX_AUTH_SECRET: optionalString.pipe(z.string().min(32, "EMQX_AUTH_SECRET must be at least 32 characters").optional()),
   EMQX_AUTH_MAX_PENDING: int(1, 256, 100_000),
   PRESENCE_TTL_MS: int(3_000, 60_000, 3_600_000),
@@ -338,6 +347,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       idempotencyTtlSeconds: e.IDEMPOTENCY_TTL_SECONDS,
       rolloutTickMs: e.ROLLOUT_TICK_MS,
       firmwareMaxBytes: e.FIRMWARE_MAX_BYTES,
+      firmwareMaxUploads: e.FIRMWARE_MAX_UPLOADS,
+      httpIdleTimeoutMs: e.HTTP_IDLE_TIMEOUT_MS,
+      firmwareUrlGraceSeconds: e.FIRMWARE_URL_GRACE_SECONDS,
       emqxAuthMaxPending: e.EMQX_AUTH_MAX_PENDING,
       presenceTtlMs: e.PRESENCE_TTL_MS,
     }),

@@ -41,6 +41,13 @@ export class ArtifactRepository {
     return row ? toArtifact(row) : null;
   }
 
+  /** Which of these ids have a row. */
+  async existing(ids: readonly string[]): Promise<Set<string>> {
+    if (ids.length === 0) return new Set();
+    const rows = await this.db().select({ id: firmwares.id }).from(firmwares).where(inArray(firmwares.id, [...ids]));
+    return new Set(rows.map((r) => r.id));
+  }
+
   async findVersion(productName: string, version: string, type: string): Promise<Artifact | null> {
     const f = firmwares;
     const [row] = await this.db().select().from(f).where(and(eq(f.productName, productName), eq(f.version, version), eq(f.type, type)));

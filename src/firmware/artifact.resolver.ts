@@ -1,5 +1,5 @@
 import { Arg, Authorized, Ctx, ID, Int, Mutation, Query, Resolver } from "type-graphql";
-import { PRODUCT_CHECKED_BY_RESOLVER, requireAccess } from "../auth/principal.js";
+import { PRODUCT_CHECKED_BY_RESOLVER, refusal, requireAccess } from "../auth/principal.js";
 import { AppError, ErrorCode } from "../errors.js";
 import type { Context } from "../http/context.js";
 import { toConnection, type Connection } from "../http/connection.types.js";
@@ -29,8 +29,8 @@ export class ArtifactResolver {
   @Query(() => FirmwareType, { nullable: true })
   async firmware(@Arg("id", () => ID) id: string, @Ctx() ctx: Context): Promise<FirmwareType | null> {
     const artifact = await this.service.find(id);
-    if (!artifact) return null;
-    requireAccess(ctx.principal, "read", artifact.productName);
+    // Another product's artifact is as absent as a missing one: a limited token learns nothing of it.
+    if (!artifact || refusal(ctx.principal, "read", artifact.productName) !== null) return null;
     return toFirmwareType(artifact);
   }
 
@@ -41,7 +41,7 @@ export class ArtifactResolver {
   })
   async deleteFirmware(@Arg("id", () => ID) id: string, @Ctx() ctx: Context): Promise<FirmwareType> {
     const artifact = await this.service.find(id);
-    if (!artifact) throw new AppError(ErrorCode.NOT_FOUND, `firmware ${id} not found`);
+    if (!artifact || refusal(ctx.principal, "read", artifact.productName) !== null) throw new AppError(ErrorCode.NOT_FOUND, `firmware ${id} not found`);
     requireAccess(ctx.principal, "admin", artifact.productName);
     return toFirmwareType(await this.service.delete(id));
   }

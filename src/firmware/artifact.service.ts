@@ -5,7 +5,7 @@ import { requireName } from "../devices/device.service.js";
 import { AppError, ErrorCode, InputProblems, badInput, type InputProblem } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { shortText } from "../ota/firmware.js";
-import { isUuid } from "../protocol/object-id.js";
+import { decodeCreatedCursor, encodeCreatedCursor, isUuid } from "../protocol/object-id.js";
 import type { Artifact } from "./artifact.model.js";
 import type { ArtifactRepository } from "./artifact.repository.js";
 import type { ArtifactStore, Received } from "./artifact.store.js";
@@ -30,9 +30,23 @@ export interface UploadClaims {
 export interface ArtifactServiceOptions {
   /** Largest artifact accepted (FIRMWARE_MAX_BYTES). */
   maxBytes: number;
+  /** Uploads received at once (FIRMWARE_MAX_UPLOADS). */
+  maxUploads: number;
+  /** How long a download URL outlives its command (FIRMWARE_URL_GRACE_SECONDS): a download begun in time may resume. */
+  urlGraceSeconds: number;
+  /** Whether a device may still download (registered, not suspended): its URLs die with it. */
+  deviceActive: (productName: string, deviceName: string) => Promise<boolean>;
   log: Logger;
   now?: () => number;
 }
+
+/** Disk space an upload leaves free beside its declared size, at least. */
+const FREE_SPACE_MARGIN_BYTES = 64 * 1024 * 1024;
+/** Files older than this with no row (a crash between rename and insert) are removed at start. */
+const ORPHAN_AGE_MS = 60 * 60 * 1000;
+
+/** Ids as PostgreSQL writes them: an upper-case UUID names the same row, and must take the same lock and file. */
+const canonical = (id: string) => id.toLowerCase();
 
 const MD5 = /^[0-9a-f]{32}$/;
 const SHA256 = /^[0-9a-f]{64}$/;
@@ -45,6 +59,9 @@ export class ArtifactService {
   readonly #now: () => number;
   /** Downloads look their artifact up on every request (a resumed one too): a few seconds of memory, deletions seen within them. */
   readonly #byId = new LRUCache<string, Artifact>({ max: 1_000, ttl: 5_000 });
+  /** Devices' standing for downloads, a few seconds: a suspended device's URLs stop working within them. */
+  readonly #standing = new LRUCache<string, boolean>({ max: 10_000, ttl: 5_000 });
+  #uploads = 0;
 
   constructor(
     private readonly repo: ArtifactRepository,
@@ -81,10 +98,38 @@ export class ArtifactService {
    * bytes again answer the artifact stored (`created` false); other bytes
    * under a stored version are refused (FIRMWARE_EXISTS): a version names one image.
    */
-  async upload(productName: string, version: string, type: string, source: Readable, claims: UploadClaims = {}): Promise<{ artifact: Artifact; created: boolean }> {
+  async upload(
+    productName: string,
+    version: string,
+    type: string,
+    source: Readable,
+    claims: UploadClaims = {},
+    declaredBytes?: number,
+  ): Promise<{ artifact: Artifact; created: boolean }> {
     const problems = this.uploadProblems(productName, version, type, claims as Record<string, unknown>);
     if (problems.length > 0) throw new InputProblems(problems);
-    const received = await this.store.receive(source, this.options.maxBytes);
+    const { maxBytes, maxUploads } = this.options;
+    if (declaredBytes !== undefined && declaredBytes > maxBytes) throw tooLarge(maxBytes);
+    // A claimed sha256 answers a stored version before a byte is read.
+    if (claims.sha256 !== undefined) {
+      const existing = await this.repo.findVersion(productName, version, type);
+      if (existing) return { artifact: this.#sameOrRefuse(existing, { sha256: claims.sha256.toLowerCase(), size: existing.size }), created: false };
+    }
+    if (this.#uploads >= maxUploads) throw new AppError(ErrorCode.LIMIT_EXCEEDED, `${maxUploads} firmware uploads are being received (FIRMWARE_MAX_UPLOADS): try again shortly`);
+    const free = await this.store.freeBytes();
+    if (free < (declaredBytes ?? 0) + FREE_SPACE_MARGIN_BYTES) {
+      this.options.log.error({ free, declaredBytes }, "refused a firmware upload: the artifact store's disk is nearly full");
+      throw new AppError(ErrorCode.INSUFFICIENT_STORAGE, "the server's firmware storage is nearly full: nothing was stored");
+    }
+    this.#uploads++;
+    try {
+      return await this.#store(productName, version, type, await this.store.receive(source, maxBytes), claims);
+    } finally {
+      this.#uploads--;
+    }
+  }
+
+  async #store(productName: string, version: string, type: string, received: Received, claims: UploadClaims): Promise<{ artifact: Artifact; created: boolean }> {
     let kept = false;
     try {
       this.#checkClaims(received, claims);
@@ -95,7 +140,14 @@ export class ArtifactService {
       await this.store.keep(received, id);
       kept = true;
       const { size, md5, sha256 } = received;
-      const stored = await this.repo.insert({ id, productName, version, type, size, md5, sha256 });
+      let stored;
+      try {
+        stored = await this.repo.insert({ id, productName, version, type, size, md5, sha256 });
+      } catch (err) {
+        // No row: the bytes kept under its id are nobody's.
+        await this.store.remove(id);
+        throw err;
+      }
       if (!stored.created) {
         // Another upload of this version won the race.
         await this.store.remove(id);
@@ -119,7 +171,7 @@ export class ArtifactService {
     if (problems.length > 0) throw new InputProblems(problems);
   }
 
-  #sameOrRefuse(existing: Artifact, received: Received): Artifact {
+  #sameOrRefuse(existing: Artifact, received: Pick<Received, "sha256" | "size">): Artifact {
     if (existing.sha256 === received.sha256 && existing.size === received.size) return existing;
     throw new AppError(
       ErrorCode.FIRMWARE_EXISTS,
@@ -128,20 +180,33 @@ export class ArtifactService {
   }
 
   async find(id: string): Promise<Artifact | null> {
-    return isUuid(id) ? this.repo.find(id) : null;
+    return isUuid(id) ? this.repo.find(canonical(id)) : null;
+  }
+
+  /** Removes what crashes left: half received uploads, and files whose row was never written. */
+  async start(): Promise<void> {
+    const { removed } = await this.store.start();
+    if (removed > 0) this.options.log.warn({ removed }, "removed firmware uploads a crash left half received");
+    const old = (await this.store.kept()).filter((k) => this.#now() - k.modifiedAt > ORPHAN_AGE_MS).map((k) => k.id);
+    if (old.length === 0) return;
+    const rows = await this.repo.existing(old);
+    const orphans = old.filter((id) => !rows.has(id));
+    for (const id of orphans) await this.store.remove(id);
+    if (orphans.length > 0) this.options.log.warn({ removed: orphans.length }, "removed firmware files a crash left without their artifact");
   }
 
   async list(productName: string, first: number | null, after: string | null) {
     requireName("productName", productName);
     const limit = first ?? 50;
     if (!Number.isInteger(limit) || limit < 1 || limit > 100) throw badInput("first", "must be 1..100");
-    const page = await this.repo.list(productName, limit, after == null ? null : decodeCursor(after));
-    return { edges: page.rows.map((a) => ({ cursor: encodeCursor(a), artifact: a })), hasNextPage: page.hasNextPage };
+    const page = await this.repo.list(productName, limit, after == null ? null : decodeCreatedCursor(after));
+    return { edges: page.rows.map((a) => ({ cursor: encodeCreatedCursor(a), artifact: a })), hasNextPage: page.hasNextPage };
   }
 
   /** Deletes an artifact (its row first: it is gone for downloads and commands at once, then its bytes). */
   async delete(id: string): Promise<Artifact> {
     if (!isUuid(id)) throw new AppError(ErrorCode.NOT_FOUND, `firmware ${id} not found`);
+    id = canonical(id);
     const { deleted, inUse } = await this.repo.deleteUnlessInUse(id);
     if (inUse.length > 0) {
       throw new AppError(ErrorCode.FIRMWARE_IN_USE, `firmware ${id} is used by rollout ${inUse.join(", ")}: cancel it and let its devices finish first`);
@@ -163,10 +228,13 @@ export class ArtifactService {
     return artifact;
   }
 
-  /** The `$ota_upgrade` fields for an artifact, its URL signed for `subject` until `expiresAt` (Unix seconds). */
+  /**
+   * The `$ota_upgrade` fields for an artifact, its URL signed for `subject`
+   * until the command's `expiresAt` (Unix seconds) and the grace after it.
+   */
   firmwareFor(artifact: Pick<Artifact, "id" | "version" | "size" | "md5" | "type" | "sha256">, subject: UrlSubject, expiresAt: number): ArtifactFirmware {
     const { version, size, md5, type, sha256 } = artifact;
-    return { url: this.signer.url(artifact.id, subject, expiresAt), version, size, md5, type, sha256 };
+    return { url: this.signer.url(artifact.id, subject, expiresAt + this.options.urlGraceSeconds), version, size, md5, type, sha256 };
   }
 
   /** Where an artifact is downloaded from, unsigned: what a rollout shows as its url. */
@@ -175,7 +243,8 @@ export class ArtifactService {
   }
 
   /** The artifact a signed download URL is good for, or why it is refused. */
-  async downloadable(id: string, query: Record<string, unknown>): Promise<{ artifact: Artifact; check: UrlCheck & { ok: true } } | { refused: "malformed" | "forged" | "expired" | "not_found" }> {
+  async downloadable(id: string, query: Record<string, unknown>): Promise<{ artifact: Artifact; check: UrlCheck & { ok: true } } | { refused: "malformed" | "forged" | "expired" | "not_found" | "device_inactive" }> {
+    // Signed as the server wrote it (lower case): another spelling of the id is another signature.
     if (!isUuid(id)) return { refused: "not_found" };
     const check = this.signer.check(id, query, Math.floor(this.#now() / 1000));
     if (!check.ok) return { refused: check.reason };
@@ -185,7 +254,15 @@ export class ArtifactService {
       if (!found) return { refused: "not_found" };
       this.#byId.set(id, (artifact = found));
     }
+    if (check.subject.kind === "device" && !(await this.#active(artifact.productName, check.subject.name))) return { refused: "device_inactive" };
     return { artifact, check };
+  }
+
+  async #active(productName: string, deviceName: string): Promise<boolean> {
+    const key = `${productName}/${deviceName}`;
+    let active = this.#standing.get(key);
+    if (active === undefined) this.#standing.set(key, (active = await this.options.deviceActive(productName, deviceName)));
+    return active;
   }
 
   /** The artifact's bytes, or a range of them; null when they are gone. */
@@ -194,13 +271,4 @@ export class ArtifactService {
   }
 }
 
-function encodeCursor(a: Artifact): string {
-  return Buffer.from(`${a.createdAt}/${a.id}`, "utf8").toString("base64url");
-}
-
-function decodeCursor(cursor: string): { createdAt: number; id: string } {
-  const [at, id] = Buffer.from(cursor, "base64url").toString("utf8").split("/");
-  const createdAt = Number(at);
-  if (!Number.isSafeInteger(createdAt) || Math.abs(createdAt) > 8.64e15 || id === undefined || !isUuid(id)) throw badInput("after", "not a cursor from this API");
-  return { createdAt, id };
-}
+const tooLarge = (maxBytes: number) => new AppError(ErrorCode.PAYLOAD_TOO_LARGE, `the artifact is larger than FIRMWARE_MAX_BYTES (${maxBytes} bytes)`);

@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from "node:crypto";
 import { constants, createWriteStream } from "node:fs";
-import { mkdir, open, readdir, rename, rm, stat } from "node:fs/promises";
+import { mkdir, open, readdir, rename, rm, stat, statfs } from "node:fs/promises";
 import { join } from "node:path";
 import { Transform, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -26,6 +26,8 @@ export interface ByteRange {
  * and removed after it is deleted, so a crash never shows a half artifact.
  */
 export interface ArtifactStore {
+  /** Readies the store, and removes what a crash left half received (older than an hour, at `now`). */
+  start(now?: number): Promise<{ removed: number }>;
   /** Streams the bytes out of sight, hashing them as they come; refused past `maxBytes`. */
   receive(source: Readable, maxBytes: number): Promise<Received>;
   /** Makes received bytes the artifact `id`'s (atomically, and durably once it resolves). */
@@ -34,12 +36,23 @@ export interface ArtifactStore {
   /** The artifact's bytes (a range of them); null when they are gone. */
   open(id: string, range?: ByteRange): Promise<Readable | null>;
   remove(id: string): Promise<void>;
+  /** Every kept artifact's id, and when its bytes were written (Unix ms). */
+  kept(): Promise<{ id: string; modifiedAt: number }[]>;
+  /** Bytes free for new artifacts. */
+  freeBytes(): Promise<number>;
 }
+
+/** An artifact's file name: its id, a UUID as PostgreSQL writes it. */
+const ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /** Received files left by a crash are removed when this much older than now (another instance may be receiving). */
 const STALE_INCOMING_MS = 60 * 60 * 1000;
-/** Larger reads than fs' 64 KiB default: fewer system calls per download (measured in BENCHMARKS.md). */
-const READ_CHUNK_BYTES = 256 * 1024;
+/**
+ * fs' own 64 KiB. Larger reads (256 KiB) made fewer system calls but cost more CPU per GB and twice the memory per
+ * download: every chunk is a new buffer, and more bytes in flight mean more of V8's full collections ("Firmware
+ * downloads" in BENCHMARKS.md).
+ */
+const READ_CHUNK_BYTES = 64 * 1024;
 
 /**
  * Artifacts as files in a directory (DATA_DIR/firmware by default), named by
@@ -124,9 +137,20 @@ export class DirectoryArtifactStore implements ArtifactStore {
     await rm(this.#pathOf(id), { force: true });
   }
 
+  async kept(): Promise<{ id: string; modifiedAt: number }[]> {
+    const names = (await readdir(this.dir)).filter((n) => ID.test(n));
+    const infos = await Promise.all(names.map(async (id) => ({ id, info: await stat(join(this.dir, id)).catch(() => null) })));
+    return infos.flatMap(({ id, info }) => (info ? [{ id, modifiedAt: info.mtimeMs }] : []));
+  }
+
+  async freeBytes(): Promise<number> {
+    const fs = await statfs(this.dir);
+    return fs.bavail * fs.bsize;
+  }
+
   #pathOf(id: string): string {
     // Ids are UUIDs (checked by the service): no path separators, no dot files.
-    if (!/^[0-9a-f-]{36}$/.test(id)) throw new Error(`not an artifact id: ${id}`);
+    if (!ID.test(id)) throw new Error(`not an artifact id: ${id}`);
     return join(this.dir, id);
   }
 }

@@ -1,10 +1,14 @@
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
-import { link, readFile, rm, writeFile } from "node:fs/promises";
+import { link, open, readFile, rm } from "node:fs/promises";
 
 /** Whom a download URL is for: one device, or the devices of a tag (a tag command is one payload for all of them). */
 export type UrlSubject = { kind: "device"; name: string } | { kind: "tag"; name: string };
 
 export type UrlCheck = { ok: true; subject: UrlSubject; expiresAt: number } | { ok: false; reason: "malformed" | "forged" | "expired" };
+
+const EXPIRES = /^[1-9]\d{0,11}$/;
+/** HMAC-SHA256 in base64url, unpadded. */
+const SIG = /^[A-Za-z0-9_-]{43}$/;
 
 /** The query parameters a signed URL carries. */
 interface SignedQuery {
@@ -34,6 +38,7 @@ export class UrlSigner {
   }
 
   url(firmwareId: string, subject: UrlSubject, expiresAt: number): string {
+    if (!EXPIRES.test(String(expiresAt))) throw new Error(`a download URL cannot expire at ${expiresAt}`);
     const query = new URLSearchParams({ [subject.kind]: subject.name, expires: String(expiresAt), sig: this.#mac(firmwareId, subject, expiresAt) });
     return `${this.baseUrl().replace(/\/+$/, "")}${UrlSigner.pathOf(firmwareId)}?${query}`;
   }
@@ -43,7 +48,8 @@ export class UrlSigner {
     if ((typeof device === "string") === (typeof tag === "string") || typeof expires !== "string" || typeof sig !== "string") {
       return { ok: false, reason: "malformed" };
     }
-    if (!/^\d{1,12}$/.test(expires)) return { ok: false, reason: "malformed" };
+    // One spelling per URL: no leading zeros, the signature as url() writes it (Buffer's decoding forgives padding and strays).
+    if (!EXPIRES.test(expires) || !SIG.test(sig)) return { ok: false, reason: "malformed" };
     const subject: UrlSubject = typeof device === "string" ? { kind: "device", name: device } : { kind: "tag", name: tag as string };
     const expiresAt = Number(expires);
     const expected = Buffer.from(this.#mac(firmwareId, subject, expiresAt), "base64url");
@@ -68,7 +74,13 @@ export async function urlKey(configured: string | undefined, path: string): Prom
   if (configured !== undefined) return Buffer.from(configured, "utf8");
   // Written aside and linked into place: a crash never leaves a half key, and of instances starting at once one wins.
   const aside = `${path}.${randomBytes(8).toString("hex")}`;
-  await writeFile(aside, `${randomBytes(32).toString("base64url")}\n`, { flag: "wx", mode: 0o600 });
+  const file = await open(aside, "wx", 0o600);
+  try {
+    await file.writeFile(`${randomBytes(32).toString("base64url")}\n`);
+    await file.sync();
+  } finally {
+    await file.close();
+  }
   try {
     await link(aside, path);
   } catch (err) {

@@ -15,10 +15,22 @@ export function artifactView(a: Artifact) {
   return { id: a.id, productName: a.productName, version: a.version, type: a.type, size: a.size, md5: a.md5, sha256: a.sha256, createdAt: new Date(a.createdAt).toISOString() };
 }
 
-const REFUSED: Record<"malformed" | "forged" | "expired", string> = {
+/** Whether an upload failed because its client closed the connection before sending everything. */
+function clientWentAway(req: Request, err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  return !req.complete && !(err instanceof AppError) && (code === "ERR_STREAM_PREMATURE_CLOSE" || code === "ECONNRESET" || req.socket.destroyed);
+}
+
+/** Uploads wait for the route's `100 Continue` (sent once the token and the path are checked); every other request gets it at once. */
+export function continuesItself(req: { method?: string; url?: string }): boolean {
+  return req.method === "PUT" && (req.url ?? "").startsWith("/firmware/");
+}
+
+const REFUSED: Record<"malformed" | "forged" | "expired" | "device_inactive", string> = {
   malformed: "this download URL is not signed (device or tag, expires and sig are required): use the URL of an $ota_upgrade command",
   forged: "this download URL's signature is not valid",
   expired: "this download URL has expired, with its command: send the upgrade again",
+  device_inactive: "this download URL's device is suspended or no longer registered",
 };
 
 /**
@@ -31,30 +43,42 @@ export function firmwareRoutes(artifacts: ArtifactService, authenticate: Request
   const { metrics, log, refuse, maxBytes } = deps;
   const router = express.Router();
 
-  router.put("/firmware/:productName/:version", authenticate, async (req: Request, res: Response) => {
-    const { productName, version } = req.params as { productName: string; version: string };
-    requireAccess(res.locals.principal as Principal, "write", productName);
-    const query = req.query as Record<string, unknown>;
-    const type = query.type ?? "firmware";
-    const claims = { md5: query.md5, sha256: query.sha256 };
-    // Everything that can be refused is refused before the first byte is read.
-    const problems = artifacts.uploadProblems(productName, version, type, claims);
-    if (problems.length > 0) throw new InputProblems(problems);
-    const declared = Number(req.get("content-length") ?? Number.NaN);
-    if (declared > maxBytes) throw new AppError(ErrorCode.PAYLOAD_TOO_LARGE, `the artifact is larger than FIRMWARE_MAX_BYTES (${maxBytes} bytes)`);
-    let result;
-    try {
-      result = await artifacts.upload(productName, version, type as string, req, claims as { md5?: string; sha256?: string });
-    } catch (err) {
-      if (req.destroyed && !(err instanceof AppError)) {
-        // The client went away mid-upload: nothing was stored, and there is nobody to answer.
-        log.info({ productName, version }, "firmware upload aborted by the client; nothing stored");
-        return;
+  router.put(
+    "/firmware/:productName/:version",
+    (_req, res, next) => {
+      // One upload per connection: a refusal closes it instead of reading (and discarding) a body of up to a gigabyte.
+      res.set("Connection", "close");
+      next();
+    },
+    authenticate,
+    async (req: Request, res: Response) => {
+      const { productName, version } = req.params as { productName: string; version: string };
+      requireAccess(res.locals.principal as Principal, "write", productName);
+      const query = req.query as Record<string, unknown>;
+      const type = query.type ?? "firmware";
+      const claims = { md5: query.md5, sha256: query.sha256 };
+      // Everything that can be refused is refused before the first byte is read.
+      const problems = artifacts.uploadProblems(productName, version, type, claims);
+      if (problems.length > 0) throw new InputProblems(problems);
+      const length = req.get("content-length");
+      const declared = length !== undefined && /^\d+$/.test(length) ? Number(length) : undefined;
+      if (declared !== undefined && declared > maxBytes) throw new AppError(ErrorCode.PAYLOAD_TOO_LARGE, `the artifact is larger than FIRMWARE_MAX_BYTES (${maxBytes} bytes)`);
+      // The client waits for this before sending the body (the server answers `Expect: 100-continue` here, not on arrival).
+      if (/100-continue/i.test(req.get("expect") ?? "")) res.writeContinue();
+      let result;
+      try {
+        result = await artifacts.upload(productName, version, type as string, req, claims as { md5?: string; sha256?: string }, declared);
+      } catch (err) {
+        if (clientWentAway(req, err)) {
+          // Nothing was stored, and there is nobody to answer.
+          log.info({ productName, version }, "firmware upload aborted by the client; nothing stored");
+          return;
+        }
+        throw err;
       }
-      throw err;
-    }
-    res.status(result.created ? 201 : 200).json(artifactView(result.artifact));
-  });
+      res.status(result.created ? 201 : 200).json(artifactView(result.artifact));
+    },
+  );
 
   const download: RequestHandler = async (req, res) => {
     const id = req.params.id as string;
@@ -120,16 +144,24 @@ function noneMatch(header: string | undefined, etag: string): boolean {
 }
 
 /**
- * The one byte range asked for, if any. Several ranges, a malformed header, or
- * an If-Range for other bytes get the whole artifact (RFC 9110 allows it).
+ * The one byte range asked for (RFC 9110 §14.1.2), if any. A suffix longer
+ * than the artifact is all of it; several ranges, an invalid header, or an
+ * If-Range for other bytes get the whole artifact (§14.2 lets a server ignore them).
  */
 function rangeOf(req: Request, size: number, etag: string): { start: number; end: number } | "unsatisfiable" | null {
-  if (!req.headers.range) return null;
+  const header = req.headers.range;
+  if (header === undefined) return null;
   const ifRange = req.get("if-range");
   if (ifRange !== undefined && ifRange !== etag) return null;
-  const ranges = req.range(size, { combine: true });
-  if (ranges === -1) return "unsatisfiable";
-  if (ranges === -2 || ranges === undefined || ranges.type !== "bytes" || ranges.length !== 1) return null;
-  const [only] = ranges;
-  return only ?? null;
+  const m = /^bytes=(\d{0,15})-(\d{0,15})$/.exec(header.trim());
+  if (!m || (m[1] === "" && m[2] === "")) return null;
+  const [first, last] = [m[1] as string, m[2] as string];
+  if (first === "") {
+    const suffix = Number(last);
+    return suffix === 0 ? "unsatisfiable" : { start: Math.max(0, size - suffix), end: size - 1 };
+  }
+  const start = Number(first);
+  const end = last === "" ? size - 1 : Math.min(Number(last), size - 1);
+  if (last !== "" && Number(last) < start) return null;
+  return start >= size ? "unsatisfiable" : { start, end };
 }

@@ -29,7 +29,7 @@ import { jsonErrorHandler, maskError, notFound, sendError } from "./errors.js";
 import { armorRules, listItemsPlugin, wsOperationGate, type OperationRequest } from "./graphql.limits.js";
 import { refusals } from "./refusals.js";
 import { emqxAuthRoutes } from "./emqx.routes.js";
-import { firmwareRoutes } from "./firmware.routes.js";
+import { continuesItself, firmwareRoutes } from "./firmware.routes.js";
 import { restRoutes } from "./rest.routes.js";
 import { sharedDocuments, sharedSubscribe } from "./shared.subscribe.js";
 import { WsCloseCode, WsConnections } from "./ws.connections.js";
@@ -81,6 +81,13 @@ export class HttpServer {
     const origins = this.deps.corsOrigins;
     if (origins.length > 0) app.use(cors({ origin: origins.includes("*") ? "*" : [...origins], maxAge: 600 }));
     const server = createServer(app);
+    // Bounded by silence rather than by duration: a 1 GiB upload on a slow link is fine, a stalled one is not.
+    server.requestTimeout = 0;
+    server.timeout = limits.httpIdleTimeoutMs;
+    server.on("checkContinue", (req, res) => {
+      if (!continuesItself(req)) res.writeContinue();
+      app(req, res);
+    });
     const onInternal = (err: unknown) => log.error({ err }, "unexpected error in a GraphQL operation");
 
     /** Every surface authenticates the same way; the token is checked before any body is read. */

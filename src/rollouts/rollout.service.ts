@@ -7,7 +7,7 @@ import type { Logger } from "../logger.js";
 import { checkFirmware } from "../ota/firmware.js";
 import type { CommandPublisher, DeviceSessions, ProgressStore } from "../ota/ports.js";
 import type { ProgressRecord } from "../ota/progress.model.js";
-import { isUuid, newObjectId } from "../protocol/object-id.js";
+import { decodeCreatedCursor, encodeCreatedCursor, isUuid, newObjectId } from "../protocol/object-id.js";
 import { buildCommandTopic } from "../protocol/topics.js";
 import { transition, type ExecutionEvent } from "./execution.machine.js";
 import {
@@ -181,8 +181,8 @@ export class RolloutService {
     const limit = first ?? 50;
     // Each rollout of a page may ask for its counts (a GROUP BY over its executions).
     if (!Number.isInteger(limit) || limit < 1 || limit > 100) throw badInput("first", "must be 1..100");
-    const page = await this.repo.list(productName, states ?? null, limit, after == null ? null : decodeRolloutCursor(after));
-    return { edges: page.rows.map((r) => ({ cursor: encodeRolloutCursor(r), rollout: r })), hasNextPage: page.hasNextPage };
+    const page = await this.repo.list(productName, states ?? null, limit, after == null ? null : decodeCreatedCursor(after));
+    return { edges: page.rows.map((r) => ({ cursor: encodeCreatedCursor(r), rollout: r })), hasNextPage: page.hasNextPage };
   }
 
   async counts(id: string): Promise<ExecutionCounts> {
@@ -823,17 +823,4 @@ export function toCounts(rows: readonly CountRow[]): ExecutionCounts {
   }
   counts.byWave = [...waves].sort(([a], [b]) => a - b).map(([wave, byState]) => ({ wave, byState }));
   return counts;
-}
-
-
-function encodeRolloutCursor(r: Rollout): string {
-  return Buffer.from(`${r.createdAt}/${r.id}`, "utf8").toString("base64url");
-}
-
-function decodeRolloutCursor(cursor: string): { createdAt: number; id: string } {
-  const [at, id] = Buffer.from(cursor, "base64url").toString("utf8").split("/");
-  const createdAt = Number(at);
-  // Within the range of a Date (±8.64e15 ms).
-  if (!Number.isSafeInteger(createdAt) || Math.abs(createdAt) > 8.64e15 || id === undefined || !isUuid(id)) throw badInput("after", "not a cursor from this API");
-  return { createdAt, id };
 }

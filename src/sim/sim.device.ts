@@ -317,8 +317,17 @@ export class SimulatedDevice {
       return "error";
     }
     if (!response.ok || !response.body) return "error";
-    if (resume && response.status === 206) this.counters.downloadsResumed++;
-    else if (partial.size > 0) Object.assign(partial, newDownload()); // the whole file again
+    // A range from elsewhere than where the download stopped is not this download's rest: start over.
+    const resumed = resume && response.status === 206 && response.headers.get("content-range")?.startsWith(`bytes ${partial.size}-`) === true;
+    if (resumed) this.counters.downloadsResumed++;
+    else if (partial.size > 0) {
+      if (response.status === 206) {
+        await response.body.cancel().catch(() => undefined);
+        Object.assign(partial, newDownload());
+        return this.#download(cmd, report, false, partial);
+      }
+      Object.assign(partial, newDownload()); // the whole file again
+    }
     partial.ranges = response.headers.get("accept-ranges") === "bytes";
     partial.etag = response.headers.get("etag") ?? undefined;
     if (partial.size === 0) {

@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { readdir } from "node:fs/promises";
+import { readdir, utimes, writeFile } from "node:fs/promises";
+import { request } from "node:http";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import {
@@ -45,9 +46,16 @@ describe("firmware artifacts", () => {
     return createApiToken.token;
   }
 
-  /** A URL as the server puts it into a command, signed for one device. */
-  const signed = (a: Pick<Artifact, "id" | "version" | "size" | "md5" | "type" | "sha256">, deviceName = "d1", expiresAt = Math.floor(Date.now() / 1000) + 600) =>
-    t.app.artifacts.firmwareFor(a, { kind: "device", name: deviceName }, expiresAt).url;
+  /**
+   * A URL as the server puts it into a command: signed for one device (which must be registered), or by default
+   * for a tag. `expiresAt` is the command's: the URL lives the grace longer.
+   */
+  const signed = (
+    a: Pick<Artifact, "id" | "version" | "size" | "md5" | "type" | "sha256">,
+    deviceName?: string,
+    expiresAt = Math.floor(Date.now() / 1000) + 600,
+  ) => t.app.artifacts.firmwareFor(a, deviceName ? { kind: "device", name: deviceName } : { kind: "tag", name: "beta" }, expiresAt).url;
+  const grace = () => t.config.limits.firmwareUrlGraceSeconds;
 
   it("stores an upload with the size and digests of its bytes; the same bytes again answer it, other bytes under its version are refused", async () => {
     const productName = uniq("fw");
@@ -162,7 +170,9 @@ describe("firmware artifacts", () => {
   });
 
   it("refuses a forged, altered, unsigned or expired download URL with 403, and a deleted artifact's with 404", async () => {
-    const { artifact } = await stored(uniq("fw"), "2.0", 1000);
+    const productName = uniq("fw");
+    const { artifact } = await stored(productName, "2.0", 1000);
+    for (const deviceName of ["d1", "d2"]) await gqlOk(t, RegisterDeviceDocument, { input: { productName, deviceName } });
     const url = new URL(signed(artifact, "d1"));
     const variant = (change: (q: URLSearchParams) => void) => {
       const u = new URL(url);
@@ -176,19 +186,21 @@ describe("firmware artifacts", () => {
       variant((q) => q.set("device", "d2")), // another device's
       variant((q) => q.set("expires", String(Number(q.get("expires")) + 3600))), // a longer life
       variant((q) => q.delete("sig")),
+      variant((q) => q.set("sig", `${sig}=`)), // another spelling of the same signature
+      variant((q) => q.set("expires", `0${q.get("expires")}`)),
       variant((q) => {
         q.delete("device");
         q.set("tag", "d1");
       }),
-      signed(artifact, "d1", Math.floor(Date.now() / 1000) - 1), // expired, with a good signature
-      signed({ ...artifact, id: "00000000-0000-4000-8000-000000000000" }).replace("00000000-0000-4000-8000-000000000000", artifact.id), // another artifact's
+      signed(artifact, "d1", Math.floor(Date.now() / 1000) - grace() - 1), // expired, with a good signature
+      signed({ ...artifact, id: "00000000-0000-4000-8000-000000000000" }, "d1").replace("00000000-0000-4000-8000-000000000000", artifact.id), // another artifact's
     ];
     for (const u of refused) {
       const res = await fetch(u);
       expect(res.status, u).toBe(403);
       expect(((await res.json()) as { errors: { extensions: { code: string } }[] }).errors[0]?.extensions.code).toBe("FORBIDDEN");
     }
-    const expired = await fetch(signed(artifact, "d1", Math.floor(Date.now() / 1000) - 1));
+    const expired = await fetch(signed(artifact, "d1", Math.floor(Date.now() / 1000) - grace() - 1));
     expect(await expired.text()).toContain("expired");
     expect(await metric(t, "iothub_ota_refused_total", { kind: "download", reason: "forged" })).toBeGreaterThanOrEqual(4);
 
@@ -210,7 +222,8 @@ describe("firmware artifacts", () => {
     const url = new URL(command.json.url as string);
     expect(url.origin).toBe(t.httpUrl);
     expect(url.searchParams.get("device")).toBe("d1");
-    expect(Number(url.searchParams.get("expires"))).toBe(sent.sendOta.expiresAt);
+    // It outlives the command by the grace, so that a download begun in time can resume.
+    expect(Number(url.searchParams.get("expires"))).toBe((sent.sendOta.expiresAt as number) + t.config.limits.firmwareUrlGraceSeconds);
     expect(Buffer.from(await (await fetch(url)).arrayBuffer()).equals(bytes)).toBe(true);
 
     // Without a TTL the URL lives as long as a session keeps the command.
@@ -218,7 +231,7 @@ describe("firmware artifacts", () => {
     const byTag = new URL((await device.nextCommand("$ota_upgrade")).json.url as string);
     expect(byTag.searchParams.get("tag")).toBe("beta");
     const life = Number(byTag.searchParams.get("expires")) - Date.now() / 1000;
-    expect(Math.abs(life - t.config.limits.offlineCommandTtlSeconds)).toBeLessThan(60);
+    expect(Math.abs(life - t.config.limits.offlineCommandTtlSeconds - t.config.limits.firmwareUrlGraceSeconds)).toBeLessThan(60);
     expect((await fetch(byTag)).status).toBe(200);
 
     // REST takes it as firmware_id.
@@ -284,5 +297,124 @@ describe("firmware artifacts", () => {
       expect(exists).toBe(Boolean(created.data));
       if (created.data) await gqlOk(t, CancelRolloutDocument, { id: created.data.createRollout.id });
     }
+  });
+
+  it("answers ranges as RFC 9110 says: a suffix longer than the artifact is all of it, an invalid one is ignored", async () => {
+    const { artifact, bytes } = await stored(uniq("fw"), "2.0", 1000);
+    const url = signed(artifact);
+    const get = (range: string) => fetch(url, { headers: { range } });
+    const suffix = await get("bytes=-5000");
+    expect(suffix.status).toBe(206);
+    expect(suffix.headers.get("content-range")).toBe("bytes 0-999/1000");
+    const last = await get("bytes=-10");
+    expect(Buffer.from(await last.arrayBuffer()).equals(bytes.subarray(990))).toBe(true);
+    expect((await get("bytes=5-2")).status).toBe(200);
+    expect((await get("bytes=0-1,5-6")).status).toBe(200);
+    expect((await get("bytes=-0")).status).toBe(416);
+    const clamped = await get("bytes=990-999999999999");
+    expect(clamped.headers.get("content-range")).toBe("bytes 990-999/1000");
+  });
+
+  it("refuses the URLs of a suspended or deleted device, and takes an upper-case id as the same artifact", async () => {
+    const productName = uniq("fw");
+    const { artifact } = await stored(productName, "2.0", 1000);
+    for (const deviceName of ["a", "b"]) await gqlOk(t, RegisterDeviceDocument, { input: { productName, deviceName, tags: ["beta"] } });
+    expect((await fetch(signed(artifact, "a"))).status).toBe(200);
+    await t.app.devices.setSuspended(productName, "a", true);
+    await eventually(async () => expect((await fetch(signed(artifact, "a"))).status).toBe(403));
+    expect((await fetch(signed(artifact, "nobody"))).status).toBe(403);
+
+    // In use by a rollout under any spelling of its id; deleted, under any spelling too.
+    const rollout = await createRollout(t, { productName, target: { tag: "beta" }, firmwareId: artifact.id.toUpperCase() });
+    expect(rollout.firmware.firmwareId).toBe(artifact.id);
+    const upper = await gql(t, DeleteFirmwareDocument, { id: artifact.id.toUpperCase() });
+    expect(upper.errors?.[0]?.extensions?.code).toBe("FIRMWARE_IN_USE");
+    await gqlOk(t, CancelRolloutDocument, { id: rollout.id });
+    await eventually(async () => expect((await rolloutOf(t, rollout.id)).counts.inProgress).toBe(0));
+    expect((await gqlOk(t, DeleteFirmwareDocument, { id: artifact.id.toUpperCase() })).deleteFirmware.id).toBe(artifact.id);
+    expect(existsSync(join(t.config.dataDir, "firmware", artifact.id))).toBe(false);
+  });
+
+  it("answers a claimed sha256 of a stored version before reading the body, and waits for the token check before 100 Continue", async () => {
+    const productName = uniq("fw");
+    const { artifact } = await stored(productName, "2.0", 1000);
+    // A body that never ends: only an answer that does not read it can come.
+    const endless = new ReadableStream({ pull: (c) => new Promise((r) => setTimeout(() => r(c.enqueue(new Uint8Array(1000))), 50)) });
+    const res = await fetch(`${t.httpUrl}/firmware/${productName}/2.0?sha256=${artifact.sha256}`, {
+      method: "PUT",
+      headers: { authorization: `Bearer ${t.token}` },
+      body: endless,
+      duplex: "half",
+    } as RequestInit);
+    expect(res.status).toBe(200);
+    expect(((await res.json()) as { id: string }).id).toBe(artifact.id);
+
+    const asked = await new Promise<{ status: number; continued: boolean }>((resolve, reject) => {
+      let continued = false;
+      const req = request(`${t.httpUrl}/firmware/${productName}/3.0`, {
+        method: "PUT",
+        headers: { authorization: "Bearer iot_wrong", expect: "100-continue", "content-length": "1000000" },
+      });
+      req.on("continue", () => (continued = true));
+      req.on("response", (r) => {
+        r.resume();
+        resolve({ status: r.statusCode ?? 0, continued });
+      });
+      req.on("error", reject);
+      req.flushHeaders();
+    });
+    expect(asked).toEqual({ status: 401, continued: false });
+  });
+
+  it("closes a download nobody reads and an upload that stalls, after HTTP_IDLE_TIMEOUT_MS; takes FIRMWARE_MAX_UPLOADS at once", async () => {
+    const strict = await startApp({ env: { HTTP_IDLE_TIMEOUT_MS: "1000", FIRMWARE_MAX_UPLOADS: "1" } });
+    const productName = uniq("fw");
+    const bytes = randomBytes(8 << 20);
+    const first = await upload(strict, productName, "1.0", bytes);
+    expect(first.status).toBe(201);
+    const url = strict.app.artifacts.firmwareFor(first.body, { kind: "device", name: "d" }, Math.floor(Date.now() / 1000) + 600).url;
+    // A reader that stops: the server's writes stall, and the connection is closed.
+    const closed = await new Promise<number>((resolve) => {
+      const started = Date.now();
+      const req = request(url, (r) => {
+        r.pause();
+        r.socket.once("close", () => resolve(Date.now() - started));
+      });
+      req.end();
+    });
+    expect(closed).toBeGreaterThanOrEqual(900);
+    expect(closed).toBeLessThan(10_000);
+
+    // An upload that sends a little, then nothing: the one upload slot is taken until the idle timeout frees it.
+    let pulls = 0;
+    const stalls = new ReadableStream({
+      pull: (c) => (pulls++ === 0 ? c.enqueue(new Uint8Array(1000)) : new Promise(() => undefined)),
+    });
+    const stalled = fetch(`${strict.httpUrl}/firmware/${productName}/2.0`, {
+      method: "PUT",
+      headers: { authorization: `Bearer ${strict.token}` },
+      body: stalls,
+      duplex: "half",
+    } as RequestInit).catch((err: unknown) => err);
+    await eventually(async () => expect(await readdir(join(strict.config.dataDir, "firmware", ".incoming"))).toHaveLength(1));
+    const busy = await upload(strict, productName, "3.0", randomBytes(10));
+    expect(busy.status).toBe(429);
+    expect(busy.body.errors?.[0]?.extensions.code).toBe("LIMIT_EXCEEDED");
+    expect(await stalled).toBeInstanceOf(Error);
+    await eventually(async () => expect(await readdir(join(strict.config.dataDir, "firmware", ".incoming"))).toEqual([]));
+    expect((await upload(strict, productName, "3.0", randomBytes(10))).status).toBe(201);
+  });
+
+  it("removes at start the files a crash left without their artifact", async () => {
+    const dir = join(t.config.dataDir, "firmware");
+    const orphan = join(dir, "00000000-0000-4000-8000-00000000beef");
+    const { artifact } = await stored(uniq("fw"), "2.0", 100);
+    await writeFile(orphan, "half");
+    const old = new Date(Date.now() - 2 * 3600_000);
+    await utimes(orphan, old, old);
+    await utimes(join(dir, artifact.id), old, old);
+    await t.app.artifacts.start();
+    expect(existsSync(orphan)).toBe(false);
+    expect(existsSync(join(dir, artifact.id))).toBe(true);
   });
 });
