@@ -2,6 +2,7 @@
 // loopback, each printing a JSON line and a table. Never part of `npm test`.
 import "reflect-metadata";
 import { Command } from "commander";
+import { downloadsBench, parseSize, type DownloadsOptions } from "./downloads.js";
 import { fleetBench, type FleetOptions } from "./fleet.js";
 import { ingestBench } from "./ingest.js";
 import { queriesBench, type QueriesOptions } from "./queries.js";
@@ -102,6 +103,26 @@ program
     process.stdout.write(`${JSON.stringify({ bench: "rollout-summary", ...r.summary })}\n`);
     for (const w of r.warnings) process.stderr.write(`warning: ${w}\n`);
     if (r.problems.length > 0) throw new Error(`rollout benchmark: ${r.problems.join("; ")}`);
+  });
+
+program
+  .command("downloads")
+  .description("N devices downloading one firmware artifact at once by signed URL, beside nginx serving the same file in the same run")
+  .option("--devices <n>", "concurrent downloads (one connection each)", int, 200)
+  .option("--size <bytes>", "artifact size: 10MB, 512KiB, ...", parseSize, 10_000_000)
+  .option("--rounds <n>", "rounds per target, interleaved", int, 3)
+  .option("--clients <n>", "client threads sharing the devices", int, 2)
+  .option("--hash-every <n>", "md5 every n-th download (1: all)", int, 10)
+  .option("--client <kind>", "node (threads of http.get, every download checked) or wrk (keep-alive, for --seconds a round)", "node")
+  .option("--seconds <n>", "seconds per round with --client wrk", int, 15)
+  .option("--no-references", "skip the bare Node server and nginx without sendfile")
+  .action(async (o: DownloadsOptions) => {
+    if (o.client !== "node" && o.client !== "wrk") throw new Error(`--client: node or wrk, not ${String(o.client)}`);
+    const { rows, summary } = await downloadsBench(o);
+    report("downloads", rows, { devices: o.devices, size: o.size, rounds: o.rounds, clients: o.clients, client: o.client });
+    process.stdout.write(`${JSON.stringify(summary)}\n`);
+    const problems = summary.problems as string[];
+    if (problems.length > 0) throw new Error(`downloads benchmark: ${problems.join("; ")}`);
   });
 
 program
