@@ -48,8 +48,8 @@ const ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 /** Received files left by a crash are removed when this much older than now (another instance may be receiving). */
 const STALE_INCOMING_MS = 60 * 60 * 1000;
 /**
- * fs' own 64 KiB. Larger reads (256 KiB) made fewer system calls but cost more CPU per GB and twice the memory per
- * download: every chunk is a new buffer, and more bytes in flight mean more of V8's full collections ("Firmware
+ * fs' own 64 KiB. Larger reads (256 KiB) made fewer system calls but held 2.5 times the memory per download and gained
+ * no CPU per GB: every chunk is a new buffer, and more bytes in flight mean more of V8's full collections ("Firmware
  * downloads" in BENCHMARKS.md).
  */
 const READ_CHUNK_BYTES = 64 * 1024;
