@@ -219,6 +219,7 @@ export class App {
       rollouts: this.rollouts,
       artifacts: this.artifacts,
       emqx: config.emqx,
+      firmwareAccelRedirect: config.firmwareAccelRedirect,
       corsOrigins: config.corsOrigins,
       limits: config.limits,
       metrics: this.metrics,

@@ -130,6 +130,8 @@ export interface Config {
   readonly publicUrl: string | undefined;
   /** The key of firmware download URL signatures; unset: one generated under DATA_DIR (shared by instances on a shared volume). */
   readonly firmwareUrlKey: string | undefined;
+  /** Set: a checked download answers `X-Accel-Redirect: <this><id>` and the proxy in front (nginx) sends the file. */
+  readonly firmwareAccelRedirect: string | undefined;
   /** Set with EMQX_AUTH_SECRET: EMQX's HTTP authentication and authorization endpoints are served. */
   readonly emqx: EmqxAuthConfig | undefined;
   readonly limits: Limits;
@@ -225,6 +227,12 @@ const envSchema = z.object({
       .optional(),
   ),
   FIRMWARE_URL_KEY: optionalString.pipe(z.string().min(32, "FIRMWARE_URL_KEY must be at least 32 characters").optional()),
+  FIRMWARE_ACCEL_REDIRECT: optionalString.pipe(
+    z
+      .string()
+      .regex(/^\/[A-Za-z0-9_.\/-]*\/$/, "FIRMWARE_ACCEL_REDIRECT must be an internal location path that starts and ends with /, e.g. /_firmware/")
+      .optional(),
+  ),
   FIRMWARE_MAX_BYTES: int(1, 1_073_741_824, 2_147_483_647),
   FIRMWARE_MAX_UPLOADS: int(1, 8, 1_000),
   FIRMWARE_URL_GRACE_SECONDS: int(0, 86_400, 2_592_000),
@@ -315,6 +323,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     brokerBus: e.BROKER_BUS,
     publicUrl: e.PUBLIC_URL,
     firmwareUrlKey: e.FIRMWARE_URL_KEY,
+    firmwareAccelRedirect: e.FIRMWARE_ACCEL_REDIRECT,
     emqx:
       e.EMQX_AUTH_SECRET === undefined
         ? undefined

@@ -39,8 +39,19 @@ const REFUSED: Record<"malformed" | "forged" | "expired" | "device_inactive", st
  * devices by signed URL (`GET /firmware/download/<id>?...`), with `Range`,
  * `ETag` and `If-None-Match`. Neither is ever held whole in memory.
  */
-export function firmwareRoutes(artifacts: ArtifactService, authenticate: RequestHandler, deps: { metrics: Metrics; log: Logger; refuse: Refuse; maxBytes: number }): Router {
-  const { metrics, log, refuse, maxBytes } = deps;
+export function firmwareRoutes(
+  artifacts: ArtifactService,
+  authenticate: RequestHandler,
+  deps: {
+    metrics: Metrics;
+    log: Logger;
+    refuse: Refuse;
+    maxBytes: number;
+    /** FIRMWARE_ACCEL_REDIRECT: downloads are checked here and sent by the proxy in front, from this internal location. */
+    accelRedirect: string | undefined;
+  },
+): Router {
+  const { metrics, log, refuse, maxBytes, accelRedirect } = deps;
   const router = express.Router();
 
   router.put(
@@ -98,6 +109,11 @@ export function firmwareRoutes(artifacts: ArtifactService, authenticate: Request
       return sendError(res, ErrorCode.BAD_REQUEST, `the range asked for is outside the artifact's ${artifact.size} bytes`, 416);
     }
     const { start, end } = range ?? { start: 0, end: artifact.size - 1 };
+    if (accelRedirect !== undefined) {
+      // Checked here, sent by the proxy in front (nginx's sendfile): it serves the file, its Range and its length.
+      metrics.firmwareDownloads.inc({ product: artifact.productName, version: artifact.version, type: artifact.type, event: start === 0 ? "started" : "resumed" });
+      return void res.set("X-Accel-Redirect", `${accelRedirect}${artifact.id}`).end();
+    }
     const body = req.method === "HEAD" ? null : await artifacts.open(artifact, { start, end });
     if (req.method !== "HEAD" && !body) {
       // A row without its bytes: deleted just now, or DATA_DIR/firmware is not shared by the instances (logged, throttled).
@@ -121,8 +137,9 @@ export function firmwareRoutes(artifacts: ArtifactService, authenticate: Request
     try {
       await pipeline(body, res);
       if (end === a.size - 1) metrics.firmwareDownloads.inc({ ...labels, event: "completed" });
-    } catch {
-      // The device went away mid-download (it resumes with a Range): nothing to answer.
+    } catch (err) {
+      // The device went away mid-download (it resumes with a Range): nothing to answer. Anything else (a disk error) is logged.
+      if ((err as NodeJS.ErrnoException).code !== "ERR_STREAM_PREMATURE_CLOSE") log.warn({ err, firmwareId: a.id }, "a firmware download failed");
     } finally {
       metrics.firmwareBytes.inc(labels, sent);
     }

@@ -48,6 +48,8 @@ export interface HttpDeps {
   limits: Limits;
   /** Each dependency's readiness check; /readyz answers 503 naming those that fail. */
   readiness: Record<string, () => Promise<void>>;
+  /** FIRMWARE_ACCEL_REDIRECT: firmware downloads sent by the proxy in front from this internal location. */
+  firmwareAccelRedirect?: string;
   /** EMQX's HTTP authentication and authorization (EMQX_AUTH_SECRET); absent: not served. */
   emqx?: EmqxAuthConfig;
   /** The built web dashboard served at `/`; default web/dist. */
@@ -153,7 +155,7 @@ export class HttpServer {
       },
       expressMiddleware(apollo, { context: async ({ res }) => ({ principal: res.locals.principal as Principal }) }),
     );
-    app.use(firmwareRoutes(this.deps.artifacts, authenticate, { metrics, log, refuse, maxBytes: limits.firmwareMaxBytes }));
+    app.use(firmwareRoutes(this.deps.artifacts, authenticate, { metrics, log, refuse, maxBytes: limits.firmwareMaxBytes, accelRedirect: this.deps.firmwareAccelRedirect }));
     app.use(restRoutes(this.deps.devices, this.deps.ota, authenticate, limits.httpBodyBytes));
     // Before the dashboard and the 404: EMQX reads any answer but a 200 allow/deny as "no match".
     if (this.deps.emqx) app.use(emqxAuthRoutes({ devices: this.deps.devices, metrics, log, limits, ...this.deps.emqx }));

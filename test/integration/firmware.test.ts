@@ -417,4 +417,21 @@ describe("firmware artifacts", () => {
     expect(existsSync(orphan)).toBe(false);
     expect(existsSync(join(dir, artifact.id))).toBe(true);
   });
+
+  it("leaves the bytes to the proxy in front with FIRMWARE_ACCEL_REDIRECT, once it has checked the URL", async () => {
+    const offloaded = await startApp({ env: { FIRMWARE_ACCEL_REDIRECT: "/_firmware/" } });
+    const productName = uniq("fw");
+    const r = await upload(offloaded, productName, "1.0", randomBytes(5000));
+    const url = offloaded.app.artifacts.firmwareFor(r.body, { kind: "tag", name: "beta" }, Math.floor(Date.now() / 1000) + 60).url;
+    const res = await fetch(url, { headers: { range: "bytes=100-" } });
+    expect(res.status).toBe(200);
+    expect(res.headers.get("x-accel-redirect")).toBe(`/_firmware/${r.body.id}`);
+    expect(res.headers.get("etag")).toBe(`"${r.body.sha256}"`);
+    expect((await res.arrayBuffer()).byteLength).toBe(0);
+    expect(await metric(offloaded, "iothub_ota_firmware_downloads_total", { product: productName, event: "resumed" })).toBe(1);
+    // Refused as without it: the proxy is told nothing to send.
+    const forged = await fetch(url.replace(/sig=[^&]+/, `sig=${"A".repeat(43)}`));
+    expect(forged.status).toBe(403);
+    expect(forged.headers.get("x-accel-redirect")).toBeNull();
+  });
 });
