@@ -1,15 +1,19 @@
 import DataLoader from "dataloader";
 import { Arg, Authorized, Ctx, FieldResolver, Int, Mutation, Query, Resolver, Root } from "type-graphql";
+import { DateTimeISOResolver } from "graphql-scalars";
 import { PRODUCT_CHECKED_BY_RESOLVER } from "../auth/principal.js";
 import type { Context } from "../http/context.js";
 import { toConnection, type Connection } from "../http/connection.types.js";
-import { byProduct } from "../http/loaders.js";
+import { deviceLoader } from "../http/loaders.js";
+import type { Seen } from "../ota/ports.js";
 import type { DeviceState } from "./device.model.js";
 import { DeviceService } from "./device.service.js";
 import { DeviceConnection, DeviceStateEnum, DeviceType, FleetType, RegisterDeviceInput, RegisteredDevice } from "./device.types.js";
 
 /** Per request: whether devices are online, one Redis round trip per product for a page. */
 const onlineLoaders = new WeakMap<Context, DataLoader<string, boolean | null>>();
+/** Per request: when devices last connected and disconnected, one Redis round trip per product for a page. */
+const seenLoaders = new WeakMap<Context, DataLoader<string, Seen | null>>();
 
 @Resolver(() => DeviceType)
 export class DeviceResolver {
@@ -57,13 +61,27 @@ export class DeviceResolver {
 
   @FieldResolver(() => Boolean, { nullable: true, description: "Connected now (to any instance); null with an external broker (unknown)." })
   online(@Root() device: DeviceType, @Ctx() ctx: Context): Promise<boolean | null> {
-    let loader = onlineLoaders.get(ctx);
-    if (!loader) {
-      loader = new DataLoader((keys: readonly string[]) =>
-        byProduct(keys, async (productName, names) => (await this.service.online(productName, names)) ?? names.map(() => null)),
-      );
-      onlineLoaders.set(ctx, loader);
-    }
+    const loader = deviceLoader(onlineLoaders, ctx, async (productName, names) => (await this.service.online(productName, names)) ?? names.map(() => null));
+    return loader.load(`${device.productName}/${device.deviceName}`);
+  }
+
+  @FieldResolver(() => DateTimeISOResolver, { nullable: true, description: "When it last connected (to any instance); null: not since this server keeps it, or an external broker." })
+  async lastConnectedAt(@Root() device: DeviceType, @Ctx() ctx: Context): Promise<Date | null> {
+    const at = (await this.#seen(ctx, device))?.connectedAt ?? null;
+    return at === null ? null : new Date(at);
+  }
+
+  @FieldResolver(() => DateTimeISOResolver, {
+    nullable: true,
+    description: "When a connection of it was last closed, as its instance saw it (an instance killed records none: then online says it); null: never, or an external broker.",
+  })
+  async lastDisconnectedAt(@Root() device: DeviceType, @Ctx() ctx: Context): Promise<Date | null> {
+    const at = (await this.#seen(ctx, device))?.disconnectedAt ?? null;
+    return at === null ? null : new Date(at);
+  }
+
+  #seen(ctx: Context, device: DeviceType): Promise<Seen | null> {
+    const loader = deviceLoader(seenLoaders, ctx, async (productName, names) => (await this.service.seen(productName, names)) ?? names.map(() => null));
     return loader.load(`${device.productName}/${device.deviceName}`);
   }
 

@@ -5,7 +5,7 @@ import { AppError, ErrorCode, badInput } from "../errors.js";
 import { checkName, checkTags } from "../protocol/names.js";
 import { newObjectId } from "../protocol/object-id.js";
 import { buildCommandTopic } from "../protocol/topics.js";
-import type { CommandPublisher, DeviceSessions, PresenceReader, ProgressStore } from "../ota/ports.js";
+import type { CommandPublisher, DeviceSessions, PresenceReader, ProgressStore, Seen } from "../ota/ports.js";
 import { statusOrder, toDevice, type Device, type DeviceRow, type DeviceState, type FleetSummary, type Receipt } from "./device.model.js";
 import type { DeviceFilter, DeviceRepository } from "./device.repository.js";
 import { hashSecret, newSecret, verifySecret } from "./secret.js";
@@ -156,6 +156,11 @@ export class DeviceService {
     return filter;
   }
 
+  /** When each device last connected and last had a connection closed, in order (null: unknown, the broker is external). */
+  seen(productName: string, deviceNames: readonly string[]): Promise<Seen[] | null> {
+    return this.presence.seen(productName, deviceNames);
+  }
+
   /** Whether each device is connected now, in order (null: unknown, the broker is external). */
   online(productName: string, deviceNames: readonly string[]): Promise<boolean[] | null> {
     return this.presence.online(productName, deviceNames);
@@ -248,6 +253,7 @@ export class DeviceService {
       this.#verified.delete(`${productName}/${deviceName}`);
       await this.sessions.forget(productName, deviceName);
       await this.progress.delete(productName, deviceName);
+      await this.presence.forget(productName, deviceName);
     }
     return deleted;
   }

@@ -1,3 +1,4 @@
+import DataLoader from "dataloader";
 /** DataLoader batches of devices, keyed `<product>/<device>`. */
 
 /** Runs `load` once per product over DataLoader keys `<product>/<device>`, answering in key order. */
@@ -18,4 +19,11 @@ export async function byProduct<T>(keys: readonly string[], load: (productName: 
     }),
   );
   return out;
+}
+
+/** The request's DataLoader (one per context in `loaders`) over devices keyed `<product>/<device>`, loading a product at a time. */
+export function deviceLoader<T>(loaders: WeakMap<object, DataLoader<string, T>>, ctx: object, load: (productName: string, deviceNames: string[]) => Promise<T[]>): DataLoader<string, T> {
+  let loader = loaders.get(ctx);
+  if (!loader) loaders.set(ctx, (loader = new DataLoader((keys: readonly string[]) => byProduct(keys, load))));
+  return loader;
 }

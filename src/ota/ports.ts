@@ -98,4 +98,14 @@ export interface PresenceReader {
   /** Whether each device is connected, in the order asked. */
   online(productName: string, deviceNames: readonly string[]): Promise<boolean[] | null>;
   countOnline(productName: string): Promise<number | null>;
+  /** When each device last connected and last had a connection closed, in the order asked. */
+  seen(productName: string, deviceNames: readonly string[]): Promise<Seen[] | null>;
+  /** Forgets a deleted device's times. */
+  forget(productName: string, deviceName: string): Promise<void>;
+}
+
+/** Unix ms; null: never seen (or not since the times were kept). */
+export interface Seen {
+  connectedAt: number | null;
+  disconnectedAt: number | null;
 }

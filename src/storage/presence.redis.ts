@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { Redis } from "ioredis";
-import type { PresenceReader } from "../ota/ports.js";
+import type { PresenceReader, Seen } from "../ota/ports.js";
 import type { RedisKeys } from "./progress.redis.js";
 
 /** An entry lives this long unless its instance refreshes it (PRESENCE_TTL_MS): a dead instance's devices go offline after it. */
@@ -48,6 +48,13 @@ return 0`;
 type Entry = { productName: string; deviceName: string };
 
 /**
+ * When each device of a product last connected, or last had a connection
+ * closed, as the instance holding it saw it (Unix ms, a hash per product).
+ * `#` is in no product name: no other key is named so.
+ */
+const seenKey = (keys: RedisKeys, productName: string, what: "connected" | "disconnected") => `${keys.presence(productName)}#${what}`;
+
+/**
  * Presence in Redis: one sorted set per product, member the device name,
  * score the time its entry expires. The instance a device is connected to
  * writes it on connect, refreshes it while connected and lets go of it on
@@ -70,11 +77,28 @@ export class RedisPresence implements PresenceReader {
     this.#held.add(`${productName}/${deviceName}`);
     const now = Date.now();
     await this.#hold(productName, [deviceName], now + this.ttlMs, now);
+    await this.redis.hset(seenKey(this.keys, productName, "connected"), deviceName, now);
   }
 
   async disconnected({ productName, deviceName }: Entry): Promise<void> {
     if (!this.#held.delete(`${productName}/${deviceName}`)) return;
-    await this.#hold(productName, [deviceName], 0, Date.now());
+    const now = Date.now();
+    await this.#hold(productName, [deviceName], 0, now);
+    await this.redis.hset(seenKey(this.keys, productName, "disconnected"), deviceName, now);
+  }
+
+  async seen(productName: string, deviceNames: readonly string[]): Promise<Seen[]> {
+    if (deviceNames.length === 0) return [];
+    const [connected, disconnected] = await Promise.all(
+      (["connected", "disconnected"] as const).map((what) => this.redis.hmget(seenKey(this.keys, productName, what), ...deviceNames)),
+    );
+    const at = (v: string | null | undefined) => (v == null ? null : Number(v));
+    return deviceNames.map((_, i) => ({ connectedAt: at(connected?.[i]), disconnectedAt: at(disconnected?.[i]) }));
+  }
+
+  /** Forgets a deleted device's times. */
+  async forget(productName: string, deviceName: string): Promise<void> {
+    await Promise.all((["connected", "disconnected"] as const).map((what) => this.redis.hdel(seenKey(this.keys, productName, what), deviceName)));
   }
 
   /** Extends the entries of the devices connected here and drops every expired entry of their products. */
@@ -119,4 +143,6 @@ export class RedisPresence implements PresenceReader {
 export const unknownPresence: PresenceReader = {
   online: () => Promise.resolve(null),
   countOnline: () => Promise.resolve(null),
+  seen: () => Promise.resolve(null),
+  forget: () => Promise.resolve(),
 };

@@ -136,6 +136,37 @@ describe.skipIf(!DATABASE_URL)("three instances, each with its embedded broker, 
     expect(await redis.exists(holders)).toBe(0);
   });
 
+  it("tells through any instance when a device last connected and disconnected, and forgets it with the device", async () => {
+    const d = await register();
+    const seen = async (via: TestApp) => {
+      const { device } = await gqlOk(via, DeviceDetailDocument, { productName, deviceName: d.name });
+      return { online: device?.online, connectedAt: device?.lastConnectedAt ?? null, disconnectedAt: device?.lastDisconnectedAt ?? null };
+    };
+    expect(await seen(c)).toEqual({ online: false, connectedAt: null, disconnectedAt: null });
+    const before = Date.now();
+    const dev = await TestDevice.connect(a.mqttUrl, productName, d.name, d.secret);
+    const on = await eventually(async () => {
+      const s = await seen(c);
+      expect(s.online).toBe(true);
+      expect(Date.parse(s.connectedAt as string)).toBeGreaterThanOrEqual(before - 5);
+      return s;
+    });
+    expect(on.disconnectedAt).toBeNull();
+    await dev.end();
+    const off = await eventually(async () => {
+      const s = await seen(b);
+      expect(s.online).toBe(false);
+      expect(s.disconnectedAt).not.toBeNull();
+      return s;
+    });
+    expect(Date.parse(off.disconnectedAt as string)).toBeGreaterThanOrEqual(Date.parse(on.connectedAt as string));
+    expect(off.connectedAt).toBe(on.connectedAt);
+
+    await gqlOk(b, DeleteDeviceDocument, { productName, deviceName: d.name });
+    const times = `${redisKeys(a.config.redisPrefix).presence(productName)}#connected`;
+    expect(await redis.hexists(times, d.name)).toBe(0);
+  });
+
   it("disconnects a device held by another instance when it is suspended or deleted", async () => {
     const [s, del] = [await register(), await register()];
     const suspended = await TestDevice.connect(b.mqttUrl, productName, s.name, s.secret);
