@@ -2,14 +2,15 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, readdirSync, readFileSync } from "node:fs";
 import { chmod, mkdir, open, rm, writeFile } from "node:fs/promises";
-import { availableParallelism } from "node:os";
+import { request as httpRequest } from "node:http";
+import { availableParallelism, userInfo } from "node:os";
 import { Readable } from "node:stream";
 import { Worker } from "node:worker_threads";
 import { Redis } from "ioredis";
 import pg from "pg";
 import { UrlSigner } from "../src/firmware/url.signer.js";
 import { registerDevices } from "../src/sim/sim.fleet.js";
-import { cpuSeconds, freePort, nowMs, percentile, REDIS_URL, round, sleep, startServer, TOKEN, uniq, type BenchServer } from "./lib.js";
+import { cpuSeconds, freePort, metric, nowMs, percentile, REDIS_URL, round, sleep, startServer, TOKEN, uniq, type BenchServer } from "./lib.js";
 
 export interface DownloadsOptions {
   devices: number;
@@ -25,7 +26,12 @@ export interface DownloadsOptions {
   seconds: number;
   /** Also a bare Node file server and nginx without sendfile: where the ceiling comes from. */
   references: boolean;
+  /** Also the server behind nginx with FIRMWARE_ACCEL_REDIRECT (nginx sends the bytes); default on. */
+  offload?: boolean;
 }
+
+/** The internal location the offloading server redirects to (FIRMWARE_ACCEL_REDIRECT). */
+const ACCEL = "/_firmware/";
 
 const DATABASE_URL = process.env.DATABASE_URL ?? "postgresql://root@localhost/postgres?host=/var/run/postgresql";
 const MB = 1e6;
@@ -108,6 +114,10 @@ interface Target {
   pids(): number[];
   urlFor(device: number): string;
   stop(): Promise<void>;
+  /** A target of several processes (the server behind nginx): each measured apart too. */
+  parts?: { label: string; pids(): number[] }[];
+  /** Behind nginx: the server's own base URL (its /metrics). */
+  upstream?: string;
 }
 
 function exitOf(child: ChildProcess): Promise<void> {
@@ -129,12 +139,8 @@ async function waitForHttp(url: string, child: ChildProcess, output: () => strin
   }
 }
 
-/**
- * nginx from Debian's package, started by us in the foreground (`daemon off`)
- * with a config of our own under `dir`: the file in `root` served with
- * sendfile (or without, as a reference), logs and pid under /tmp.
- */
-async function startNginx(name: string, dir: string, root: string, file: string, sendfile: boolean, query: (device: number) => string): Promise<Target> {
+/** nginx from Debian's package, in the foreground (`daemon off`), with `http` as its http block; up once `probe` answers a HEAD with 200. */
+async function launchNginx(name: string, dir: string, http: (port: number) => string, probe: string, workersAsUs = false): Promise<{ port: number; pid: number; stop(): Promise<void> }> {
   const port = await freePort();
   await mkdir(dir, { recursive: true });
   const conf = `${dir}/nginx.conf`;
@@ -143,22 +149,17 @@ async function startNginx(name: string, dir: string, root: string, file: string,
     `daemon off;
 master_process on;
 worker_processes auto;
-pid ${dir}/nginx.pid;
+${workersAsUs && process.getuid?.() === 0 ? `user ${userInfo().username};\n` : ""}pid ${dir}/nginx.pid;
 error_log ${dir}/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  sendfile ${sendfile ? "on" : "off"};
   tcp_nopush on;
   keepalive_timeout 65;
   client_body_temp_path ${dir}/body;
   proxy_temp_path ${dir}/proxy;
   default_type application/octet-stream;
-  server {
-    listen 127.0.0.1:${port};
-    root ${root};
-    location / { }
-  }
+${http(port)}
 }
 `,
   );
@@ -166,23 +167,202 @@ http {
   let output = "";
   child.stdout?.on("data", (d) => (output += d));
   child.stderr?.on("data", (d) => (output += d));
-  const base = `http://127.0.0.1:${port}/${file}`;
   try {
-    await waitForHttp(base, child, () => output + readFileSync(`${dir}/error.log`, "utf8"));
+    await waitForHttp(`http://127.0.0.1:${port}${probe}`, child, () => output + readFileSync(`${dir}/error.log`, "utf8"));
   } catch (err) {
     child.kill("SIGKILL");
     throw new Error(`nginx (${name}) did not start: ${String(err)}`);
   }
   const pid = child.pid as number;
   return {
-    name,
+    port,
     pid,
-    pids: () => family(pid),
-    urlFor: (d) => `${base}?${query(d)}`,
     stop: async () => {
       // Stopped by the pid we started; QUIT lets the workers finish.
       process.kill(pid, "SIGQUIT");
       await Promise.race([exitOf(child), sleep(5000).then(() => child.kill("SIGKILL"))]);
+    },
+  };
+}
+
+/**
+ * nginx serving the file in `root` itself, with sendfile (or without, as a
+ * reference); config, logs and pid under `dir`.
+ */
+async function startNginx(name: string, dir: string, root: string, file: string, sendfile: boolean, query: (device: number) => string): Promise<Target> {
+  const n = await launchNginx(
+    name,
+    dir,
+    (port) => `  sendfile ${sendfile ? "on" : "off"};
+  server {
+    listen 127.0.0.1:${port};
+    root ${root};
+    location / { }
+  }`,
+    `/${file}`,
+  );
+  return { name, pid: n.pid, pids: () => family(n.pid), urlFor: (d) => `http://127.0.0.1:${n.port}/${file}?${query(d)}`, stop: n.stop };
+}
+
+/**
+ * The server behind nginx, as README.md's "Behind nginx" has it: nginx passes
+ * `/firmware/download/` to the server (an upstream with keepalive), the
+ * server checks the URL and answers `X-Accel-Redirect: /_firmware/<id>`, and
+ * nginx sends the file from the internal location aliased to DATA_DIR/firmware
+ * with sendfile. The artifacts are 0600 of the server's user, so nginx's
+ * workers run as that user (the bench's).
+ */
+async function startOffload(dir: string, server: BenchServer, firmwareDir: string, path: (device: number) => string): Promise<Target> {
+  const serverPid = server.server.process.pid as number;
+  const upstream = new URL(server.server.httpUrl).host;
+  const n = await launchNginx(
+    "offload",
+    dir,
+    (port) => `  sendfile on;
+  upstream iothub_ota {
+    server ${upstream};
+    keepalive 64;
+    keepalive_timeout 4s; # below Node's keepAliveTimeout (5 s): nginx never reuses a connection the server is closing
+  }
+  server {
+    listen 127.0.0.1:${port};
+    location /firmware/download/ {
+      proxy_pass http://iothub_ota;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+    location ${ACCEL} {
+      internal;
+      alias ${firmwareDir}/;
+    }
+  }`,
+    path(0),
+    true,
+  );
+  const nginxPids = () => family(n.pid);
+  return {
+    name: "iothub-ota behind nginx (X-Accel-Redirect)",
+    pid: n.pid,
+    pids: () => [serverPid, ...nginxPids()],
+    upstream: server.server.httpUrl,
+    parts: [
+      { label: "server", pids: () => [serverPid] },
+      { label: "nginx", pids: nginxPids },
+    ],
+    urlFor: (d) => `http://127.0.0.1:${n.port}${path(d)}`,
+    stop: async () => {
+      await n.stop();
+      await server.stop();
+    },
+  };
+}
+
+interface Answer {
+  status: number;
+  /** Header name (lower case) → every value it came with, in order. */
+  headers: Record<string, string[]>;
+  bytes: number;
+  md5: string;
+  /** The body's first 64 KiB. */
+  head: Buffer;
+}
+
+/** One request with node:http, keeping repeated headers apart (fetch joins them). */
+function ask(url: string, headers: Record<string, string> = {}, method = "GET"): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(url, { method, headers, agent: false }, (res) => {
+      const h: Record<string, string[]> = {};
+      for (let i = 0; i < res.rawHeaders.length; i += 2) (h[(res.rawHeaders[i] as string).toLowerCase()] ??= []).push(res.rawHeaders[i + 1] as string);
+      const hash = createHash("md5");
+      const kept: Buffer[] = [];
+      let bytes = 0;
+      res.on("data", (c: Buffer) => {
+        if (bytes < 65536) kept.push(c);
+        bytes += c.length;
+        hash.update(c);
+      });
+      res.on("end", () => resolve({ status: res.statusCode as number, headers: h, bytes, md5: hash.digest("hex"), head: Buffer.concat(kept).subarray(0, 65536) }));
+      res.on("error", reject);
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+const one = (a: Answer, name: string) => a.headers[name]?.join(" | ");
+
+/**
+ * What the server behind nginx answers besides the measured downloads: a
+ * forged URL refused, the internal location closed to clients, the headers
+ * the client gets (against those of the server alone), a Range, and the
+ * conditional requests that carry an ETag. Failures are problems; the
+ * headers are notes.
+ */
+async function checkOffload(t: Target, productName: string, directUrl: string, path: string, size: number, digest: string): Promise<{ problems: string[]; notes: Record<string, unknown> }> {
+  const problems: string[] = [];
+  // What the server counted for one request: its started and resumed downloads before and after.
+  const counted = async (a: () => Promise<Answer>): Promise<Answer & { counted: string }> => {
+    const events = () => Promise.all(["started", "resumed"].map((event) => metric(t.upstream as string, "iothub_ota_firmware_downloads_total", { product: productName, event })));
+    const [s0, r0] = await events();
+    const answer = await a();
+    const [s1, r1] = await events();
+    return { ...answer, counted: `started +${(s1 as number) - (s0 as number)}, resumed +${(r1 as number) - (r0 as number)}` };
+  };
+  const url = t.urlFor(1);
+  const firmwareId = new URL(url).pathname.split("/").at(-1) as string;
+  const origin = new URL(url).origin;
+  const bytesAt = async (start: number, end: number) => {
+    const f = await open(path, "r");
+    try {
+      const b = Buffer.alloc(end - start + 1);
+      await f.read(b, 0, b.length, start);
+      return b;
+    } finally {
+      await f.close();
+    }
+  };
+
+  const forged = await ask(url.replace(/sig=[^&]+/, `sig=${"A".repeat(43)}`));
+  if (forged.status !== 403 || forged.bytes >= size || forged.headers["x-accel-redirect"]) problems.push(`forged URL through nginx: ${forged.status}, ${forged.bytes} bytes`);
+  const internal = await ask(`${origin}${ACCEL}${firmwareId}`);
+  if (internal.status !== 404) problems.push(`${ACCEL}${firmwareId} asked directly: ${internal.status}, not 404`);
+
+  const direct = await ask(directUrl, {}, "HEAD");
+  const full = await ask(url);
+  if (full.status !== 200 || full.bytes !== size || full.md5 !== digest) problems.push(`full download through nginx: ${full.status}, ${full.bytes} bytes, md5 ${full.md5}`);
+  if (full.headers["x-accel-redirect"]) problems.push("nginx passed X-Accel-Redirect on to the client");
+  const nginxEtag = one(full, "etag") ?? "";
+  const serverEtag = one(direct, "etag") ?? "";
+
+  const range = await counted(() => ask(url, { range: "bytes=1000-4999" }));
+  if (range.status !== 206 || one(range, "content-range") !== `bytes 1000-4999/${size}` || !range.head.equals(await bytesAt(1000, 4999))) {
+    problems.push(`Range through nginx: ${range.status}, ${one(range, "content-range")}, ${range.bytes} bytes`);
+  }
+  const tail = await ask(url, { range: "bytes=-100" });
+  const beyond = await ask(url, { range: `bytes=${size}-` });
+  // A resume as a device would send it: If-Range with the ETag it was given (nginx's), or with the server's.
+  const ifRangeNginx = await counted(() => ask(url, { range: "bytes=1000-", "if-range": nginxEtag }));
+  const ifRangeServer = await counted(() => ask(url, { range: "bytes=1000-", "if-range": serverEtag }));
+  const inmNginx = await counted(() => ask(url, { "if-none-match": nginxEtag }));
+  const inmServer = await counted(() => ask(url, { "if-none-match": serverEtag }));
+  const head = await counted(() => ask(url, {}, "HEAD"));
+  const pick = (a: Answer) => Object.fromEntries(["content-type", "content-length", "etag", "last-modified", "accept-ranges", "cache-control", "content-range"].filter((h) => a.headers[h]).map((h) => [h, (a.headers[h] as string[]).length > 1 ? a.headers[h] : one(a, h)]));
+  const brief = (a: Answer & { counted?: string }) => `${a.status}, ${a.bytes} bytes${a.headers["content-range"] ? `, ${one(a, "content-range")}` : ""}${a.counted ? `; server: ${a.counted}` : ""}`;
+  return {
+    problems,
+    notes: {
+      serverAlone: pick(direct),
+      throughNginx: pick(full),
+      forged: `${forged.status} (${forged.bytes} bytes)`,
+      internalAskedDirectly: internal.status,
+      range1000to4999: brief(range),
+      suffix100: brief(tail),
+      rangeBeyondEnd: brief(beyond),
+      ifRangeWithNginxEtag: brief(ifRangeNginx),
+      ifRangeWithServerEtag: brief(ifRangeServer),
+      ifNoneMatchNginxEtag: brief(inmNginx),
+      ifNoneMatchServerEtag: brief(inmServer),
+      head: brief(head),
     },
   };
 }
@@ -318,17 +498,32 @@ interface Tally {
   times: number[];
   hashed: number;
   problems: string[];
+  /** Downloads wrk completed. */
+  requests: number;
+  /** Per part (Target.parts), as `cpu`, `sys`, `idleKb`, `peakKb`. */
+  partCpu: number[];
+  partSys: number[];
+  partIdleKb: number[];
+  partPeakKb: number[];
 }
 
-/** Samples the RSS of every target every 50 ms; `peak` is the highest sum of each target's processes. */
+/** Samples the RSS of every target every 50 ms; `peak` is the highest sum of each target's processes, `partPeak` of each part's. */
 class RssSampler {
   readonly peak = new Map<Target, number>();
+  readonly partPeak = new Map<Target, number[]>();
   #timer: NodeJS.Timeout | undefined;
 
   start(targets: Target[]): void {
-    for (const t of targets) this.peak.set(t, 0);
+    for (const t of targets) {
+      this.peak.set(t, 0);
+      this.partPeak.set(t, (t.parts ?? []).map(() => 0));
+    }
     this.#timer = setInterval(() => {
-      for (const t of targets) this.peak.set(t, Math.max(this.peak.get(t) ?? 0, rssOf(t.pids())));
+      for (const t of targets) {
+        this.peak.set(t, Math.max(this.peak.get(t) ?? 0, rssOf(t.pids())));
+        const parts = this.partPeak.get(t) as number[];
+        for (const [i, p] of (t.parts ?? []).entries()) parts[i] = Math.max(parts[i] ?? 0, rssOf(p.pids()));
+      }
     }, 50);
   }
 
@@ -355,6 +550,9 @@ export async function downloadsBench(o: DownloadsOptions): Promise<{ rows: Recor
   dbUrl.pathname = `/${dbName}`;
   const targets: Target[] = [];
   let b: BenchServer | undefined;
+  let offload: Target | undefined;
+  let offloadChecks: { problems: string[]; notes: Record<string, unknown> } | undefined;
+  let offloadStarted0 = 0;
   const clients = new Clients(o.clients);
   try {
     // The file, world-readable: nginx's workers run as nobody.
@@ -373,7 +571,10 @@ export async function downloadsBench(o: DownloadsOptions): Promise<{ rows: Recor
     await file.close();
     const digest = md5.digest("hex");
 
-    b = await startServer(undefined, { DATABASE_URL: dbUrl.toString(), REDIS_PREFIX: redisPrefix, FIRMWARE_URL_KEY: key, FIRMWARE_MAX_BYTES: String(Math.max(o.size, 1 << 20)) });
+    // DATA_DIR named here: the server behind nginx shares it (as instances on a shared volume do), and nginx's internal location is its firmware/.
+    const dataDir = `${work}/data`;
+    const serverEnv = { DATABASE_URL: dbUrl.toString(), REDIS_PREFIX: redisPrefix, FIRMWARE_URL_KEY: key, FIRMWARE_MAX_BYTES: String(Math.max(o.size, 1 << 20)), DATA_DIR: dataDir };
+    b = await startServer(undefined, serverEnv);
     const httpUrl = b.server.httpUrl;
     const productName = uniq("dl");
     const res = await fetch(`${httpUrl}/firmware/${productName}/1.0?type=firmware`, {
@@ -396,6 +597,18 @@ export async function downloadsBench(o: DownloadsOptions): Promise<{ rows: Recor
     const serverPid = b.server.process.pid as number;
     targets.push({ name: "iothub-ota", pid: serverPid, pids: () => [serverPid], urlFor: (d) => signed[d] as string, stop: async () => undefined });
     targets.push(await startNginx("nginx (sendfile on)", `${work}/nginx`, `${work}/www`, "image.bin", true, query));
+    if (o.offload !== false) {
+      // A second server process, the same database, Redis prefix, key and DATA_DIR, with FIRMWARE_ACCEL_REDIRECT: nginx in front of it.
+      const accelServer = await startServer(undefined, { ...serverEnv, FIRMWARE_ACCEL_REDIRECT: ACCEL });
+      try {
+        offload = await startOffload(`${work}/nginx-offload`, accelServer, `${dataDir}/firmware`, (d) => `${UrlSigner.pathOf(artifact.id)}?${query(d)}`);
+      } catch (err) {
+        await accelServer.stop();
+        throw err;
+      }
+      targets.push(offload);
+      log(`offload: server pid ${accelServer.server.process.pid} (${accelServer.server.httpUrl}) behind nginx pid ${offload.pid} (${new URL(offload.urlFor(0)).origin})`);
+    }
     if (o.references) {
       targets.push(await startBareNode(path, query));
       targets.push(await startNginx("nginx (sendfile off)", `${work}/nginx-nosendfile`, `${work}/www`, "image.bin", false, query));
@@ -407,7 +620,31 @@ export async function downloadsBench(o: DownloadsOptions): Promise<{ rows: Recor
     await sleep(1000);
     const tallies = new Map<Target, Tally>();
     for (const t of targets) {
-      tallies.set(t, { target: t, idleKb: rssOf(t.pids()), peakKb: 0, afterKb: 0, cpu: 0, clientCpu: 0, wallMs: 0, bytes: 0, wrkP50: [], wrkP99: [], sys: 0, rates: [], times: [], chunks: 0, reads: 0, hashed: 0, problems: [] });
+      const parts = t.parts ?? [];
+      tallies.set(t, {
+        target: t,
+        idleKb: rssOf(t.pids()),
+        peakKb: 0,
+        afterKb: 0,
+        cpu: 0,
+        clientCpu: 0,
+        wallMs: 0,
+        bytes: 0,
+        wrkP50: [],
+        wrkP99: [],
+        sys: 0,
+        rates: [],
+        times: [],
+        chunks: 0,
+        reads: 0,
+        hashed: 0,
+        problems: [],
+        requests: 0,
+        partCpu: parts.map(() => 0),
+        partSys: parts.map(() => 0),
+        partIdleKb: parts.map((p) => rssOf(p.pids())),
+        partPeakKb: parts.map(() => 0),
+      });
     }
     // Warm-up: one download each (page cache, JIT), not counted; idle RSS is read before it.
     for (const t of targets) {
@@ -415,6 +652,11 @@ export async function downloadsBench(o: DownloadsOptions): Promise<{ rows: Recor
       if (done[0]?.md5 !== digest) throw new Error(`${t.name}: warm-up download ${JSON.stringify(done[0])}`);
     }
     const wrk = o.client === "wrk" ? await wrkScript(work, targets, o.devices) : undefined;
+    if (offload) {
+      offloadChecks = await checkOffload(offload, productName, signed[1] as string, path, o.size, digest);
+      (tallies.get(offload) as Tally).problems.push(...offloadChecks.problems);
+      offloadStarted0 = await startedCount(offload, productName);
+    }
 
     const sampler = new RssSampler();
     sampler.start(targets);
@@ -424,6 +666,8 @@ export async function downloadsBench(o: DownloadsOptions): Promise<{ rows: Recor
         const tally = tallies.get(t) as Tally;
         const cpu0 = cpuOf(t.pids());
         const sys0 = sysOf(t.pids());
+        const partCpu0 = (t.parts ?? []).map((p) => cpuOf(p.pids()));
+        const partSys0 = (t.parts ?? []).map((p) => sysOf(p.pids()));
         const client0 = cpuSeconds(process.pid);
         let rate: number;
         let wallMs: number;
@@ -433,6 +677,7 @@ export async function downloadsBench(o: DownloadsOptions): Promise<{ rows: Recor
           rate = w.bytes / MB / (wallMs / 1000);
           tally.bytes += w.bytes;
           tally.clientCpu += w.cpu;
+          tally.requests += w.requests;
           tally.wrkP50.push(w.p50Us / 1000); // wrk reports percentiles per round, not each download
           tally.wrkP99.push(w.p99Us / 1000);
           if (w.errors > 0) tally.problems.push(`wrk: ${w.errors} errors in ${w.requests} requests`);
@@ -456,6 +701,10 @@ export async function downloadsBench(o: DownloadsOptions): Promise<{ rows: Recor
         }
         tally.cpu += cpuOf(t.pids()) - cpu0;
         tally.sys += sysOf(t.pids()) - sys0;
+        for (const [i, p] of (t.parts ?? []).entries()) {
+          tally.partCpu[i] = (tally.partCpu[i] as number) + cpuOf(p.pids()) - (partCpu0[i] as number);
+          tally.partSys[i] = (tally.partSys[i] as number) + sysOf(p.pids()) - (partSys0[i] as number);
+        }
         tally.wallMs += wallMs;
         tally.rates.push(rate);
         log(`round ${r + 1}/${o.rounds} ${t.name}: ${round(rate)} MB/s over ${round(wallMs / 1000, 2)} s`);
@@ -468,6 +717,21 @@ export async function downloadsBench(o: DownloadsOptions): Promise<{ rows: Recor
       const tally = tallies.get(t) as Tally;
       tally.peakKb = sampler.peak.get(t) ?? 0;
       tally.afterKb = rssOf(t.pids());
+      tally.partPeakKb = sampler.partPeak.get(t) ?? [];
+    }
+    // Every measured download through nginx was checked by the server first: its count of started downloads moved by as many.
+    let offloadAccounting: Record<string, unknown> | undefined;
+    if (offload) {
+      const tally = tallies.get(offload) as Tally;
+      const counted = (await startedCount(offload, productName)) - offloadStarted0;
+      if (wrk) {
+        // wrk counts the downloads it completed; those cut at the end of a round were checked (and counted) too.
+        offloadAccounting = { serverCountedStarted: counted, wrkCompleted: tally.requests, cutAtRoundEnds: counted - tally.requests };
+        if (counted < tally.requests || counted > tally.requests + o.devices * o.rounds) tally.problems.push(`the server counted ${counted} started downloads, wrk completed ${tally.requests}`);
+      } else {
+        offloadAccounting = { serverCountedStarted: counted, downloadsMade: o.devices * o.rounds };
+        if (counted !== o.devices * o.rounds) tally.problems.push(`the server counted ${counted} started downloads, ${o.devices * o.rounds} were made`);
+      }
     }
 
     const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
@@ -486,11 +750,15 @@ export async function downloadsBench(o: DownloadsOptions): Promise<{ rows: Recor
         "server CPU cores": round(t.cpu / (t.wallMs / 1000), 2),
         "server CPU s/GB": round(t.cpu / moved, 2),
         "of it kernel": `${round((100 * t.sys) / t.cpu, 0)} %`,
+        "CPU s/GB by part (kernel)": t.target.parts ? t.target.parts.map((p, i) => `${p.label} ${round((t.partCpu[i] as number) / moved, 2)} (${round((100 * (t.partSys[i] as number)) / (t.partCpu[i] as number), 0)} %)`).join(" + ") : "–",
         "client CPU s/GB": round(t.clientCpu / moved, 2),
         ...(t.reads > 0 ? { "client KB/read": round((o.size * t.reads) / t.chunks / 1024, 0) } : {}),
         "RSS idle MB": round(t.idleKb / 1024, 0),
         "RSS peak−idle MB": round((t.peakKb - t.idleKb) / 1024, 0),
         "RSS after MB": round(t.afterKb / 1024, 0),
+        "RSS idle / peak−idle MB by part": t.target.parts
+          ? t.target.parts.map((p, i) => `${p.label} ${round((t.partIdleKb[i] as number) / 1024, 0)} / ${round(((t.partPeakKb[i] as number) - (t.partIdleKb[i] as number)) / 1024, 0)}`).join(" + ")
+          : "–",
         hashed: t.hashed,
         failed: t.problems.length,
       };
@@ -501,6 +769,14 @@ export async function downloadsBench(o: DownloadsOptions): Promise<{ rows: Recor
       bench: "downloads-summary",
       client: o.client,
       ratio: round(median(tallies.get(targets[0] as Target)!.rates) / median(reference.rates), 3),
+      ...(offload
+        ? {
+            offloadRatio: round(median(tallies.get(offload)!.rates) / median(reference.rates), 3),
+            offloadRatioPerRound: tallies.get(offload)!.rates.map((r, i) => round(r / (reference.rates[i] as number), 2)),
+            offloadAccounting,
+            offloadChecks: offloadChecks?.notes,
+          }
+        : {}),
       machineBusyCores: round(machineCores, 2),
       loadavg: readFileSync("/proc/loadavg", "utf8").trim(),
       problems,
@@ -576,6 +852,11 @@ end
     if (!line) throw new Error(`wrk printed no result:\n${out}`);
     return { ...(JSON.parse(line.slice(8)) as Omit<WrkResult, "cpu">), cpu };
   };
+}
+
+/** The offloading server's count of started downloads of the bench's product, from its /metrics. */
+async function startedCount(t: Target, productName: string): Promise<number> {
+  return metric(t.upstream as string, "iothub_ota_firmware_downloads_total", { product: productName, event: "started" });
 }
 
 async function dropRedisPrefix(prefix: string): Promise<void> {
