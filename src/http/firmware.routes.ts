@@ -100,6 +100,14 @@ export function firmwareRoutes(
       return sendError(res, ErrorCode.FORBIDDEN, REFUSED[found.refused]);
     }
     const { artifact } = found;
+    if (accelRedirect !== undefined) {
+      // Checked here, sent by the proxy in front (nginx's sendfile): its ETag, Range, If-Range, If-None-Match and length.
+      // Counted here by the Range asked for; bytes and completions are the proxy's to count.
+      const from = /^bytes=(\d+)-/.exec(req.headers.range ?? "");
+      const labels = { product: artifact.productName, version: artifact.version, type: artifact.type };
+      if (req.method === "GET") metrics.firmwareDownloads.inc({ ...labels, event: from && Number(from[1]) > 0 ? "resumed" : "started" });
+      return void res.set({ "X-Accel-Redirect": `${accelRedirect}${artifact.id}`, "Content-Type": "application/octet-stream", "Cache-Control": "private, no-transform" }).end();
+    }
     const etag = etagOf(artifact);
     res.set({ ETag: etag, "Accept-Ranges": "bytes", "Cache-Control": "private, no-transform", "Content-Type": "application/octet-stream" });
     if (noneMatch(req.get("if-none-match"), etag)) return void res.status(304).end();
@@ -109,11 +117,6 @@ export function firmwareRoutes(
       return sendError(res, ErrorCode.BAD_REQUEST, `the range asked for is outside the artifact's ${artifact.size} bytes`, 416);
     }
     const { start, end } = range ?? { start: 0, end: artifact.size - 1 };
-    if (accelRedirect !== undefined) {
-      // Checked here, sent by the proxy in front (nginx's sendfile): it serves the file, its Range and its length.
-      metrics.firmwareDownloads.inc({ product: artifact.productName, version: artifact.version, type: artifact.type, event: start === 0 ? "started" : "resumed" });
-      return void res.set("X-Accel-Redirect", `${accelRedirect}${artifact.id}`).end();
-    }
     const body = req.method === "HEAD" ? null : await artifacts.open(artifact, { start, end });
     if (req.method !== "HEAD" && !body) {
       // A row without its bytes: deleted just now, or DATA_DIR/firmware is not shared by the instances (logged, throttled).
