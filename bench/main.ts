@@ -3,6 +3,7 @@
 import "reflect-metadata";
 import { Command } from "commander";
 import { downloadsBench, parseSize, type DownloadsOptions } from "./downloads.js";
+import { capacityBench, type CapacityOptions } from "./capacity.js";
 import { fleetBench, type FleetOptions } from "./fleet.js";
 import { ingestBench } from "./ingest.js";
 import { queriesBench, type QueriesOptions } from "./queries.js";
@@ -123,6 +124,15 @@ program
     process.stdout.write(`${JSON.stringify(summary)}\n`);
     const problems = summary.problems as string[];
     if (problems.length > 0) throw new Error(`downloads benchmark: ${problems.join("; ")}`);
+  });
+
+program
+  .command("capacity")
+  .description("what a connected device, a progress report and a command cost the server and Redis (a Redis of its own): the capacity model's inputs")
+  .option("--devices <n>", "connected devices", int, 1000)
+  .option("--reports <n>", "progress reports per device", int, 20)
+  .action(async (o: CapacityOptions) => {
+    report("capacity", await capacityBench(o), { ...o });
   });
 
 program
