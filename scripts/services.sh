@@ -23,6 +23,15 @@ ensure_deps() {
   if [ ! -x node_modules/.bin/vitest ]; then npm ci --no-audit --no-fund; fi
 }
 
+# The linters (npm run lint): a package of their own under tools/lint, with the TypeScript that
+# typescript-eslint supports (the project's TypeScript 7 has no classic compiler API).
+ensure_lint_deps() {
+  if [ ! -x tools/lint/node_modules/.bin/eslint ] || [ ! -x tools/lint/node_modules/.bin/depcruise ]; then
+    echo "installing the linters (npm ci --prefix tools/lint)"
+    npm ci --prefix tools/lint --no-audit --no-fund --loglevel=error
+  fi
+}
+
 # What running from a clone needs: the runtime and what builds it (TypeScript, Vite);
 # npm's warnings about development tools stay off a newcomer's first screen.
 ensure_runtime_deps() {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `npm test`: install what is missing, start Redis, PostgreSQL and Mosquitto
 # when they are not running, build the server and the dashboard when stale
-# (the process tests run the build), type-check both, then run every test
+# (the process tests run the build), type-check both, lint (scripts/lint.sh), then run every test
 # against them (the browser tests drive Debian's chromium, installed when absent).
 cd "$(dirname "$0")/.."
 . scripts/services.sh
@@ -15,4 +15,5 @@ ensure_web
 echo "services: redis :6379, postgresql ($DATABASE_URL), mosquitto :1883"
 npx tsc -p tsconfig.json --noEmit
 npx tsc -p web/tsconfig.json --noEmit
+bash scripts/lint.sh
 npx vitest run "$@"
