@@ -62,7 +62,7 @@ export class RolloutFeed {
       hub.dirty = true;
       return;
     }
-    if (hub.timer === undefined) hub.timer = setTimeout(() => this.#recount(id, hub), this.options.coalesceMs);
+    if (hub.timer === undefined) hub.timer = setTimeout(() => void this.#recount(id, hub).catch((err: unknown) => this.options.onError(err)), this.options.coalesceMs);
   }
 
   /** Starts with the snapshot now, then each change (coalesced). */
