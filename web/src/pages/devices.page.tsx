@@ -38,7 +38,8 @@ export function DevicesPage({ product }: { product: string }) {
     variables: { productName: product, ...filters, first: PAGE_SIZE, after: pages.after },
     requestPolicy: "cache-and-network",
   });
-  const nodes = result.data?.devices.nodes ?? [];
+  // One array per answer: a fresh [] on every render (no data yet) would rebuild onScreen on every render.
+  const nodes = useMemo(() => result.data?.devices.nodes ?? [], [result.data]);
   const onScreen = useMemo(() => new Set(nodes.map((d) => d.deviceName)), [nodes]);
   const { latest, error: liveError } = useCoalescedSubscription(
     OtaProgressChangedDocument,

@@ -332,7 +332,8 @@ function Executions({ rollout }: { rollout: RolloutFieldsFragment }) {
   useThrottledOnChange(JSON.stringify(rollout.counts), refresh, TABLE_REFRESH_MS);
   // A change of state (paused, ended) moves many rows at once: read them at once.
   useThrottledOnChange(rollout.state, refresh, 0);
-  const nodes = result.data?.rolloutExecutions.nodes ?? [];
+  // One array per answer: a fresh [] on every render (no data yet) would rebuild onScreen on every render.
+  const nodes = useMemo(() => result.data?.rolloutExecutions.nodes ?? [], [result.data]);
   const onScreen = useMemo(() => new Set(nodes.map((n) => n.deviceName)), [nodes]);
   const { latest } = useCoalescedSubscription(
     RolloutProgressDocument,
