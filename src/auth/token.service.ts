@@ -1,12 +1,11 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
-import { and, count, desc, eq, inArray, isNull } from "drizzle-orm";
 import { LRUCache } from "lru-cache";
 import { upTo } from "../lru.js";
 import { badInput } from "../errors.js";
 import { isValidName } from "../protocol/names.js";
 import type { Db } from "../storage/database.js";
-import { apiTokens } from "../storage/schema.js";
 import { isAccess, principalOf, type Access, type Principal } from "./principal.js";
+import { TokenRepository, type TokenRow } from "./token.repository.js";
 
 const sha256 = (s: string) => createHash("sha256").update(s).digest();
 
@@ -59,15 +58,13 @@ export function checkNewToken(input: NewToken, now: number): Required<NewToken> 
   return { name, access: input.access, products: products && [...new Set(products)].sort(), expiresAt };
 }
 
-type Row = typeof apiTokens.$inferSelect;
-
-const accessOf = (row: Row): Access => {
+const accessOf = (row: TokenRow): Access => {
   const level = row.scopes[0];
   // Rows are written by create() only; anything else is refused rather than guessed.
   return isAccess(level) ? level : "read";
 };
 
-function infoOf(row: Row): TokenInfo {
+function infoOf(row: TokenRow): TokenInfo {
   return {
     id: row.id,
     name: row.name,
@@ -87,14 +84,16 @@ export class TokenService {
   readonly #revokedListeners = new Set<(tokenId: string) => void>();
   /** Revocations made by this instance so far: a verification that overlapped one does not cache what it read. */
   #revocations = 0;
+  readonly #rows: TokenRepository;
 
   constructor(
-    private readonly db: () => Db,
+    db: () => Db,
     adminToken: string | undefined,
     /** How long a verified token is remembered (TOKEN_CACHE_TTL_MS): other instances refuse a revoked token within it. */
     cacheTtlMs: number,
     private readonly now: () => number = Date.now,
   ) {
+    this.#rows = new TokenRepository(db);
     this.#adminDigest = adminToken === undefined ? undefined : sha256(adminToken);
     this.#cache = new LRUCache<string, Principal>({ ...upTo(TOKEN_CACHE_MAX), ttl: cacheTtlMs });
   }
@@ -103,27 +102,23 @@ export class TokenService {
   async create(request: NewToken): Promise<{ token: string; info: TokenInfo }> {
     const input = checkNewToken(request, this.now());
     const token = `iot_${randomBytes(32).toString("base64url")}`;
-    const [row] = await this.db()
-      .insert(apiTokens)
-      .values({
-        name: input.name,
-        scopes: [input.access],
-        products: input.products === null ? null : [...input.products],
-        expiresAt: input.expiresAt,
-        tokenHash: sha256(token).toString("hex"),
-      })
-      .returning();
-    return { token, info: infoOf(row as Row) };
+    const row = await this.#rows.insert({
+      name: input.name,
+      scopes: [input.access],
+      products: input.products === null ? null : [...input.products],
+      expiresAt: input.expiresAt,
+      tokenHash: sha256(token).toString("hex"),
+    });
+    return { token, info: infoOf(row) };
   }
 
-  async count(): Promise<number> {
-    const [row] = await this.db().select({ n: count() }).from(apiTokens);
-    return row?.n ?? 0;
+  count(): Promise<number> {
+    return this.#rows.count();
   }
 
   /** Every token, newest first, revoked and expired ones included. */
   async list(): Promise<TokenInfo[]> {
-    const rows = await this.db().select().from(apiTokens).orderBy(desc(apiTokens.createdAt));
+    const rows = await this.#rows.newestFirst();
     return rows.map(infoOf);
   }
 
@@ -135,15 +130,10 @@ export class TokenService {
    */
   async revoke(id: string): Promise<boolean> {
     if (!UUID.test(id)) throw badInput("id", "not a token id");
-    const rows = await this.db()
-      .update(apiTokens)
-      .set({ revokedAt: new Date(this.now()) })
-      .where(and(eq(apiTokens.id, id), isNull(apiTokens.revokedAt)))
-      .returning({ tokenHash: apiTokens.tokenHash });
-    const [row] = rows;
-    if (!row) return false;
+    const tokenHash = await this.#rows.revoke(id, new Date(this.now()));
+    if (tokenHash === undefined) return false;
     this.#revocations++;
-    this.#cache.delete(row.tokenHash);
+    this.#cache.delete(tokenHash);
     for (const listener of this.#revokedListeners) listener(id);
     return true;
   }
@@ -163,10 +153,7 @@ export class TokenService {
     let principal = this.#cache.get(hex);
     while (!principal) {
       const revocations = this.#revocations;
-      const [row] = await this.db()
-        .select()
-        .from(apiTokens)
-        .where(and(eq(apiTokens.tokenHash, hex), isNull(apiTokens.revokedAt)));
+      const row = await this.#rows.unrevokedByDigest(hex);
       if (!row) return null;
       // A revocation here while the row was read may concern this very token: read again rather than cache it.
       if (revocations !== this.#revocations) continue;
@@ -185,10 +172,7 @@ export class TokenService {
     const valid = new Set<string>(ids.filter((id) => id === ADMIN_TOKEN_ID));
     const stored = ids.filter((id) => UUID.test(id));
     if (stored.length === 0) return valid;
-    const rows = await this.db()
-      .select({ id: apiTokens.id, expiresAt: apiTokens.expiresAt })
-      .from(apiTokens)
-      .where(and(inArray(apiTokens.id, stored), isNull(apiTokens.revokedAt)));
+    const rows = await this.#rows.unrevokedExpiries(stored);
     for (const row of rows) if (row.expiresAt === null || row.expiresAt.getTime() > this.now()) valid.add(row.id);
     return valid;
   }
