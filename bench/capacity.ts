@@ -9,6 +9,9 @@ import { OwnRedis } from "../test/helpers/processes.js";
 import { connectDevices, publishLoad } from "./load.js";
 import { cpuSeconds, gql, heapAfterGc, metric, round, sleep, startServer, TOKEN, uniq } from "./lib.js";
 
+const REFRESH_MS = 1000;
+const IDLE_MS = 5000;
+
 export interface CapacityOptions {
   devices: number;
   reports: number;
@@ -63,7 +66,20 @@ const rssOf = (pid: number) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/pr
 export async function capacityBench(o: CapacityOptions): Promise<Record<string, unknown>[]> {
   const redis = await OwnRedis.start();
   const probe = new Redis(redis.url);
-  const b = await startServer(undefined, { REDIS_URL: redis.url }, true);
+  const rows = [...(await phases(redis, probe, o, "costs")), ...(await phases(redis, probe, o, "refresh"))];
+  await probe.quit();
+  await redis.stop();
+  return rows;
+}
+
+/**
+ * "costs": connecting, reports and commands, on a server whose presence is
+ * refreshed too seldom to count (once an hour); "refresh": its devices idle,
+ * refreshed every second, which is what one refresh costs.
+ */
+async function phases(redis: OwnRedis, probe: Redis, o: CapacityOptions, what: "costs" | "refresh"): Promise<Record<string, unknown>[]> {
+  const ttl = what === "costs" ? 3_600_000 : REFRESH_MS * 3;
+  const b = await startServer(undefined, { REDIS_URL: redis.url, PRESENCE_TTL_MS: String(ttl) }, true);
   try {
     const pid = b.server.process.pid as number;
     const productName = uniq("cap");
@@ -76,19 +92,33 @@ export async function capacityBench(o: CapacityOptions): Promise<Record<string, 
     const heapBefore = await heapAfterGc(b.inspectPort as number);
     const rssBefore = rssOf(pid);
     let cpu = cpuSeconds(pid);
+    let start = Date.now();
     // A hundred at a time: first connections cost the broker an scrypt check each.
     const clients = [];
     for (let i = 0; i < devices.length; i += 100) clients.push(...(await connectDevices(b.mqttUrl, devices.slice(i, i + 100))));
     await sleep(3000);
-    const cpuConnect = cpuSeconds(pid) - cpu;
+    const connect = { ms: Date.now() - start, cpu: cpuSeconds(pid) - cpu, redis: diff(before, await sample(probe), o.devices) };
     const heapAfter = await heapAfterGc(b.inspectPort as number);
+    const rssAfter = rssOf(pid);
+
+    if (what === "refresh") {
+      // Connected and idle: the instance refreshes its devices' presence and sessions' live marks.
+      before = await sample(probe);
+      cpu = cpuSeconds(pid);
+      start = Date.now();
+      await sleep(IDLE_MS);
+      const refreshes = (o.devices * (Date.now() - start)) / REFRESH_MS;
+      const cpuUs = round(((cpuSeconds(pid) - cpu) * 1e6) / refreshes, 1);
+      await Promise.all(clients.map((c) => c.endAsync(true)));
+      return [{ unit: "refresh of a connected device (every PRESENCE_TTL_MS / 3)", count: Math.round(refreshes), serverCpuUs: cpuUs, ...diff(before, await sample(probe), refreshes) }];
+    }
     rows.push({
       unit: "connected device",
       count: o.devices,
       serverHeapKB: round((heapAfter - heapBefore) / 1024 / o.devices, 1),
-      serverRssKB: round((rssOf(pid) - rssBefore) / 1024 / o.devices, 1),
-      serverCpuMs: round((cpuConnect * 1000) / o.devices, 2),
-      ...diff(before, await sample(probe), o.devices),
+      serverRssKB: round((rssAfter - rssBefore) / 1024 / o.devices, 1),
+      serverCpuUs: round((connect.cpu * 1e6) / o.devices, 0),
+      ...connect.redis,
     });
 
     // A progress report: ingest (dedup, order, store, publish to subscribers' channel).
@@ -96,19 +126,17 @@ export async function capacityBench(o: CapacityOptions): Promise<Record<string, 
     const stored = await accepted();
     before = await sample(probe);
     cpu = cpuSeconds(pid);
+    start = Date.now();
     await publishLoad(clients, devices, o.reports, 0);
     const total = o.devices * o.reports;
     while ((await accepted()) - stored < total) await sleep(20);
-    rows.push({
-      unit: "progress report",
-      count: total,
-      serverCpuUs: round(((cpuSeconds(pid) - cpu) * 1e6) / total, 0),
-      ...diff(before, await sample(probe), total),
-    });
+    const load = { ms: Date.now() - start, cpu: cpuSeconds(pid) - cpu, redis: diff(before, await sample(probe), total) };
+    rows.push({ unit: "progress report", count: total, serverCpuUs: round((load.cpu * 1e6) / total, 0), ...load.redis });
 
     // A command by device: the attempt mark, the broker's publish, the session queue.
     before = await sample(probe);
     cpu = cpuSeconds(pid);
+    start = Date.now();
     const firmware = { url: "https://fw.example/cap.bin", version: "9.0", size: 1000, md5: "0".repeat(32), type: "firmware" };
     for (let i = 0; i < devices.length; i += 50) {
       await Promise.all(
@@ -118,17 +146,11 @@ export async function capacityBench(o: CapacityOptions): Promise<Record<string, 
       );
     }
     await sleep(1000);
-    rows.push({
-      unit: "command (by device)",
-      count: devices.length,
-      serverCpuUs: round(((cpuSeconds(pid) - cpu) * 1e6) / devices.length, 0),
-      ...diff(before, await sample(probe), devices.length),
-    });
+    const commands = { ms: Date.now() - start, cpu: cpuSeconds(pid) - cpu, redis: diff(before, await sample(probe), devices.length) };
+    rows.push({ unit: "command (by device)", count: devices.length, serverCpuUs: round((commands.cpu * 1e6) / devices.length, 0), ...commands.redis });
     await Promise.all(clients.map((c) => c.endAsync(true)));
     return rows;
   } finally {
     await b.stop();
-    await probe.quit();
-    await redis.stop();
   }
 }
