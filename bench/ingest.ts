@@ -1,6 +1,8 @@
 import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { print } from "graphql";
 import type { MqttClient } from "mqtt";
+import pg from "pg";
 import { registerDevices } from "../src/sim/sim.fleet.js";
 import { connectDevices, publishLoad, type LoadDevice } from "./load.js";
 import { cpuSeconds, metric, nowMs, OwnMosquitto, percentile, REDIS_URL, round, sleep, startServer, TOKEN, uniq, wsClient, type BenchServer } from "./lib.js";
@@ -14,6 +16,60 @@ export interface IngestOptions {
   subscribers: number;
   /** Skip the reference runs. */
   noReferences?: boolean;
+  /**
+   * Server instances sharing Redis (default 1). Through Mosquitto they split
+   * the reports by one MQTT shared subscription; embedded, each runs its own
+   * broker over the Redis bus (BROKER_BUS=redis) and a PostgreSQL database of
+   * the bench's, and the devices connect to them in turn. The subscriber is
+   * on the first instance; CPU is the sum over all instances.
+   */
+  instances?: number;
+}
+
+const DATABASE_URL = process.env.DATABASE_URL ?? "postgresql://root@localhost/postgres?host=/var/run/postgresql";
+
+/** One deployment under test: its instances, as one. */
+interface Deployment {
+  servers: BenchServer[];
+  stop(): Promise<void>;
+}
+
+async function deploy(broker: "mosquitto" | "embedded", mosquittoUrl: string, instances: number): Promise<Deployment> {
+  if (instances === 1) {
+    const b = await startServer(broker === "mosquitto" ? mosquittoUrl : undefined);
+    return { servers: [b], stop: () => b.stop() };
+  }
+  const servers: BenchServer[] = [];
+  let dropDatabase = async () => undefined as void;
+  const env: Record<string, string> = { MQTT_SHARE_GROUP: uniq("bench") };
+  if (broker === "embedded") {
+    // The instances' brokers authenticate devices against one registry.
+    const name = `iothub_bench_${randomBytes(4).toString("hex")}`;
+    const admin = new pg.Client({ connectionString: DATABASE_URL });
+    await admin.connect();
+    await admin.query(`create database ${name}`);
+    const url = new URL(DATABASE_URL);
+    url.pathname = `/${name}`;
+    Object.assign(env, { DATABASE_URL: url.toString(), BROKER_BUS: "redis", REDIS_PREFIX: `${uniq("bench-ingest")}:` });
+    dropDatabase = async () => {
+      await admin.query(`drop database if exists ${name} with (force)`);
+      await admin.end();
+    };
+  }
+  try {
+    for (let i = 0; i < instances; i++) servers.push(await startServer(broker === "mosquitto" ? mosquittoUrl : undefined, env));
+  } catch (err) {
+    for (const s of servers) await s.stop();
+    await dropDatabase();
+    throw err;
+  }
+  return {
+    servers,
+    stop: async () => {
+      for (const s of servers) await s.stop();
+      await dropDatabase();
+    },
+  };
 }
 
 interface Run {
@@ -26,15 +82,20 @@ interface Run {
   latencies: number[];
 }
 
-async function devicesFor(b: BenchServer, count: number): Promise<{ devices: LoadDevice[]; clients: MqttClient[]; productName: string }> {
+async function devicesFor(servers: BenchServer[], count: number): Promise<{ devices: LoadDevice[]; clients: MqttClient[]; productName: string }> {
   const productName = uniq("bench");
-  const devices = await registerDevices(b.graphqlUrl, TOKEN, productName, count, []);
-  return { devices, clients: await connectDevices(b.mqttUrl, devices), productName };
+  const first = servers[0] as BenchServer;
+  const devices = await registerDevices(first.graphqlUrl, TOKEN, productName, count, []);
+  // In turn over the instances' brokers (one broker URL for all through Mosquitto).
+  const clients = await Promise.all(servers.map((s, i) => connectDevices(s.mqttUrl, devices.filter((_, j) => j % servers.length === i))));
+  const byDevice = devices.map((_, j) => (clients[j % servers.length] as MqttClient[])[Math.floor(j / servers.length)] as MqttClient);
+  return { devices, clients: byDevice, productName };
 }
 
 /** One load through the server: every report must reach a graphql-ws subscriber. */
-async function runServer(b: BenchServer, o: IngestOptions, rate: number): Promise<Run> {
-  const { devices, clients: mqttClients, productName } = await devicesFor(b, o.devices);
+async function runServer(d: Deployment, o: IngestOptions, rate: number): Promise<Run> {
+  const b = d.servers[0] as BenchServer;
+  const { devices, clients: mqttClients, productName } = await devicesFor(d.servers, o.devices);
   const total = o.devices * o.reports;
   const latencies: number[] = [];
   let lastAt = 0;
@@ -45,18 +106,20 @@ async function runServer(b: BenchServer, o: IngestOptions, rate: number): Promis
     else extraDeliveries++;
   };
   const clients = await Promise.all(Array.from({ length: o.subscribers }, (_, i) => subscriber(b.wsUrl, productName, onReport, i === 0)));
-  const pid = b.server.process.pid as number;
-  const cpuBefore = cpuSeconds(pid);
-  const storedBefore = await metric(b.server.httpUrl, "iothub_ota_ingest_messages_total", { kind: "ota_status", result: "accepted" });
+  const pids = d.servers.map((s) => s.server.process.pid as number);
+  const cpu = () => pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0);
+  const accepted = async () =>
+    (await Promise.all(d.servers.map((s) => metric(s.server.httpUrl, "iothub_ota_ingest_messages_total", { kind: "ota_status", result: "accepted" })))).reduce((a, n) => a + n, 0);
+  const cpuBefore = cpu();
+  const storedBefore = await accepted();
   const load = await publishLoad(mqttClients, devices, o.reports, rate);
-  const storedNow = async () =>
-    (await metric(b.server.httpUrl, "iothub_ota_ingest_messages_total", { kind: "ota_status", result: "accepted" })) - storedBefore;
+  const storedNow = async () => (await accepted()) - storedBefore;
   if (o.subscribers === 0) {
     while ((await storedNow()) < total) await sleep(10);
     lastAt = nowMs();
   }
   await waitFor(() => o.subscribers === 0 || (latencies.length >= total && extraDeliveries >= total * (o.subscribers - 1)));
-  const cpuUs = ((cpuSeconds(pid) - cpuBefore) * 1e6) / total;
+  const cpuUs = ((cpu() - cpuBefore) * 1e6) / total;
   const stored = await storedNow();
   await Promise.all(clients.map((c) => c.dispose()));
   await Promise.all(mqttClients.map((c) => c.endAsync(true)));
@@ -140,17 +203,19 @@ export async function ingestBench(o: IngestOptions): Promise<Record<string, unkn
       seed = seedRun.received / seedRun.seconds;
       rows.push(row("seed design", "mosquitto", "max", seedRun, ceiling));
     }
+    const instances = o.instances ?? 1;
+    const name = instances === 1 ? "iothub-ota" : `iothub-ota ×${instances}`;
     for (const broker of o.brokers) {
-      const b = await startServer(broker === "mosquitto" ? mosquitto.url : undefined);
+      const d = await deploy(broker, mosquitto.url, instances);
       try {
-        const saturated = await runServer(b, o, 0);
+        const saturated = await runServer(d, o, 0);
         const sat = saturated.received / saturated.seconds;
-        const refs = broker === "mosquitto" ? [ceiling, seed] : [undefined, undefined];
-        rows.push(row("iothub-ota", broker, "max", saturated, refs[0], refs[1]));
+        // The bare subscriber ran on this Mosquitto: the embedded broker's figure is set against the same ceiling.
+        rows.push(row(name, broker, "max", saturated, ceiling, broker === "mosquitto" ? seed : undefined));
         const half = Math.max(1, Math.round(sat / 2));
-        rows.push(row("iothub-ota", broker, `${half}/s`, await runServer(b, o, half)));
+        rows.push(row(name, broker, `${half}/s`, await runServer(d, o, half)));
       } finally {
-        await b.stop();
+        await d.stop();
       }
     }
   } finally {

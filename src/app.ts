@@ -16,6 +16,7 @@ import { createMetrics, type Metrics } from "./metrics.js";
 import { IngestDispatcher } from "./mqtt/ingest.dispatcher.js";
 import { ServerMqttClient } from "./mqtt/server.client.js";
 import { OtaResolver } from "./ota/ota.resolver.js";
+import { ProgressBatchResolver } from "./ota/progress.batch.resolver.js";
 import { OtaService } from "./ota/ota.service.js";
 import type { BrokerLink, CommandPublisher, DeviceSessions } from "./ota/ports.js";
 import { parseCommandTopic } from "./protocol/topics.js";
@@ -204,6 +205,7 @@ export class App {
     const resolvers = [
       new DeviceResolver(this.devices),
       new OtaResolver(this.ota),
+      new ProgressBatchResolver(),
       new TokenResolver(this.tokens),
       new RolloutResolver(this.rollouts),
       new DeviceRolloutResolver(this.rollouts, this.ota),

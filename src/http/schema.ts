@@ -6,6 +6,7 @@ import { TokenResolver } from "../auth/token.resolver.js";
 import { DeviceResolver } from "../devices/device.resolver.js";
 import { ArtifactResolver } from "../firmware/artifact.resolver.js";
 import { OtaResolver } from "../ota/ota.resolver.js";
+import { ProgressBatchResolver } from "../ota/progress.batch.resolver.js";
 import { DeviceRolloutResolver, FleetRolloutResolver, RolloutResolver } from "../rollouts/rollout.resolver.js";
 import type { Context } from "./context.js";
 
@@ -38,7 +39,7 @@ const authChecker: AuthChecker<Context> = ({ context, args }, roles) => {
 export function buildGraphqlSchema(pubSub: PubSub, resolvers: object[] = []): Promise<GraphQLSchema> {
   const instances = new Map<unknown, object>(resolvers.map((r) => [r.constructor, r]));
   return buildSchema({
-    resolvers: [DeviceResolver, OtaResolver, TokenResolver, RolloutResolver, DeviceRolloutResolver, FleetRolloutResolver, ArtifactResolver],
+    resolvers: [DeviceResolver, OtaResolver, ProgressBatchResolver, TokenResolver, RolloutResolver, DeviceRolloutResolver, FleetRolloutResolver, ArtifactResolver],
     container: { get: (cls) => instances.get(cls) },
     pubSub,
     authChecker,

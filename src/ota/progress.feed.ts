@@ -101,37 +101,7 @@ export class ProgressFeed {
       closed: false,
     };
     this.#join(productName, watcher);
-    // A hand-written iterator, not an async generator: return() must take
-    // effect at once, even while next() waits, or an unsubscribed client
-    // would stay a watcher until the next event.
-    const iterator: AsyncIterableIterator<ProgressRecord> = {
-      next: async () => {
-        try {
-          for (;;) {
-            if (watcher.closed) return { done: true, value: undefined };
-            const record = watcher.queue.shift();
-            if (record === undefined) {
-              await new Promise<void>((resolve) => (watcher.wake = resolve));
-              continue;
-            }
-            if (watcher.tag !== undefined && !(await this.tagsOf(record.productName, record.deviceName)).includes(watcher.tag)) continue;
-            if (watcher.accept === undefined || (await watcher.accept(record))) return { done: false, value: record };
-          }
-        } catch (err) {
-          // A consumer whose next() failed does not call return() (for await, graphql-ws): leave now, or stay a watcher for good.
-          this.#leave(productName, watcher);
-          throw err;
-        }
-      },
-      return: async () => {
-        this.#leave(productName, watcher);
-        return { done: true, value: undefined };
-      },
-      [Symbol.asyncIterator]() {
-        return iterator;
-      },
-    };
-    return iterator;
+    return new WatchStream(watcher, () => this.#leave(productName, watcher), this.tagsOf);
   }
 
   #join(productName: string, watcher: Watcher): void {
@@ -184,5 +154,48 @@ export class ProgressFeed {
         watcher.wake?.();
       }
     }
+  }
+}
+
+/**
+ * One watcher's reports, filtered. A hand-written iterator, not an async
+ * generator: return() must take effect at once, even while next() waits, or
+ * an unsubscribed client would stay a watcher until the next event. A class,
+ * not an object of closures: 10,000 subscribers hold one each.
+ */
+class WatchStream implements AsyncIterableIterator<ProgressRecord> {
+  constructor(
+    private readonly watcher: Watcher,
+    private readonly leave: () => void,
+    private readonly tagsOf: TagsOf,
+  ) {}
+
+  async next(): Promise<IteratorResult<ProgressRecord, undefined>> {
+    const watcher = this.watcher;
+    try {
+      for (;;) {
+        if (watcher.closed) return { done: true, value: undefined };
+        const record = watcher.queue.shift();
+        if (record === undefined) {
+          await new Promise<void>((resolve) => (watcher.wake = resolve));
+          continue;
+        }
+        if (watcher.tag !== undefined && !(await this.tagsOf(record.productName, record.deviceName)).includes(watcher.tag)) continue;
+        if (watcher.accept === undefined || (await watcher.accept(record))) return { done: false, value: record };
+      }
+    } catch (err) {
+      // A consumer whose next() failed does not call return() (for await, graphql-ws): leave now, or stay a watcher for good.
+      this.leave();
+      throw err;
+    }
+  }
+
+  async return(): Promise<IteratorResult<ProgressRecord, undefined>> {
+    this.leave();
+    return { done: true, value: undefined };
+  }
+
+  [Symbol.asyncIterator](): this {
+    return this;
   }
 }
