@@ -39,10 +39,11 @@ program
   .option("--brokers <list>", "mosquitto,embedded", "mosquitto,embedded")
   .option("--subscribers <n>", "graphql-ws subscribers that must receive every report (0: stored only)", (v: string) => Number(v), 1)
   .option("--no-references", "skip the bare-subscriber and seed-design runs")
-  .action(async (o: { devices: number; reports: number; subscribers: number; brokers: string; references: boolean }) => {
+  .option("--instances <n>", "server instances sharing Redis (embedded: over the Redis bus, with a PostgreSQL database of their own)", int, 1)
+  .action(async (o: { devices: number; reports: number; subscribers: number; brokers: string; references: boolean; instances: number }) => {
     const brokers = o.brokers.split(",") as ("mosquitto" | "embedded")[];
     const rows = await ingestBench({ ...o, brokers, noReferences: !o.references });
-    report("ingest", rows, { devices: o.devices, reports: o.reports, subscribers: o.subscribers });
+    report("ingest", rows, { devices: o.devices, reports: o.reports, subscribers: o.subscribers, instances: o.instances });
   });
 
 program

@@ -4,7 +4,7 @@ import type { Client } from "graphql-ws";
 import mqtt from "mqtt";
 import { ObjectId } from "bson";
 import { OtaProgressChangedDocument } from "../src/client/generated/graphql.js";
-import { heapAfterGc, nowMs, OwnMosquitto, percentile, round, sleep, startServer, uniq, wsClient, type BenchServer } from "./lib.js";
+import { cpuSeconds, heapAfterGc, nowMs, OwnMosquitto, percentile, round, sleep, startServer, uniq, wsClient, type BenchServer } from "./lib.js";
 
 export interface SubscriptionsOptions {
   subscribers: number;
@@ -65,12 +65,20 @@ export async function subscriptionsBench(o: SubscriptionsOptions): Promise<Recor
     const perSubscriber = after.reduce((a, b, i) => a + b - (before[i] as number), 0) / o.subscribers;
 
     const device = await mqtt.connectAsync(mosquitto.url, { reconnectPeriod: 0 });
+    // Where one event's fan-out spends its time: the servers' CPU, and this process's (the 10,000 clients decoding).
+    const serverCpuBefore = pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0);
+    const clientCpuBefore = process.cpuUsage();
+    const fanoutStart = performance.now();
     // One report at a time through the whole fan-out: the next is sent once every subscriber has this one.
     for (let n = 0; n < o.reports; n++) {
       const payload = JSON.stringify({ version: `2.${Math.floor(n / 101)}`, type: "firmware", progress: n % 101, desc: "download", sentAt: nowMs() });
       await device.publishAsync(`update_ota_status/${productName}/dev-1/${new ObjectId().toHexString()}`, payload, { qos: 1 });
       for (let waited = 0; latencies.length < o.subscribers * (n + 1) && waited < 30_000; waited += 5) await sleep(5);
     }
+    const fanoutMs = (performance.now() - fanoutStart) / o.reports;
+    const serverCpuMs = ((pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0) - serverCpuBefore) * 1000) / o.reports;
+    const clientCpu = process.cpuUsage(clientCpuBefore);
+    const clientCpuMs = (clientCpu.user + clientCpu.system) / 1000 / o.reports;
     await device.endAsync();
     const expected = o.subscribers * o.reports;
     const sorted = [...latencies].sort((a, b) => a - b);
@@ -85,6 +93,9 @@ export async function subscriptionsBench(o: SubscriptionsOptions): Promise<Recor
         "p50 ms": round(percentile(sorted, 50)),
         "p95 ms": round(percentile(sorted, 95)),
         "p99 ms": round(percentile(sorted, 99)),
+        "wall ms/event": round(fanoutMs),
+        "server cpu ms/event": round(serverCpuMs),
+        "client cpu ms/event": round(clientCpuMs),
       },
     ];
   } finally {
