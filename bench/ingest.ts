@@ -128,7 +128,7 @@ async function runServer(d: Deployment, o: IngestOptions, rate: number): Promise
   const stored = await storedNow();
   // Behind a stored report of the same device (taken out of order by another instance): dropped on purpose, not lost.
   const stale = (await counted("stale")) - staleBefore;
-  await Promise.all(clients.map((c) => c.dispose()));
+  await Promise.all(clients.map((c) => Promise.resolve(c.dispose())));
   await Promise.all(mqttClients.map((c) => c.endAsync(true)));
   return { sent: load.sent, received: o.subscribers === 0 ? stored : latencies.length, stored, stale, seconds: (lastAt - load.firstSendAt) / 1000, latencies, cpuUs };
 }

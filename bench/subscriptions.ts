@@ -99,7 +99,7 @@ export async function subscriptionsBench(o: SubscriptionsOptions): Promise<Recor
       },
     ];
   } finally {
-    await Promise.all(clients.map((c) => c.dispose()));
+    await Promise.all(clients.map((c) => Promise.resolve(c.dispose())));
     for (const s of servers) await s.stop();
     await mosquitto.stop();
   }
