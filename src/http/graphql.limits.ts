@@ -13,8 +13,10 @@ import {
   Kind,
   type DocumentNode,
   type ExecutionArgs,
+  type FieldNode,
   type FragmentDefinitionNode,
   type GraphQLCompositeType,
+  type GraphQLField,
   type GraphQLSchema,
   type SelectionSetNode,
   type ValidationContext,
@@ -65,57 +67,57 @@ function itemsIn(value: unknown): number {
   return 0;
 }
 
+/** A selection set as the list-items count needs it: the fields that take arguments, nested sets, fragment spreads. */
+interface Counted {
+  sites: { field: GraphQLField<unknown, unknown>; node: FieldNode }[];
+  children: Counted[];
+  spreads: string[];
+}
+
 /**
  * The list items an operation asks for (see {@link GRAPHQL_MAX_LIST_ITEMS}),
- * with its variables: what Armor's cost rule cannot see, as it costs only
- * literal `first`/`last`. Pure; each fragment is costed once (memoised), so
- * nested spreads cannot make this slow.
+ * as a function of its variables: what Armor's cost rule cannot see, as it
+ * costs only literal `first`/`last`. The document is walked once here; each
+ * call only reads the arguments of the fields that take some. Pure; each
+ * fragment is costed once per call (memoised), so nested spreads cannot make
+ * this slow.
  */
-export function listItems(schema: GraphQLSchema, document: DocumentNode, operationName: string | null | undefined, variables: Record<string, unknown> | null | undefined): number {
+export function listItemsCounter(schema: GraphQLSchema, document: DocumentNode, operationName: string | null | undefined): (variables: Record<string, unknown> | null | undefined) => number {
   const operation = getOperationAST(document, operationName);
   const root = operation && schema.getRootType(operation.operation);
-  if (!operation || !root) return 0;
-  const fragments = new Map<string, FragmentDefinitionNode>();
-  for (const d of document.definitions) if (d.kind === Kind.FRAGMENT_DEFINITION) fragments.set(d.name.value, d);
-  const vars = variables ?? {};
-  const fragmentCost = new Map<string, number>();
+  if (!operation || !root) return () => 0;
+  const fragmentNodes = new Map<string, FragmentDefinitionNode>();
+  for (const d of document.definitions) if (d.kind === Kind.FRAGMENT_DEFINITION) fragmentNodes.set(d.name.value, d);
+  const fragments = new Map<string, Counted | null>();
 
-  const walk = (selectionSet: SelectionSetNode, parent: GraphQLCompositeType): number => {
-    let total = 0;
+  const compile = (selectionSet: SelectionSetNode, parent: GraphQLCompositeType): Counted => {
+    const counted: Counted = { sites: [], children: [], spreads: [] };
     for (const selection of selectionSet.selections) {
       switch (selection.kind) {
         case Kind.FIELD: {
           if (!isObjectType(parent) && !isInterfaceType(parent)) break;
           const field = parent.getFields()[selection.name.value];
           if (!field) break;
-          try {
-            const args = getArgumentValues(field, selection, vars);
-            for (const [name, value] of Object.entries(args)) {
-              total += (name === "first" || name === "last") && typeof value === "number" ? Math.max(value, 0) : itemsIn(value);
-            }
-          } catch {
-            // Arguments that do not coerce fail the operation when it runs, with a clear error; nothing to cost.
-          }
+          // Defaults count too: a field with arguments is read even when the query gives none.
+          if (field.args.length > 0) counted.sites.push({ field, node: selection });
           const named = getNamedType(field.type);
-          if (selection.selectionSet && (isObjectType(named) || isInterfaceType(named))) total += walk(selection.selectionSet, named);
+          if (selection.selectionSet && (isObjectType(named) || isInterfaceType(named))) counted.children.push(compile(selection.selectionSet, named));
           break;
         }
         case Kind.INLINE_FRAGMENT: {
           const type = selection.typeCondition ? schema.getType(selection.typeCondition.name.value) : parent;
-          if (type && (isObjectType(type) || isInterfaceType(type))) total += walk(selection.selectionSet, type);
+          if (type && (isObjectType(type) || isInterfaceType(type))) counted.children.push(compile(selection.selectionSet, type));
           break;
         }
         case Kind.FRAGMENT_SPREAD: {
           const name = selection.name.value;
-          let cost = fragmentCost.get(name);
-          if (cost === undefined) {
-            fragmentCost.set(name, 0); // a cycle (refused by validation anyway) costs nothing more
-            const fragment = fragments.get(name);
+          if (!fragments.has(name)) {
+            fragments.set(name, null); // a cycle (refused by validation anyway) costs nothing more
+            const fragment = fragmentNodes.get(name);
             const type = fragment && schema.getType(fragment.typeCondition.name.value);
-            cost = fragment && type && (isObjectType(type) || isInterfaceType(type)) ? walk(fragment.selectionSet, type) : 0;
-            fragmentCost.set(name, cost);
+            fragments.set(name, fragment && type && (isObjectType(type) || isInterfaceType(type)) ? compile(fragment.selectionSet, type) : null);
           }
-          total += cost;
+          counted.spreads.push(name);
           break;
         }
         default: {
@@ -124,9 +126,45 @@ export function listItems(schema: GraphQLSchema, document: DocumentNode, operati
         }
       }
     }
-    return total;
+    return counted;
   };
-  return walk(operation.selectionSet, root);
+  const compiled = compile(operation.selectionSet, root);
+
+  return (variables) => {
+    const vars = variables ?? {};
+    const fragmentCost = new Map<string, number>();
+    const count = (c: Counted): number => {
+      let total = 0;
+      for (const { field, node } of c.sites) {
+        try {
+          const args = getArgumentValues(field, node, vars);
+          for (const [name, value] of Object.entries(args)) {
+            total += (name === "first" || name === "last") && typeof value === "number" ? Math.max(value, 0) : itemsIn(value);
+          }
+        } catch {
+          // Arguments that do not coerce fail the operation when it runs, with a clear error; nothing to cost.
+        }
+      }
+      for (const child of c.children) total += count(child);
+      for (const name of c.spreads) {
+        let cost = fragmentCost.get(name);
+        if (cost === undefined) {
+          fragmentCost.set(name, 0);
+          const fragment = fragments.get(name);
+          cost = fragment ? count(fragment) : 0;
+          fragmentCost.set(name, cost);
+        }
+        total += cost;
+      }
+      return total;
+    };
+    return count(compiled);
+  };
+}
+
+/** {@link listItemsCounter} for one request. */
+export function listItems(schema: GraphQLSchema, document: DocumentNode, operationName: string | null | undefined, variables: Record<string, unknown> | null | undefined): number {
+  return listItemsCounter(schema, document, operationName)(variables);
 }
 
 /** The error for an operation over `max` list items, or undefined. */
