@@ -20,7 +20,7 @@ async function restReference(port: number, redisUrl: string): Promise<void> {
   app.get("/ota/:productName/:deviceName", (req, res) => {
     const { productName, deviceName } = req.params;
     // The seed's OTAService.getProgress and its route.
-    redisClient.get(`ota_progress/${productName}/${deviceName}`, (_err, value) => {
+    void redisClient.get(`ota_progress/${productName}/${deviceName}`, (_err, value) => {
       res.status(200).json(value != null ? JSON.parse(value) : {});
     });
   });
@@ -53,12 +53,12 @@ async function ingestReference(): Promise<void> {
     if (!result) return;
     // The seed's checkMessageDuplication, then OTAService.updateProgress.
     const key = `/messageIDs/${result[4]}`;
-    redis.setnx(key, "", (err, isNew) => {
+    void redis.setnx(key, "", (err, isNew) => {
       if (err || isNew !== 1) return done();
       void redis.expire(key, 60 * 60 * 6);
       const progress = JSON.parse(payload.toString()) as Record<string, unknown>;
       progress.ts = Math.floor(Date.now() / 1000);
-      redis.set(`ota_progress/${result[2]}/${result[3]}`, JSON.stringify(progress), () => done());
+      void redis.set(`ota_progress/${result[2]}/${result[3]}`, JSON.stringify(progress), () => done());
     });
   });
   await client.subscribeAsync(filter as string, { qos: 1 });
