@@ -26,12 +26,13 @@ import type { ProgressFeed } from "../ota/progress.feed.js";
 import type { Context, SubscriptionContext } from "./context.js";
 import { dashboard } from "./dashboard.js";
 import { jsonErrorHandler, maskError, notFound, sendError } from "./errors.js";
+import { LeanGraphql } from "./graphql.lean.js";
 import { armorRules, listItemsPlugin, wsOperationGate, type OperationRequest } from "./graphql.limits.js";
 import { refusals } from "./refusals.js";
 import { emqxAuthRoutes } from "./emqx.routes.js";
 import { continuesItself, firmwareRoutes } from "./firmware.routes.js";
 import { restRoutes } from "./rest.routes.js";
-import { sharedDocuments, sharedSubscribe } from "./shared.subscribe.js";
+import { serialisedOnce, sharedDocuments, sharedSubscribe } from "./shared.subscribe.js";
 import { WsCloseCode, WsConnections } from "./ws.connections.js";
 
 export interface HttpDeps {
@@ -65,6 +66,7 @@ type WsExtra = { principal?: Principal };
 export class HttpServer {
   #server: Server | undefined;
   #apollo: ApolloServer<Context> | undefined;
+  #lean: LeanGraphql | undefined;
   #wsCleanup: { dispose(): Promise<void> | void } | undefined;
   #sweep: NodeJS.Timeout | undefined;
   #unsubscribeRevoked: (() => void) | undefined;
@@ -102,6 +104,9 @@ export class HttpServer {
 
     this.#startWs(schema, server, refuse);
 
+    // Validated queries that need nothing of Apollo's pipeline skip it (graphql.lean.ts); Apollo answers the rest.
+    const lean = new LeanGraphql(schema, limits.graphqlMaxListItems);
+    this.#lean = lean;
     const apollo = new ApolloServer<Context>({
       schema,
       includeStacktraceInErrorResponses: false,
@@ -118,6 +123,7 @@ export class HttpServer {
         // Cache hints are unused here, and the plugin wraps every field resolver: a list of 1,000 progress records pays for it 11,000 times.
         ApolloServerPluginCacheControlDisabled(),
         listItemsPlugin<Context>(limits.graphqlMaxListItems, (rule) => refuse("graphql", rule)),
+        lean.plugin(),
       ],
     });
     await apollo.start();
@@ -153,6 +159,7 @@ export class HttpServer {
         if (!("body" in req)) (req as { body?: unknown }).body = undefined;
         next();
       },
+      lean.middleware,
       expressMiddleware(apollo, { context: async ({ res }) => ({ principal: res.locals.principal as Principal }) }),
     );
     app.use(firmwareRoutes(this.deps.artifacts, authenticate, { metrics, log, refuse, maxBytes: limits.firmwareMaxBytes, accelRedirect: this.deps.firmwareAccelRedirect }));
@@ -186,6 +193,8 @@ export class HttpServer {
     const refuseWs = (rule: string) => refuse("ws", rule);
     const shared = sharedDocuments({ maxTokens: limits.graphqlMaxTokens, rules: armorRules(limits, refuseWs) });
     const gate = wsOperationGate(limits.graphqlMaxListItems, schema, shared.parse, shared.validate, refuseWs);
+    // A result shared by many subscribers is serialised once, not once per subscriber.
+    const once = serialisedOnce();
     this.#wsCleanup = useServer<Record<string, unknown>, WsExtra>(
       {
         schema,
@@ -241,8 +250,10 @@ export class HttpServer {
           rolloutFeed: this.deps.rolloutFeed,
           rollouts: this.deps.rollouts,
         }),
-        onNext: (_ctx, _id, _payload, _args, result) =>
-          result.errors ? { ...result, errors: result.errors.map((e) => maskError(e.toJSON(), e, onInternal)) } : result,
+        onNext: (ctx, _id, _payload, _args, result) => {
+          once.wrap(ctx.extra.socket);
+          return once.payload(result.errors ? { ...result, errors: result.errors.map((e) => maskError(e.toJSON(), e, onInternal)) } : result);
+        },
         onError: (_ctx, _id, _payload, errors) => errors.map((e) => maskError(e.toJSON(), e, onInternal)),
       },
       wss,
@@ -271,6 +282,7 @@ export class HttpServer {
     this.#unsubscribeRevoked = undefined;
     const apollo = this.#apollo;
     this.#apollo = undefined;
+    this.#lean?.close();
     await this.#wsCleanup?.dispose();
     this.#wsCleanup = undefined;
     if (apollo) await apollo.stop(); // the drain plugin closes the HTTP server
