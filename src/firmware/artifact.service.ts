@@ -110,11 +110,6 @@ export class ArtifactService {
     if (problems.length > 0) throw new InputProblems(problems);
     const { maxBytes, maxUploads } = this.options;
     if (declaredBytes !== undefined && declaredBytes > maxBytes) throw tooLarge(maxBytes);
-    // A claimed sha256 answers a stored version before a byte is read.
-    if (claims.sha256 !== undefined) {
-      const existing = await this.repo.findVersion(productName, version, type);
-      if (existing) return { artifact: this.#sameOrRefuse(existing, { sha256: claims.sha256.toLowerCase(), size: existing.size }), created: false };
-    }
     if (this.#uploads >= maxUploads) throw new AppError(ErrorCode.LIMIT_EXCEEDED, `${maxUploads} firmware uploads are being received (FIRMWARE_MAX_UPLOADS): try again shortly`);
     const free = await this.store.freeBytes();
     if (free < (declaredBytes ?? 0) + FREE_SPACE_MARGIN_BYTES) {
@@ -127,6 +122,17 @@ export class ArtifactService {
     } finally {
       this.#uploads--;
     }
+  }
+
+  /**
+   * The stored artifact an upload claiming this sha256 would answer, known
+   * before its body is read: null when the version is not stored (or no
+   * sha256 is claimed); FIRMWARE_EXISTS when it is stored with other bytes.
+   */
+  async storedAlready(productName: string, version: string, type: string, claims: UploadClaims): Promise<Artifact | null> {
+    if (claims.sha256 === undefined) return null;
+    const existing = await this.repo.findVersion(productName, version, type);
+    return existing && this.#sameOrRefuse(existing, { sha256: claims.sha256.toLowerCase(), size: existing.size });
   }
 
   async #store(productName: string, version: string, type: string, received: Received, claims: UploadClaims): Promise<{ artifact: Artifact; created: boolean }> {

@@ -15,6 +15,23 @@ export function artifactView(a: Artifact) {
   return { id: a.id, productName: a.productName, version: a.version, type: a.type, size: a.size, md5: a.md5, sha256: a.sha256, createdAt: new Date(a.createdAt).toISOString() };
 }
 
+/** Reads and drops a request body of at most `maxBytes`; false (the connection destroyed) when it is larger or cut. */
+async function drained(req: Request, maxBytes: number): Promise<boolean> {
+  let bytes = 0;
+  try {
+    for await (const chunk of req) {
+      bytes += (chunk as Buffer).length;
+      if (bytes > maxBytes) {
+        req.destroy();
+        return false;
+      }
+    }
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Whether an upload failed because its client closed the connection before sending everything. */
 function clientWentAway(req: Request, err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
@@ -74,8 +91,16 @@ export function firmwareRoutes(
       const length = req.get("content-length");
       const declared = length !== undefined && /^\d+$/.test(length) ? Number(length) : undefined;
       if (declared !== undefined && declared > maxBytes) throw new AppError(ErrorCode.PAYLOAD_TOO_LARGE, `the artifact is larger than FIRMWARE_MAX_BYTES (${maxBytes} bytes)`);
+      const expectsContinue = /100-continue/i.test(req.get("expect") ?? "");
+      // A claimed sha256 of a stored version is answered before the body: never sent, if the client waits for 100 Continue;
+      // otherwise read and dropped (not stored, not hashed), so that a client that streams it gets the answer, not a reset.
+      const stored = await artifacts.storedAlready(productName, version, type as string, claims as { sha256?: string });
+      if (stored) {
+        if (!expectsContinue && !(await drained(req, maxBytes))) return;
+        return void res.status(200).json(artifactView(stored));
+      }
       // The client waits for this before sending the body (the server answers `Expect: 100-continue` here, not on arrival).
-      if (/100-continue/i.test(req.get("expect") ?? "")) res.writeContinue();
+      if (expectsContinue) res.writeContinue();
       let result;
       try {
         result = await artifacts.upload(productName, version, type as string, req, claims as { md5?: string; sha256?: string }, declared);

@@ -335,19 +335,33 @@ describe("firmware artifacts", () => {
     expect(existsSync(join(t.config.dataDir, "firmware", artifact.id))).toBe(false);
   });
 
-  it("answers a claimed sha256 of a stored version before reading the body, and waits for the token check before 100 Continue", async () => {
+  it("answers a claimed sha256 of a stored version before the body is sent, and waits for the token check before 100 Continue", async () => {
     const productName = uniq("fw");
-    const { artifact } = await stored(productName, "2.0", 1000);
-    // A body that never ends: only an answer that does not read it can come.
-    const endless = new ReadableStream({ pull: (c) => new Promise((r) => setTimeout(() => r(c.enqueue(new Uint8Array(1000))), 50)) });
-    const res = await fetch(`${t.httpUrl}/firmware/${productName}/2.0?sha256=${artifact.sha256}`, {
-      method: "PUT",
-      headers: { authorization: `Bearer ${t.token}` },
-      body: endless,
-      duplex: "half",
-    } as RequestInit);
-    expect(res.status).toBe(200);
-    expect(((await res.json()) as { id: string }).id).toBe(artifact.id);
+    const { artifact, bytes } = await stored(productName, "2.0", 1000);
+    // A client that waits for 100 Continue never has to send the body: the stored artifact answers.
+    const early = await new Promise<{ status: number; continued: boolean; body: string }>((resolve, reject) => {
+      let continued = false;
+      const req = request(`${t.httpUrl}/firmware/${productName}/2.0?sha256=${artifact.sha256}`, {
+        method: "PUT",
+        headers: { authorization: `Bearer ${t.token}`, expect: "100-continue", "content-length": "1000000000" },
+      });
+      req.on("continue", () => (continued = true));
+      req.on("response", (r) => {
+        let body = "";
+        r.on("data", (d: Buffer) => (body += d.toString()));
+        r.on("end", () => resolve({ status: r.statusCode ?? 0, continued, body }));
+      });
+      req.on("error", reject);
+      req.flushHeaders();
+    });
+    expect(early).toMatchObject({ status: 200, continued: false });
+    expect((JSON.parse(early.body) as { id: string }).id).toBe(artifact.id);
+    // One that streams it anyway gets the same answer, not a reset (the bytes are read and dropped).
+    const again = await upload(t, productName, "2.0", bytes, { sha256: artifact.sha256 });
+    expect(again.status).toBe(200);
+    expect(again.body.id).toBe(artifact.id);
+    const other = await upload(t, productName, "2.0", randomBytes(1000), { sha256: "0".repeat(64) });
+    expect(other.status).toBe(409);
 
     const asked = await new Promise<{ status: number; continued: boolean }>((resolve, reject) => {
       let continued = false;
