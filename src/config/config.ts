@@ -235,7 +235,7 @@ const envSchema = z.object({
   ),
   FIRMWARE_MAX_BYTES: int(1, 1_073_741_824, 2_147_483_647),
   FIRMWARE_MAX_UPLOADS: int(1, 8, 1_000),
-  FIRMWARE_URL_GRACE_SECONDS: int(0, 86_400, 2_592_000),
+  FIRMWARE_URL_GRACE_SECONDS: int(0, 0, 2_592_000),
   HTTP_IDLE_TIMEOUT_MS: int(1_000, 60_000, 3_600_000),
   EMQX_AUTH_SECRET: optionalString.pipe(z.string().min(32, "EMQX_AUTH_SECRET must be at least 32 characters").optional()),
   EMQX_AUTH_MAX_PENDING: int(1, 256, 100_000),

@@ -433,10 +433,13 @@ describe("firmware artifacts", () => {
   });
 
   it("leaves the bytes to the proxy in front with FIRMWARE_ACCEL_REDIRECT, once it has checked the URL", async () => {
-    const offloaded = await startApp({ env: { FIRMWARE_ACCEL_REDIRECT: "/_firmware/" } });
+    const offloaded = await startApp({ env: { FIRMWARE_ACCEL_REDIRECT: "/_firmware/", FIRMWARE_URL_GRACE_SECONDS: "600" } });
     const productName = uniq("fw");
     const r = await upload(offloaded, productName, "1.0", randomBytes(5000));
-    const url = offloaded.app.artifacts.firmwareFor(r.body, { kind: "tag", name: "beta" }, Math.floor(Date.now() / 1000) + 60).url;
+    const commandExpiresAt = Math.floor(Date.now() / 1000) + 60;
+    const url = offloaded.app.artifacts.firmwareFor(r.body, { kind: "tag", name: "beta" }, commandExpiresAt).url;
+    // With a grace, the URL outlives its command by it (by default it dies with it: the other tests).
+    expect(Number(new URL(url).searchParams.get("expires"))).toBe(commandExpiresAt + 600);
     const res = await fetch(url, { headers: { range: "bytes=100-" } });
     expect(res.status).toBe(200);
     expect(res.headers.get("x-accel-redirect")).toBe(`/_firmware/${r.body.id}`);
