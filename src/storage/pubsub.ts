@@ -12,7 +12,7 @@ export class RedisPubSubAdapter implements PubSub {
   readonly #pubsub: RedisPubSub;
 
   constructor(publisher: Redis, subscriber: Redis) {
-    this.#pubsub = new RedisPubSub({ publisher, subscriber });
+    this.#pubsub = new RedisPubSub({ publisher, subscriber: withHandledUnsubscribe(subscriber) });
   }
 
   /** The promise is for callers that must know of a failure; type-graphql's callers ignore it. */
@@ -26,4 +26,27 @@ export class RedisPubSubAdapter implements PubSub {
   subscribe<T>(routingKey: string): AsyncIterableIterator<T> {
     return this.#pubsub.asyncIterableIterator<T>(routingKey) as AsyncIterableIterator<T>;
   }
+}
+
+/**
+ * graphql-redis-subscriptions sends UNSUBSCRIBE and PUNSUBSCRIBE when the last
+ * listener of a channel leaves, without awaiting them. With Redis down they
+ * wait in ioredis' offline queue and are rejected later (retries exhausted,
+ * or "Connection is closed." when the server stops): unhandled, a rejection
+ * ends the process. Their failure is harmless (a connection that is gone has
+ * no subscriptions), so it is handled here.
+ */
+function withHandledUnsubscribe(subscriber: Redis): Redis {
+  for (const method of ["unsubscribe", "punsubscribe"] as const) {
+    const original = subscriber[method].bind(subscriber) as (...args: unknown[]) => Promise<unknown>;
+    Object.defineProperty(subscriber, method, {
+      configurable: true,
+      value: (...args: unknown[]) => {
+        const sent = original(...args);
+        sent.catch(() => undefined);
+        return sent;
+      },
+    });
+  }
+  return subscriber;
 }
