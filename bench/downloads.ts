@@ -10,7 +10,7 @@ import { Redis } from "ioredis";
 import pg from "pg";
 import { UrlSigner } from "../src/firmware/url.signer.js";
 import { registerDevices } from "../src/sim/sim.fleet.js";
-import { cpuSeconds, freePort, metric, nowMs, percentile, REDIS_URL, round, sleep, startServer, TOKEN, uniq, type BenchServer } from "./lib.js";
+import { benchDatabase, cpuSeconds, freePort, metric, nowMs, percentile, REDIS_URL, round, sleep, startServer, TOKEN, uniq, type BenchServer } from "./lib.js";
 
 export interface DownloadsOptions {
   devices: number;
@@ -33,7 +33,6 @@ export interface DownloadsOptions {
 /** The internal location the offloading server redirects to (FIRMWARE_ACCEL_REDIRECT). */
 const ACCEL = "/_firmware/";
 
-const DATABASE_URL = process.env.DATABASE_URL ?? "postgresql://root@localhost/postgres?host=/var/run/postgresql";
 const MB = 1e6;
 
 const log = (line: string) => process.stderr.write(`[downloads bench ${new Date().toISOString().slice(11, 19)}] ${line}\n`);
@@ -540,14 +539,9 @@ class RssSampler {
  */
 export async function downloadsBench(o: DownloadsOptions): Promise<{ rows: Record<string, unknown>[]; summary: Record<string, unknown> }> {
   const work = `/tmp/iothub-ota-downloads-bench-${randomBytes(4).toString("hex")}`;
-  const dbName = `iothub_bench_${randomBytes(4).toString("hex")}`;
   const redisPrefix = `${uniq("bench-downloads")}:`;
   const key = randomBytes(32).toString("base64url");
-  const admin = new pg.Client({ connectionString: DATABASE_URL });
-  await admin.connect();
-  await admin.query(`create database ${dbName}`);
-  const dbUrl = new URL(DATABASE_URL);
-  dbUrl.pathname = `/${dbName}`;
+  const database = await benchDatabase();
   const targets: Target[] = [];
   let b: BenchServer | undefined;
   let offload: Target | undefined;
@@ -573,7 +567,7 @@ export async function downloadsBench(o: DownloadsOptions): Promise<{ rows: Recor
 
     // DATA_DIR named here: the server behind nginx shares it (as instances on a shared volume do), and nginx's internal location is its firmware/.
     const dataDir = `${work}/data`;
-    const serverEnv = { DATABASE_URL: dbUrl.toString(), REDIS_PREFIX: redisPrefix, FIRMWARE_URL_KEY: key, FIRMWARE_MAX_BYTES: String(Math.max(o.size, 1 << 20)), DATA_DIR: dataDir };
+    const serverEnv = { DATABASE_URL: database.url, REDIS_PREFIX: redisPrefix, FIRMWARE_URL_KEY: key, FIRMWARE_MAX_BYTES: String(Math.max(o.size, 1 << 20)), DATA_DIR: dataDir };
     b = await startServer(undefined, serverEnv);
     const httpUrl = b.server.httpUrl;
     const productName = uniq("dl");
@@ -786,8 +780,7 @@ export async function downloadsBench(o: DownloadsOptions): Promise<{ rows: Recor
     await clients.stop();
     for (const t of targets.slice(1)) await t.stop().catch((err: unknown) => log(`could not stop ${t.name}: ${String(err)}`));
     await b?.stop();
-    await admin.query(`drop database if exists ${dbName} with (force)`).catch(() => undefined);
-    await admin.end();
+    await database.drop();
     await dropRedisPrefix(redisPrefix).catch((err: unknown) => log(`could not remove the Redis keys ${redisPrefix}*: ${String(err)}`));
     await rm(work, { recursive: true, force: true });
   }

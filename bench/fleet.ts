@@ -1,16 +1,14 @@
 import { readFileSync } from "node:fs";
-import { randomBytes } from "node:crypto";
 import mqtt from "mqtt";
 import pg from "pg";
 import { hashSecret } from "../src/devices/secret.js";
-import { gql, round, startServer } from "./lib.js";
+import { benchDatabase, gql, round, startServer } from "./lib.js";
 
 export interface FleetOptions {
   devices: number;
   pageSize: number;
 }
 
-const DATABASE_URL = process.env.DATABASE_URL ?? "postgresql://root@localhost/postgres?host=/var/run/postgresql";
 
 function memoryMb(pid: number, field: "VmRSS" | "VmHWM"): number {
   const line = readFileSync(`/proc/${pid}/status`, "utf8").split("\n").find((l) => l.startsWith(`${field}:`)) ?? "";
@@ -23,19 +21,14 @@ function memoryMb(pid: number, field: "VmRSS" | "VmHWM"): number {
  * listing every device of the tag page by page, with the server's memory.
  */
 export async function fleetBench(o: FleetOptions): Promise<Record<string, unknown>[]> {
-  const name = `iothub_bench_${randomBytes(4).toString("hex")}`;
-  const admin = new pg.Client({ connectionString: DATABASE_URL });
-  await admin.connect();
-  await admin.query(`create database ${name}`);
-  const url = new URL(DATABASE_URL);
-  url.pathname = `/${name}`;
-  const b = await startServer(undefined, { DATABASE_URL: url.toString() });
+  const database = await benchDatabase();
+  const b = await startServer(undefined, { DATABASE_URL: database.url });
   const pid = b.server.process.pid as number;
   try {
     // Seed straight into the table the server migrated: registering 100,000 devices through
     // the API would spend its time in scrypt, which is not what this measures.
     const secret = "bench-secret-0000";
-    const db = new pg.Client({ connectionString: url.toString() });
+    const db = new pg.Client({ connectionString: database.url });
     await db.connect();
     const seedStart = performance.now();
     await db.query(
@@ -99,7 +92,6 @@ export async function fleetBench(o: FleetOptions): Promise<Record<string, unknow
     ];
   } finally {
     await b.stop();
-    await admin.query(`drop database if exists ${name} with (force)`);
-    await admin.end();
+    await database.drop();
   }
 }

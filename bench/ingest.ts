@@ -1,11 +1,9 @@
 import { spawn } from "node:child_process";
-import { randomBytes } from "node:crypto";
 import { print } from "graphql";
 import type { MqttClient } from "mqtt";
-import pg from "pg";
 import { registerDevices } from "../src/sim/sim.fleet.js";
 import { connectDevices, publishLoad, type LoadDevice } from "./load.js";
-import { cpuSeconds, metric, nowMs, OwnMosquitto, percentile, REDIS_URL, round, sleep, startServer, TOKEN, uniq, wsClient, type BenchServer } from "./lib.js";
+import { benchDatabase, cpuSeconds, metric, nowMs, OwnMosquitto, percentile, REDIS_URL, round, sleep, startServer, TOKEN, uniq, wsClient, type BenchServer } from "./lib.js";
 import { OtaProgressChangedDocument } from "../src/client/generated/graphql.js";
 
 export interface IngestOptions {
@@ -26,7 +24,6 @@ export interface IngestOptions {
   instances?: number;
 }
 
-const DATABASE_URL = process.env.DATABASE_URL ?? "postgresql://root@localhost/postgres?host=/var/run/postgresql";
 
 /** One deployment under test: its instances, as one. */
 interface Deployment {
@@ -40,23 +37,16 @@ async function deploy(broker: "mosquitto" | "embedded", mosquittoUrl: string, in
     return { servers: [b], stop: () => b.stop() };
   }
   const servers: BenchServer[] = [];
-  let dropDatabase = async () => undefined as void;
-  const env: Record<string, string> = { MQTT_SHARE_GROUP: uniq("bench") };
-  {
-    // Instances of one deployment share one registry and one keyspace (each with a PGlite of its own, a report
-    // of a device registered through another instance would be one of an unknown device).
-    const name = `iothub_bench_${randomBytes(4).toString("hex")}`;
-    const admin = new pg.Client({ connectionString: DATABASE_URL });
-    await admin.connect();
-    await admin.query(`create database ${name}`);
-    const url = new URL(DATABASE_URL);
-    url.pathname = `/${name}`;
-    Object.assign(env, { DATABASE_URL: url.toString(), REDIS_PREFIX: `${uniq("bench-ingest")}:` }, broker === "embedded" ? { BROKER_BUS: "redis" } : {});
-    dropDatabase = async () => {
-      await admin.query(`drop database if exists ${name} with (force)`);
-      await admin.end();
-    };
-  }
+  // Instances of one deployment share one registry and one keyspace (each with a PGlite of its own, a report
+  // of a device registered through another instance would be one of an unknown device).
+  const database = await benchDatabase();
+  const dropDatabase = database.drop;
+  const env: Record<string, string> = {
+    MQTT_SHARE_GROUP: uniq("bench"),
+    DATABASE_URL: database.url,
+    REDIS_PREFIX: `${uniq("bench-ingest")}:`,
+    ...(broker === "embedded" ? { BROKER_BUS: "redis" } : {}),
+  };
   try {
     for (let i = 0; i < instances; i++) servers.push(await startServer(broker === "mosquitto" ? mosquittoUrl : undefined, env));
   } catch (err) {

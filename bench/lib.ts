@@ -2,12 +2,33 @@ import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { createClient, type Client } from "graphql-ws";
+import pg from "pg";
 import WebSocket from "ws";
 import { freePort, OwnMosquitto, ServerProcess } from "../test/helpers/processes.js";
 
 export { OwnMosquitto, ServerProcess, freePort };
 
 export const REDIS_URL = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
+/** The PostgreSQL server benches create their databases on. */
+export const DATABASE_URL = process.env.DATABASE_URL ?? "postgresql://root@localhost/postgres?host=/var/run/postgresql";
+
+/** A PostgreSQL database of the bench's own: its URL, and `drop()` (forced, best effort) when done. */
+export async function benchDatabase(): Promise<{ name: string; url: string; drop(): Promise<void> }> {
+  const name = `iothub_bench_${randomBytes(4).toString("hex")}`;
+  const admin = new pg.Client({ connectionString: DATABASE_URL });
+  await admin.connect();
+  await admin.query(`create database ${name}`);
+  const url = new URL(DATABASE_URL);
+  url.pathname = `/${name}`;
+  return {
+    name,
+    url: url.toString(),
+    drop: async () => {
+      await admin.query(`drop database if exists ${name} with (force)`).catch(() => undefined);
+      await admin.end();
+    },
+  };
+}
 export const TOKEN = `bench-admin-${randomBytes(12).toString("hex")}`;
 
 export const uniq = (prefix: string) => `${prefix}-${randomBytes(4).toString("hex")}`;

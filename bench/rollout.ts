@@ -10,7 +10,7 @@ import type { FleetSummary } from "../src/sim/sim.fleet.js";
 import { FirmwareServer } from "../src/sim/firmware.server.js";
 import { BIN } from "../test/helpers/processes.js";
 import { connectDevices, type LoadDevice } from "./load.js";
-import { cpuSeconds, gql, metric, REDIS_URL, round, sleep, startServer, uniq, type BenchServer } from "./lib.js";
+import { benchDatabase, cpuSeconds, gql, metric, REDIS_URL, round, sleep, startServer, uniq, type BenchServer } from "./lib.js";
 
 export interface RolloutBenchOptions {
   devices: number;
@@ -38,7 +38,6 @@ export interface RolloutBenchResult {
   warnings: string[];
 }
 
-const DATABASE_URL = process.env.DATABASE_URL ?? "postgresql://root@localhost/postgres?host=/var/run/postgresql";
 const SECRET = "bench-secret-0000";
 const FINAL = ["SUCCEEDED", "FAILED", "TIMED_OUT", "SKIPPED", "CANCELED"];
 /** Give up on a rollout when no execution moved for this long. */
@@ -759,13 +758,10 @@ async function dropRedisPrefix(prefix: string): Promise<number> {
  * checking that every execution ends in a final state.
  */
 export async function rolloutBench(o: RolloutBenchOptions): Promise<RolloutBenchResult> {
-  const dbName = `iothub_bench_${randomBytes(4).toString("hex")}`;
   const redisPrefix = `${uniq("bench-rollout")}:`;
-  const admin = new pg.Client({ connectionString: DATABASE_URL });
-  await admin.connect();
-  await admin.query(`create database ${dbName}`);
-  const url = new URL(DATABASE_URL);
-  url.pathname = `/${dbName}`;
+  const database = await benchDatabase();
+  const dbName = database.name;
+  const url = new URL(database.url);
   const problems: string[] = [];
   const warnings: string[] = [];
   const rollouts: Record<string, unknown>[] = [];
@@ -823,8 +819,7 @@ export async function rolloutBench(o: RolloutBenchOptions): Promise<RolloutBench
     log(`server stopped in ${round((performance.now() - stopping) / 1000)} s; cleaning up`);
     await fw.stop();
     await rm(credentialsFile, { force: true });
-    await admin.query(`drop database if exists ${dbName} with (force)`).catch(() => undefined);
-    await admin.end();
+    await database.drop();
     await dropRedisPrefix(redisPrefix).catch((err: unknown) => log(`could not remove the Redis keys ${redisPrefix}*: ${String(err)}`));
     log("cleaned up");
   }
