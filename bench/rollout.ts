@@ -1,3 +1,4 @@
+import { redisKeys } from "../src/storage/progress.redis.js";
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes, scryptSync } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
@@ -332,8 +333,8 @@ async function diagnose(c: Context, id: string, silentForSeconds = 0): Promise<n
   ).rows;
   for (const r of rows) {
     const d = r.device_name as string;
-    const progress = await c.redis.get(`${c.redisPrefix}ota_progress/${c.productName}/${d}`);
-    const attempt = await c.redis.get(`${c.redisPrefix}ota_attempt/${c.productName}/${d}`);
+    const progress = await c.redis.get(redisKeys(c.redisPrefix).progress(c.productName, d));
+    const attempt = await c.redis.get(redisKeys(c.redisPrefix).deviceAttempt(c.productName, d));
     log(`  unfinished: ${JSON.stringify({ ...r, redisProgress: progress && JSON.parse(progress), redisAttemptAt: attempt })}`);
   }
   return rows.length;

@@ -26,6 +26,7 @@ import { RedisPubSubAdapter } from "./storage/pubsub.js";
 import { RedisIdempotencyStore } from "./storage/idempotency.redis.js";
 import { RedisPresence, unknownPresence } from "./storage/presence.redis.js";
 import { RedisProgressStore, redisKeys } from "./storage/progress.redis.js";
+import { migrateKeys } from "./storage/keys.migration.js";
 import { connectAll, createRedis, quitAll } from "./storage/redis.js";
 import { RedisRolloutSignals } from "./storage/rollout.signals.js";
 import { RolloutFeed } from "./rollouts/rollout.feed.js";
@@ -238,7 +239,15 @@ export class App {
     const redisClients = [this.#redis, this.#subscriber];
     this.#components = [
       { name: "database", start: () => this.database.start(), stop: () => this.database.stop() },
-      { name: "redis", start: () => connectAll(redisClients, config.redisUrl), stop: () => quitAll(redisClients) },
+      {
+        name: "redis",
+        start: async () => {
+          await connectAll(redisClients, config.redisUrl);
+          const moved = await migrateKeys(this.#redis, config.redisPrefix);
+          if (moved.renamed + moved.deleted > 0) this.log.info(moved, "redis keys moved to the hash-tagged layout");
+        },
+        stop: () => quitAll(redisClients),
+      },
       {
         name: "firmware store",
         start: async () => {

@@ -1,11 +1,12 @@
-import type { ChainableCommander, Redis } from "ioredis";
+import type { ChainableCommander } from "ioredis";
+import type { RedisClient } from "../storage/redis.slots.js";
 import type { DeviceIdentity } from "../protocol/acl.js";
 
 /** A device's persistent client ids, scored by last CONNECT time (ms); under the broker's key prefix. */
-export const deviceSessionsKey = (id: DeviceIdentity) => `device-sessions:${id.productName}/${id.deviceName}`;
+export const deviceSessionsKey = (id: DeviceIdentity) => `device-sessions:{${id.productName}/${id.deviceName}}`;
 
 /** Which instance has each of a device's persistent client ids connected: client id -> `<expiresAt ms> <broker id>`. */
-export const deviceLiveKey = (id: DeviceIdentity) => `device-live:${id.productName}/${id.deviceName}`;
+export const deviceLiveKey = (id: DeviceIdentity) => `device-live:{${id.productName}/${id.deviceName}}`;
 
 /** Deletes a client id's live mark only if this broker wrote it: one that took the session over since keeps its own. */
 const RELEASE_SCRIPT = `
@@ -33,7 +34,7 @@ export interface SessionHolder {
  */
 export class DeviceSessions {
   constructor(
-    private readonly db: Redis,
+    private readonly db: RedisClient,
     private readonly max: number,
     private readonly holder: SessionHolder,
   ) {}

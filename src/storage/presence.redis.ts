@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
-import type { Redis } from "ioredis";
 import type { PresenceReader, Seen } from "../ota/ports.js";
-import type { RedisKeys } from "./progress.redis.js";
+import { PRESENCE_BUCKETS, presenceBucketOf, type RedisKeys } from "./progress.redis.js";
+import { sendScriptsAlone, type RedisClient } from "./redis.slots.js";
 
 /** An entry lives this long unless its instance refreshes it (PRESENCE_TTL_MS): a dead instance's devices go offline after it. */
 export const PRESENCE_TTL_MS = 60_000;
@@ -19,10 +19,10 @@ const CHUNK = 500;
  * the latest expiry of its holders: what readers count, in O(log n), and what
  * stops counting by itself once no holder refreshes it (an instance killed
  * with its connections). Expired holders are dropped as they are met; a
- * holder hash expires with its last holder. Product names hold no `/`, so a
- * holder key never names another product's set.
+ * holder hash expires with its last holder. A run's devices are of one
+ * bucket (one hash slot: the set and its holder hashes share a tag).
  *
- * KEYS: per device, its product's set then its holder hash.
+ * KEYS: per device, its bucket's set then its holder hash.
  * ARGV: instance id, expiry (ms; 0: let go), now (ms), then the device names.
  */
 const HOLD_SCRIPT = `
@@ -48,15 +48,11 @@ return 0`;
 type Entry = { productName: string; deviceName: string };
 
 /**
- * When each device of a product last connected, or last had a connection
- * closed, as the instance holding it saw it (Unix ms, a hash per product).
- * `#` is in no product name: no other key is named so.
- */
-const seenKey = (keys: RedisKeys, productName: string, what: "connected" | "disconnected") => `${keys.presence(productName)}#${what}`;
-
-/**
- * Presence in Redis: one sorted set per product, member the device name,
- * score the time its entry expires. The instance a device is connected to
+ * Presence in Redis: per product, {@link PRESENCE_BUCKETS} sorted sets
+ * (a device in the one its name hashes to), member the device name, score
+ * the time its entry expires; when each device last connected or had a
+ * connection closed, as the instance holding it saw it, in a hash per product
+ * (`presenceSeen`). The instance a device is connected to
  * writes it on connect, refreshes it while connected and lets go of it on
  * disconnect (see {@link HOLD_SCRIPT}); readers count only unexpired entries.
  */
@@ -67,30 +63,32 @@ export class RedisPresence implements PresenceReader {
   readonly #held = new Set<string>();
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly keys: RedisKeys,
     /** How long an entry outlives its instance's last refresh. */
     readonly ttlMs = PRESENCE_TTL_MS,
-  ) {}
+  ) {
+    sendScriptsAlone(redis, ["eval"]);
+  }
 
   async connected({ productName, deviceName }: Entry): Promise<void> {
     this.#held.add(`${productName}/${deviceName}`);
     const now = Date.now();
     await this.#hold(productName, [deviceName], now + this.ttlMs, now);
-    await this.redis.hset(seenKey(this.keys, productName, "connected"), deviceName, now);
+    await this.redis.hset(this.keys.presenceSeen(productName, "connected"), deviceName, now);
   }
 
   async disconnected({ productName, deviceName }: Entry): Promise<void> {
     if (!this.#held.delete(`${productName}/${deviceName}`)) return;
     const now = Date.now();
     await this.#hold(productName, [deviceName], 0, now);
-    await this.redis.hset(seenKey(this.keys, productName, "disconnected"), deviceName, now);
+    await this.redis.hset(this.keys.presenceSeen(productName, "disconnected"), deviceName, now);
   }
 
   async seen(productName: string, deviceNames: readonly string[]): Promise<Seen[]> {
     if (deviceNames.length === 0) return [];
     const [connected, disconnected] = await Promise.all(
-      (["connected", "disconnected"] as const).map((what) => this.redis.hmget(seenKey(this.keys, productName, what), ...deviceNames)),
+      (["connected", "disconnected"] as const).map((what) => this.redis.hmget(this.keys.presenceSeen(productName, what), ...deviceNames)),
     );
     const at = (v: string | null | undefined) => (v == null ? null : Number(v));
     return deviceNames.map((_, i) => ({ connectedAt: at(connected?.[i]), disconnectedAt: at(disconnected?.[i]) }));
@@ -98,7 +96,7 @@ export class RedisPresence implements PresenceReader {
 
   /** Forgets a deleted device's times. */
   async forget(productName: string, deviceName: string): Promise<void> {
-    await Promise.all((["connected", "disconnected"] as const).map((what) => this.redis.hdel(seenKey(this.keys, productName, what), deviceName)));
+    await Promise.all((["connected", "disconnected"] as const).map((what) => this.redis.hdel(this.keys.presenceSeen(productName, what), deviceName)));
   }
 
   /** Extends the entries of the devices connected here and drops every expired entry of their products. */
@@ -112,31 +110,56 @@ export class RedisPresence implements PresenceReader {
       byProduct.set(productName, names);
     }
     for (const [productName, names] of byProduct) {
-      for (let i = 0; i < names.length; i += CHUNK) {
-        // Disconnected meanwhile: not written again.
-        const still = names.slice(i, i + CHUNK).filter((d) => this.#held.has(`${productName}/${d}`));
-        if (still.length > 0) await this.#hold(productName, still, now + this.ttlMs, now);
+      for (const bucket of byBucket(names)) {
+        for (let i = 0; i < bucket.length; i += CHUNK) {
+          // Disconnected meanwhile: not written again.
+          const still = bucket.slice(i, i + CHUNK).filter((d) => this.#held.has(`${productName}/${d}`));
+          if (still.length > 0) await this.#hold(productName, still, now + this.ttlMs, now);
+        }
       }
-      await this.redis.zremrangebyscore(this.keys.presence(productName), "-inf", now);
+      await Promise.all(buckets().map((b) => this.redis.zremrangebyscore(this.keys.presenceBucket(productName, b), "-inf", now)));
     }
   }
 
   async online(productName: string, deviceNames: readonly string[]): Promise<boolean[]> {
     if (deviceNames.length === 0) return [];
     const now = Date.now();
-    const scores = await this.redis.zmscore(this.keys.presence(productName), ...deviceNames);
-    return scores.map((s) => s !== null && Number(s) > now);
+    const online = new Map<string, boolean>();
+    await Promise.all(
+      byBucket(deviceNames).map(async (names) => {
+        const scores = await this.redis.zmscore(this.keys.presenceOf(productName, names[0]!), ...names);
+        names.forEach((d, i) => online.set(d, scores[i] != null && Number(scores[i]) > now));
+      }),
+    );
+    return deviceNames.map((d) => online.get(d) ?? false);
   }
 
-  countOnline(productName: string): Promise<number> {
-    return this.redis.zcount(this.keys.presence(productName), `(${Date.now()}`, "+inf");
+  async countOnline(productName: string): Promise<number> {
+    const since = `(${Date.now()}`;
+    const counts = await Promise.all(buckets().map((b) => this.redis.zcount(this.keys.presenceBucket(productName, b), since, "+inf")));
+    return counts.reduce((a, b) => a + b, 0);
   }
 
+  /** Devices of one bucket. */
   async #hold(productName: string, deviceNames: readonly string[], expiresAt: number, now: number): Promise<void> {
-    const set = this.keys.presence(productName);
-    const keys = deviceNames.flatMap((d) => [set, `${set}/${d}`]);
+    const set = this.keys.presenceOf(productName, deviceNames[0]!);
+    const keys = deviceNames.flatMap((d) => [set, this.keys.presenceHolders(productName, d)]);
     await this.redis.eval(HOLD_SCRIPT, keys.length, ...keys, this.instanceId, expiresAt, now, ...deviceNames);
   }
+}
+
+const buckets = () => Array.from({ length: PRESENCE_BUCKETS }, (_, b) => b);
+
+/** Device names grouped by presence bucket. */
+function byBucket(deviceNames: readonly string[]): string[][] {
+  const groups = new Map<number, string[]>();
+  for (const d of deviceNames) {
+    const b = presenceBucketOf(d);
+    const group = groups.get(b);
+    if (group) group.push(d);
+    else groups.set(b, [d]);
+  }
+  return [...groups.values()];
 }
 
 /** Where the broker is external the server cannot know who is connected. */

@@ -1,29 +1,56 @@
-import type { Redis } from "ioredis";
+import calculateSlot from "cluster-key-slot";
 import type { IngestContext, IngestOutcome, MessageDeduplicator, ProgressStore } from "../ota/ports.js";
 import { orderReport, type OrderDecision, type ProgressRecord } from "../ota/progress.model.js";
 import type { CommandTarget } from "../protocol/topics.js";
+import { bySlot, mgetAny, sendScriptsAlone, type RedisClient } from "./redis.slots.js";
 
 /**
- * Redis keys and channels, under the configured prefix (`REDIS_PREFIX`, empty
- * by default so the progress key stays the seed's own:
- * `ota_progress/<product>/<device>`). Keys are prefixed here rather than by
- * ioredis' `keyPrefix`, which does not apply to pub/sub channels.
+ * Redis keys and channels, under the configured prefix (`REDIS_PREFIX`).
+ * Keys are prefixed here rather than by ioredis' `keyPrefix`, which does not
+ * apply to pub/sub channels.
+ *
+ * Ready for Redis Cluster: the keys one operation touches together share a
+ * hash tag, the part in braces that alone decides the slot. A device's keys
+ * carry `{<product>/<device>}` (its progress, attempt and de-duplication keys
+ * go to Redis in one script); a product's tag attempts `{<product>}`; a
+ * presence bucket `{<product>#<bucket>}`. Names and the prefix hold no braces
+ * (names.ts, config.ts), so no other brace can end up in a key. The layout
+ * before this one (no tags) is renamed at start by keys.migration.ts.
  */
 export function redisKeys(prefix = "") {
+  const device = (p: string, d: string) => `{${p}/${d}}`;
   return {
-    progress: (p: string, d: string) => `${prefix}ota_progress/${p}/${d}`,
+    prefix,
+    progress: (p: string, d: string) => `${prefix}ota_progress/${device(p, d)}`,
     /** When the latest `$ota_upgrade` was sent to the device (server time, ms): the start of its current attempt. */
-    deviceAttempt: (p: string, d: string) => `${prefix}ota_attempt/${p}/${d}`,
+    deviceAttempt: (p: string, d: string) => `${prefix}ota_attempt/${device(p, d)}`,
     /** The same for a tag of a product: every device holding the tag starts a new attempt. */
-    tagAttempt: (p: string, tag: string) => `${prefix}ota_attempt_tag/${p}/${tag}`,
-    dedup: (p: string, d: string, messageId: string) => `${prefix}msg_dedup/${p}/${d}/${messageId}`,
+    tagAttempt: (p: string, tag: string) => `${prefix}ota_attempt_tag/{${p}}/${tag}`,
+    dedup: (p: string, d: string, messageId: string) => `${prefix}msg_dedup/${device(p, d)}/${messageId}`,
     /** One pub/sub channel per product; subscribers filter by device or tag in process. */
     progressChannel: (p: string) => `${prefix}ota_progress_changed/${p}`,
     /** Every rollout change, all products: `{id, productName}`. */
     rolloutChannel: `${prefix}rollouts_changed`,
-    /** Devices connected to an embedded broker: a sorted set per product, scored by when the entry expires (ms). */
-    presence: (p: string) => `${prefix}presence/${p}`,
+    /**
+     * Devices connected to an embedded broker: per product, {@link PRESENCE_BUCKETS} sorted sets scored by when the
+     * entry expires (ms), a device in the bucket its name hashes to, so that a large product spreads over a cluster.
+     */
+    presenceBucket: (p: string, bucket: number) => `${prefix}presence/{${p}#${bucket}}`,
+    /** The presence set a device is in. */
+    presenceOf: (p: string, d: string) => `${prefix}presence/{${p}#${presenceBucketOf(d)}}`,
+    /** Which instances hold a device's connection (presence.redis.ts): in its bucket's slot. */
+    presenceHolders: (p: string, d: string) => `${prefix}presence/{${p}#${presenceBucketOf(d)}}/${d}`,
+    /** When each device of a product last connected, or had a connection closed: a hash per product. */
+    presenceSeen: (p: string, what: "connected" | "disconnected") => `${prefix}presence/${p}#${what}`,
   };
+}
+
+/** Presence sets per product; fixed, since a device's bucket is part of its keys' names. */
+export const PRESENCE_BUCKETS = 16;
+
+/** The presence bucket of a device (its name's CRC16, as Redis Cluster hashes keys). */
+export function presenceBucketOf(deviceName: string): number {
+  return calculateSlot(deviceName) % PRESENCE_BUCKETS;
 }
 
 export type RedisKeys = ReturnType<typeof redisKeys>;
@@ -41,14 +68,15 @@ const ATTEMPT_TTL_SECONDS = 30 * 24 * 3600;
 // still the one it was decided against (another instance may have written in
 // between: then it is decided again). The messageId is remembered in the same
 // step as the effect. Each product's applied reports go out as one message,
-// a JSON array.
-// KEYS: per report dedup, progress, channel. ARGV: per report ttl, expected
-// stored record ('' for none), 1 apply / 0 drop, json.
+// a JSON array. In a Redis Cluster, one run per hash slot (bySlot).
+// KEYS: per report dedup, progress. ARGV: per report ttl, expected stored
+// record ('' for none), 1 apply / 0 drop, json, channel (a channel is not a
+// key: it names no slot).
 // Per report: 0 duplicate, 1 applied, 2 dropped as behind, 3 conflict.
 const WRITE_BATCH = `
 local out, lists, channels = {}, {}, {}
-for i = 0, #KEYS / 3 - 1 do
-  local k, a = 3 * i, 4 * i
+for i = 0, #KEYS / 2 - 1 do
+  local k, a = 2 * i, 5 * i
   if redis.call('EXISTS', KEYS[k + 1]) == 1 then
     out[i + 1] = 0
   elseif (redis.call('GET', KEYS[k + 2]) or '') ~= ARGV[a + 2] then
@@ -57,7 +85,7 @@ for i = 0, #KEYS / 3 - 1 do
     redis.call('SET', KEYS[k + 1], '1', 'EX', ARGV[a + 1])
     if ARGV[a + 3] == '1' then
       redis.call('SET', KEYS[k + 2], ARGV[a + 4])
-      local channel = KEYS[k + 3]
+      local channel = ARGV[a + 5]
       local list = lists[channel]
       if not list then
         list = {}
@@ -90,6 +118,15 @@ interface Pending {
   reject: (err: unknown) => void;
 }
 
+/** One report's write: its keys (dedup, progress) and the stored record it was decided against. */
+interface Write {
+  pending: Pending;
+  decision: OrderDecision;
+  view: ProgressRecord | null;
+  keys: [string, string];
+  expected: string;
+}
+
 /** What a batch knows of one device: its stored record as the batch's earlier reports leave it. */
 interface DeviceView {
   stored: string;
@@ -101,29 +138,30 @@ interface DeviceView {
 const COMPARE_AND_SET = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2])
-  redis.call('PUBLISH', KEYS[2], '[' .. ARGV[2] .. ']')
+  redis.call('PUBLISH', ARGV[3], '[' .. ARGV[2] .. ']')
   return 1
 end
 return 0`;
 
 type Scripts = {
   otaWriteBatch(numKeys: number, ...keysThenArgs: (string | number)[]): Promise<number[]>;
-  otaCompareAndSet(progress: string, channel: string, expected: string, next: string): Promise<number>;
+  otaCompareAndSet(progress: string, expected: string, next: string, channel: string): Promise<number>;
 };
 
 /** The progress store and the messageId de-duplicator, both in Redis. */
 export class RedisProgressStore implements ProgressStore, MessageDeduplicator {
-  readonly #redis: Redis & Scripts;
+  readonly #redis: RedisClient & Scripts;
   #queue: Pending[] = [];
   #flushing = false;
 
   constructor(
-    redis: Redis,
+    redis: RedisClient,
     private readonly keys: RedisKeys = redisKeys(),
   ) {
     redis.defineCommand("otaWriteBatch", { lua: WRITE_BATCH });
-    redis.defineCommand("otaCompareAndSet", { numberOfKeys: 2, lua: COMPARE_AND_SET });
-    this.#redis = redis as Redis & Scripts;
+    redis.defineCommand("otaCompareAndSet", { numberOfKeys: 1, lua: COMPARE_AND_SET });
+    sendScriptsAlone(redis, ["otaWriteBatch"]);
+    this.#redis = redis as RedisClient & Scripts;
   }
 
   /**
@@ -163,9 +201,12 @@ export class RedisProgressStore implements ProgressStore, MessageDeduplicator {
     const deviceKey = (r: ProgressRecord) => `${r.productName}/${r.deviceName}`;
     for (const { record: r } of batch) devices.set(deviceKey(r), { stored: "", record: null, commandAt: null, tagsAsked: false });
     const names = [...devices.keys()].map((k) => k.split("/") as [string, string]);
-    const read = await this.#redis.mget(
+    const read = await mgetAny(
+      this.#redis,
+      [
       ...names.flatMap(([p, d]) => [this.keys.progress(p, d), this.keys.deviceAttempt(p, d)]),
       ...batch.map(({ record: r }) => this.keys.dedup(r.productName, r.deviceName, r.messageId)),
+      ],
     );
     names.forEach(([p, d], i) => {
       const stored = read[2 * i] ?? null;
@@ -173,9 +214,7 @@ export class RedisProgressStore implements ProgressStore, MessageDeduplicator {
     });
 
     const seen = new Set<string>();
-    const writes: { pending: Pending; decision: OrderDecision; view: ProgressRecord | null }[] = [];
-    const keyList: string[] = [];
-    const args: (string | number)[] = [];
+    const writes: Write[] = [];
     for (const [i, pending] of batch.entries()) {
       const { record: r, context } = pending;
       const dedupKey = this.keys.dedup(r.productName, r.deviceName, r.messageId);
@@ -198,28 +237,45 @@ export class RedisProgressStore implements ProgressStore, MessageDeduplicator {
         decision = orderReport(r, view.record, view.commandAt);
       }
       seen.add(dedupKey);
-      writes.push({ pending, decision, view: view.record });
-      keyList.push(dedupKey, this.keys.progress(r.productName, r.deviceName), this.keys.progressChannel(r.productName));
-      args.push(context.dedupTtlSeconds, view.stored, decision.apply ? 1 : 0, pending.json);
+      const progressKey = this.keys.progress(r.productName, r.deviceName);
+      writes.push({ pending, decision, view: view.record, keys: [dedupKey, progressKey], expected: view.stored });
       if (decision.apply) Object.assign(view, { stored: pending.json, record: r });
     }
     if (writes.length === 0) return [];
 
-    const results = await this.#redis.otaWriteBatch(keyList.length, ...keyList, ...args);
+    const results = new Map<Write, number>();
+    await Promise.all(
+      bySlot(this.#redis, writes, (w) => w.keys[1]).map(async (group) => {
+        const keys = group.flatMap((w) => w.keys);
+        const args = group.flatMap(({ pending, decision, expected }) => [
+          pending.context.dedupTtlSeconds,
+          expected,
+          decision.apply ? 1 : 0,
+          pending.json,
+          this.keys.progressChannel(pending.record.productName),
+        ]);
+        const out = await this.#redis.otaWriteBatch(keys.length, ...keys, ...args);
+        group.forEach((w, i) => results.set(w, out[i] ?? 3));
+      }),
+    );
     const conflicted: Pending[] = [];
-    writes.forEach(({ pending, decision, view }, i) => {
-      switch (results[i]) {
+    for (const write of writes) {
+      const { pending, decision, view } = write;
+      switch (results.get(write) ?? 3) {
         case 0:
-          return pending.resolve({ outcome: "duplicate" });
+          pending.resolve({ outcome: "duplicate" });
+          break;
         case 1:
-          return pending.resolve({ outcome: "accepted" });
+          pending.resolve({ outcome: "accepted" });
+          break;
         case 2: // only what was decided as dropped
-          return pending.resolve({ outcome: "stale", why: decision.apply ? "behind_in_attempt" : decision.why, stored: view! });
+          pending.resolve({ outcome: "stale", why: decision.apply ? "behind_in_attempt" : decision.why, stored: view! });
+          break;
         default:
           if (++pending.conflicts > MAX_CONFLICTS) pending.reject(new Error("progress record kept changing under the report"));
           else conflicted.push(pending);
       }
-    });
+    }
     return conflicted;
   }
 
@@ -237,16 +293,19 @@ export class RedisProgressStore implements ProgressStore, MessageDeduplicator {
 
   async getMany(productName: string, deviceNames: readonly string[]): Promise<(ProgressRecord | null)[]> {
     if (deviceNames.length === 0) return [];
-    const values = await this.#redis.mget(deviceNames.map((d) => this.keys.progress(productName, d)));
+    const values = await mgetAny(
+      this.#redis,
+      deviceNames.map((d) => this.keys.progress(productName, d)),
+    );
     return values.map(decode);
   }
 
   async compareAndSet(expected: ProgressRecord, next: ProgressRecord): Promise<boolean> {
     const applied = await this.#redis.otaCompareAndSet(
       this.keys.progress(next.productName, next.deviceName),
-      this.keys.progressChannel(next.productName),
       JSON.stringify(expected),
       JSON.stringify(next),
+      this.keys.progressChannel(next.productName),
     );
     return applied === 1;
   }

@@ -128,6 +128,68 @@ export class OwnRedis {
   }
 }
 
+/**
+ * A Redis Cluster of our own: three masters (no replicas) on free loopback
+ * ports, every slot assigned, in processes stopped after the file's tests.
+ * Slots are assigned with CLUSTER ADDSLOTSRANGE and the nodes joined with
+ * CLUSTER MEET (what `redis-cli --cluster create` does).
+ */
+export class OwnRedisCluster {
+  private constructor(
+    readonly ports: number[],
+    private readonly processes: ChildProcess[],
+  ) {}
+
+  get nodes(): { host: string; port: number }[] {
+    return this.ports.map((port) => ({ host: "127.0.0.1", port }));
+  }
+
+  static async start(masters = 3): Promise<OwnRedisCluster> {
+    const dir = tempDir("redis-cluster");
+    await mkdir(dir, { recursive: true });
+    const ports: number[] = [];
+    const busPorts: number[] = [];
+    const processes: ChildProcess[] = [];
+    const cluster = new OwnRedisCluster(ports, processes);
+    onTeardown(() => cluster.stop());
+    for (let i = 0; i < masters; i++) {
+      const [port, bus] = [await freePort(), await freePort()];
+      ports.push(port);
+      busPorts.push(bus);
+      processes.push(
+        spawn(
+          REDIS_SERVER,
+          ["--port", String(port), "--cluster-port", String(bus), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir,
+            "--cluster-enabled", "yes", "--cluster-config-file", `nodes-${port}.conf`, "--cluster-node-timeout", "5000"],
+          { stdio: "ignore" },
+        ),
+      );
+    }
+    const clients = ports.map((port) => new Redis({ port, host: "127.0.0.1", lazyConnect: true, retryStrategy: () => 50 }));
+    for (const c of clients) c.on("error", () => undefined); // not up yet: connect() rejects and is tried again
+    try {
+      await eventually(() => Promise.all(clients.map(async (c) => (c.status === "ready" ? undefined : c.connect()))));
+      const per = Math.ceil(16384 / masters);
+      await Promise.all(clients.map((c, i) => c.call("CLUSTER", "ADDSLOTSRANGE", String(i * per), String(Math.min(16383, (i + 1) * per - 1)))));
+      // The bus ports are not port + 10000 (that may pass 65535): given to MEET.
+      for (let i = 1; i < masters; i++) await clients[0]!.call("CLUSTER", "MEET", "127.0.0.1", String(ports[i]), String(busPorts[i]));
+      await eventually(async () => {
+        for (const c of clients) {
+          const info = String(await c.call("CLUSTER", "INFO"));
+          if (!info.includes("cluster_state:ok") || !info.includes(`cluster_known_nodes:${masters}`)) throw new Error(info);
+        }
+      }, 20_000);
+    } finally {
+      for (const c of clients) c.disconnect();
+    }
+    return cluster;
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.processes.map((p) => terminate(p)));
+  }
+}
+
 /** `iothub-ota serve` in a process of its own, as an operator runs it. */
 export class ServerProcess {
   logs = "";

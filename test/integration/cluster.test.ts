@@ -123,7 +123,7 @@ describe.skipIf(!DATABASE_URL)("three instances, each with its embedded broker, 
     const taken = await TestDevice.connect(b.mqttUrl, productName, d.name, d.secret);
     await oldClosed;
     // The first instance let go of its entry (and of its session's live mark); the second's holds.
-    const holders = `${redisKeys(a.config.redisPrefix).presence(productName)}/${d.name}`;
+    const holders = redisKeys(a.config.redisPrefix).presenceHolders(productName, d.name);
     await eventually(async () => expect(await redis.hlen(holders)).toBe(1));
     const live = `${a.config.redisPrefix}${deviceLiveKey({ productName, deviceName: d.name })}`;
     await eventually(async () => expect(await redis.hget(live, `${productName}/${d.name}`)).toMatch(/ /));
@@ -163,7 +163,7 @@ describe.skipIf(!DATABASE_URL)("three instances, each with its embedded broker, 
     expect(off.connectedAt).toBe(on.connectedAt);
 
     await gqlOk(b, DeleteDeviceDocument, { productName, deviceName: d.name });
-    const times = `${redisKeys(a.config.redisPrefix).presence(productName)}#connected`;
+    const times = redisKeys(a.config.redisPrefix).presenceSeen(productName, "connected");
     expect(await redis.hexists(times, d.name)).toBe(0);
   });
 
@@ -360,7 +360,7 @@ describe.skipIf(!DATABASE_URL)("an instance killed with SIGKILL while its device
     /** The acknowledged reports whose effect is not in Redis (the messageId is remembered in the same atomic step as the report). */
     const lost = async (d: Device) => {
       const acked = [...d.acked];
-      const remembered = await redis.mget(acked.map((id) => `${redisPrefix}msg_dedup/${productName}/${d.name}/${id}`));
+      const remembered = await redis.mget(acked.map((id) => redisKeys(redisPrefix).dedup(productName, d.name, id)));
       return acked.filter((_, i) => remembered[i] === null);
     };
     const redis = new Redis(REDIS_URL);
@@ -420,6 +420,6 @@ describe("presence of a device held by two instances at once", () => {
     expect(await took.countOnline("prod")).toBe(1);
     await took.disconnected(device);
     expect(await took.online("prod", ["dev"])).toEqual([false]);
-    expect(await redis.exists(`${keys.presence("prod")}/dev`)).toBe(0);
+    expect(await redis.exists(keys.presenceHolders("prod", "dev"))).toBe(0);
   });
 });

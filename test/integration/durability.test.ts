@@ -1,3 +1,4 @@
+import { redisKeys } from "../../src/storage/progress.redis.js";
 import { randomBytes } from "node:crypto";
 import { ObjectId } from "bson";
 import { Redis } from "ioredis";
@@ -49,7 +50,7 @@ class Fleet {
   async stored(redis: Redis, prefix: string, ids: Iterable<string>): Promise<Set<string>> {
     const wanted = this.sent.filter((s) => new Set(ids).has(s.id));
     if (wanted.length === 0) return new Set();
-    const values = await redis.mget(wanted.map((s) => `${prefix}msg_dedup/${this.productName}/${s.dev.deviceName}/${s.id}`));
+    const values = await redis.mget(wanted.map((s) => redisKeys(prefix).dedup(this.productName, s.dev.deviceName, s.id)));
     return new Set(wanted.filter((_, i) => values[i] !== null).map((s) => s.id));
   }
 }

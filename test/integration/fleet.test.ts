@@ -111,7 +111,7 @@ describe("the fleet at a glance", () => {
     const productName = uniq("race");
     const redis = new Redis(REDIS_URL);
     onTeardown(async () => void redis.disconnect());
-    const key = redisKeys(t.config.redisPrefix).presence(productName);
+    const keys = redisKeys(t.config.redisPrefix);
     const port = Number(new URL(t.mqttUrl).port);
     const dropAfter = (clientId: string, secret: string, ms: number) =>
       new Promise<void>((resolve) => {
@@ -129,9 +129,9 @@ describe("the fleet at a glance", () => {
       await dropAfter(`${productName}/${deviceName}`, secret, i % 6);
       await sleep(150);
       // Whatever became of A (taken over, or kept), presence says the same.
-      expect(await redis.zscore(key, deviceName) !== null, `trial ${i}: presence while A is ${a.client.connected ? "connected" : "gone"}`).toBe(a.client.connected);
+      expect(await redis.zscore(keys.presenceOf(productName, deviceName), deviceName) !== null, `trial ${i}: presence while A is ${a.client.connected ? "connected" : "gone"}`).toBe(a.client.connected);
       await a.end();
-      await eventually(async () => expect(await redis.zscore(key, deviceName), `trial ${i}: presence after every connection closed`).toBeNull(), 3000);
+      await eventually(async () => expect(await redis.zscore(keys.presenceOf(productName, deviceName), deviceName), `trial ${i}: presence after every connection closed`).toBeNull(), 3000);
     }
   }, 60_000);
 
@@ -178,13 +178,13 @@ describe("presence in Redis", () => {
 
   it("does not count an entry its instance stopped refreshing (a dead instance's devices go offline)", async () => {
     const p = new RedisPresence(redis, keys);
-    await redis.zadd(keys.presence("prod"), Date.now() - 1, "gone");
+    await redis.zadd(keys.presenceOf("prod", "gone"), Date.now() - 1, "gone");
     await p.connected({ productName: "prod", deviceName: "here" });
     expect(await p.countOnline("prod")).toBe(1);
     expect(await p.online("prod", ["gone", "here", "never"])).toEqual([false, true, false]);
     await p.refresh();
-    expect(await redis.zscore(keys.presence("prod"), "gone")).toBeNull();
-    expect(Number(await redis.zscore(keys.presence("prod"), "here"))).toBeGreaterThan(Date.now() + PRESENCE_TTL_MS / 2);
+    expect(await redis.zscore(keys.presenceOf("prod", "gone"), "gone")).toBeNull();
+    expect(Number(await redis.zscore(keys.presenceOf("prod", "here"), "here"))).toBeGreaterThan(Date.now() + PRESENCE_TTL_MS / 2);
   });
 
   it("keeps a device online that has connected to another instance since (takeover across instances)", async () => {
