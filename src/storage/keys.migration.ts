@@ -29,6 +29,8 @@ const families: Family[] = [
   { base: "presence/", parts: 2, to: null },
 ];
 
+const bases = [...new Set(families.map((f) => f.base))];
+
 export interface KeysMigration {
   renamed: number;
   deleted: number;
@@ -49,20 +51,21 @@ export async function migrateKeys(redis: RedisClient, prefix: string): Promise<K
   const done: KeysMigration = { renamed: 0, deleted: 0 };
   if ((await redis.get(`${prefix}${MARK}`)) === LAYOUT) return done;
   if (!redis.isCluster) {
-    const server = redis as Redis;
-    for (const base of new Set(families.map((f) => f.base))) {
-      const stream = server.scanStream({ match: `${prefix}${base}*`, count: 1000 });
-      for await (const keys of stream as AsyncIterable<string[]>) await renameAll(redis, prefix, base, keys, done);
-    }
+    // One pass over the deployment's keys (SCAN visits the whole keyspace whatever it matches).
+    const stream = (redis as Redis).scanStream({ match: `${prefix}*`, count: 5000 });
+    for await (const keys of stream as AsyncIterable<string[]>) await renameAll(redis, prefix, keys, done);
   }
   await redis.set(`${prefix}${MARK}`, LAYOUT);
   return done;
 }
 
-async function renameAll(redis: RedisClient, prefix: string, base: string, keys: string[], done: KeysMigration): Promise<void> {
+async function renameAll(redis: RedisClient, prefix: string, keys: string[], done: KeysMigration): Promise<void> {
   const moves: { from: string; to: string | null }[] = [];
   for (const key of keys) {
-    const rest = key.slice(prefix.length + base.length);
+    const name = key.slice(prefix.length);
+    const base = bases.find((b) => name.startsWith(b));
+    if (base === undefined) continue;
+    const rest = name.slice(base.length);
     // Tagged already, or a product's `#connected`/`#disconnected` times (names hold neither character).
     if (rest.includes("{") || rest.includes("#")) continue;
     const parts = rest.split("/");
