@@ -1,3 +1,4 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
 import type { ApolloServerPlugin } from "@apollo/server";
 import type { NextFunction, Request, Response } from "express";
 import {
@@ -26,7 +27,7 @@ import {
   type SelectionSetNode,
 } from "graphql";
 import { LRUCache } from "lru-cache";
-import type { Principal } from "../auth/principal.js";
+import { bearerToken, type Principal } from "../auth/principal.js";
 import type { Context } from "./context.js";
 import { listItemsCounter } from "./graphql.limits.js";
 
@@ -287,11 +288,22 @@ export class LeanGraphql {
 
   /** Express, after authentication and `express.json()`; `next()` hands the request to Apollo. */
   readonly middleware = (req: Request, res: Response, next: NextFunction): void => {
-    const body: unknown = req.body;
-    const accept = req.headers.accept;
+    if ((req as Tried)[TRIED]) return next();
+    this.answer(req.method, req.body, req.headers.accept, res.locals.principal as Principal, res).then(
+      (answered) => void (answered || next()),
+      () => next(),
+    );
+  };
+
+  /**
+   * Answers the request if it is a query this path may answer and it runs
+   * without an error; resolves false otherwise, having written nothing, for
+   * Apollo to answer it.
+   */
+  async answer(method: string | undefined, body: unknown, accept: string | undefined, principal: Principal, res: ServerResponse): Promise<boolean> {
     if (
       !this.#open ||
-      req.method !== "POST" ||
+      method !== "POST" ||
       !isRecord(body) ||
       typeof body.query !== "string" ||
       body.extensions !== undefined ||
@@ -299,10 +311,10 @@ export class LeanGraphql {
       (body.operationName != null && typeof body.operationName !== "string") ||
       (accept !== undefined && !JSON_ONLY.test(accept))
     ) {
-      return next();
+      return false;
     }
     const prepared = this.#prepared.get(body.query);
-    if (!prepared) return next();
+    if (!prepared) return false;
     const operationName = (body.operationName as string | null | undefined) ?? undefined;
     const variables = (body.variables as Record<string, unknown> | null | undefined) ?? {};
     const opKey = operationName === undefined ? "" : `=${operationName}`;
@@ -310,7 +322,7 @@ export class LeanGraphql {
     if (!compiled) {
       const operation = getOperationAST(prepared.document, operationName);
       // A name the document does not have is not remembered: names asked are the client's, operations are the document's.
-      if (!operation) return next();
+      if (!operation) return false;
       const query = operation?.operation === "query" ? operation : null;
       compiled = {
         operation: query,
@@ -321,25 +333,112 @@ export class LeanGraphql {
     }
     const { operation, plan } = compiled;
     // A mutation or subscription: Apollo's.
-    if (!operation) return next();
+    if (!operation) return false;
     // The list-items limit depends on the variables: checked on every request, refused by Apollo.
-    if (compiled.listItems(variables) > this.maxListItems) return next();
-    const context: Context = { principal: res.locals.principal as Principal };
-    const run = plan
-      ? runPlan(this.schema, prepared, plan, variables, context)
-      : Promise.resolve().then(() => execute({ schema: this.schema, document: prepared.document, operationName, variableValues: variables, contextValue: context }));
-    run.then(
-      (result) => {
-        if (!result || result.errors || result.data == null) return next();
-        // Apollo's body for a result without errors (its field order: errors, data, extensions), and its content type.
-        // Encoded once: Buffer.byteLength and then end(text) would walk a 300 KB answer twice.
-        const bytes = Buffer.from(`${JSON.stringify({ data: result.data })}\n`);
-        res.statusCode = 200;
-        res.setHeader("content-type", "application/json; charset=utf-8");
-        res.setHeader("content-length", bytes.length);
-        res.end(bytes);
-      },
-      () => next(),
-    );
-  };
+    if (compiled.listItems(variables) > this.maxListItems) return false;
+    const context: Context = { principal };
+    const result = plan
+      ? await runPlan(this.schema, prepared, plan, variables, context)
+      : await execute({ schema: this.schema, document: prepared.document, operationName, variableValues: variables, contextValue: context });
+    if (!result || result.errors || result.data == null) return false;
+    // Apollo's body for a result without errors (its field order: errors, data, extensions), and its content type.
+    // Encoded once: Buffer.byteLength and then end(text) would walk a 300 KB answer twice.
+    const bytes = Buffer.from(`${JSON.stringify({ data: result.data })}\n`);
+    res.statusCode = 200;
+    res.setHeader("content-type", "application/json; charset=utf-8");
+    res.setHeader("content-length", bytes.length);
+    res.end(bytes);
+    return true;
+  }
+
+  /**
+   * `POST /graphql` ahead of Express, for the requests the lean path is
+   * made for: a JSON body of a known length, a bearer token. It checks the
+   * token, reads and parses the body itself (what `authenticate` and
+   * `express.json()` do) and answers; anything it does not answer goes to
+   * `fallback` (the Express app) as it would have: before the body is read
+   * when the token is refused, with `req.body` set (read already: body-parser
+   * leaves it) or the parse error to raise ({@link bodyErrorOf}) after.
+   * Returns false, having done nothing, for every other request.
+   */
+  take(req: IncomingMessage, res: ServerResponse, deps: FastPathDeps): boolean {
+    const { headers } = req;
+    const length = Number(headers["content-length"]);
+    if (
+      !this.#open ||
+      req.method !== "POST" ||
+      req.url !== "/graphql" ||
+      !JSON_BODY.test(headers["content-type"] ?? "") ||
+      !(length > 0 && length <= deps.bodyLimit) ||
+      headers["transfer-encoding"] !== undefined ||
+      headers.expect !== undefined ||
+      // A browser's cross-origin request: Express adds the CORS headers (CORS_ORIGINS).
+      (deps.cors && headers.origin !== undefined)
+    ) {
+      return false;
+    }
+    (req as Tried)[TRIED] = true;
+    void (async () => {
+      // Refused, or not checkable now (the database is down): Express checks it again and answers, before reading the body.
+      const principal = await deps.verify(bearerToken(headers.authorization)).catch(() => null);
+      if (!principal) return deps.fallback(req, res);
+      const text = await readBody(req, length);
+      let body: unknown;
+      try {
+        body = JSON.parse(text);
+      } catch (err) {
+        (req as Tried)[BODY_ERROR] = Object.assign(err as Error, { type: "entity.parse.failed", status: 400 });
+        return deps.fallback(req, res);
+      }
+      if (!(await this.answer(req.method, body, headers.accept, principal, res).catch(() => false))) {
+        (req as { body?: unknown }).body = body;
+        deps.fallback(req, res);
+      }
+    })().catch((err: unknown) => {
+      // The body could not be read (the client went away, or sent another length than it said): Express answers it.
+      (req as Tried)[BODY_ERROR] = err;
+      deps.fallback(req, res);
+    });
+    return true;
+  }
+}
+
+/** What the path ahead of Express needs of the server. */
+export interface FastPathDeps {
+  verify(token: string | undefined): Promise<Principal | null>;
+  bodyLimit: number;
+  /** CORS_ORIGINS is set. */
+  cors: boolean;
+  fallback(req: IncomingMessage, res: ServerResponse): void;
+}
+
+const TRIED = Symbol("lean path tried");
+const BODY_ERROR = Symbol("body error");
+type Tried = { [TRIED]?: boolean; [BODY_ERROR]?: unknown };
+
+/** For the Express chain: the error reading the body raised on the path ahead of Express, raised again there. */
+export function bodyErrorOf(req: IncomingMessage): unknown {
+  return (req as Tried)[BODY_ERROR];
+}
+
+/** `application/json`, in UTF-8 (said or not). */
+const JSON_BODY = /^application\/json\s*(?:;\s*charset=utf-8\s*)?$/i;
+
+/** The body, of exactly `length` bytes (Content-Length), as UTF-8 text. */
+function readBody(req: IncomingMessage, length: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let received = 0;
+    req.on("data", (chunk: Buffer) => {
+      received += chunk.length;
+      if (received <= length) chunks.push(chunk);
+    });
+    req.once("end", () => {
+      if (received !== length) reject(Object.assign(new Error("request size did not match content length"), { type: "request.size.invalid", status: 400 }));
+      else resolve(chunks.length === 1 ? chunks[0]!.toString("utf8") : Buffer.concat(chunks, length).toString("utf8"));
+    });
+    req.once("error", reject);
+    // The client went away before the whole body (after "end", a settled promise ignores it).
+    req.once("close", () => reject(Object.assign(new Error("request aborted"), { type: "request.aborted", status: 400 })));
+  });
 }

@@ -26,7 +26,7 @@ import type { ProgressFeed } from "../ota/progress.feed.js";
 import type { Context, SubscriptionContext } from "./context.js";
 import { dashboard } from "./dashboard.js";
 import { jsonErrorHandler, maskError, notFound, sendError } from "./errors.js";
-import { LeanGraphql } from "./graphql.lean.js";
+import { bodyErrorOf, LeanGraphql } from "./graphql.lean.js";
 import { armorRules, listItemsPlugin, wsOperationGate, type OperationRequest } from "./graphql.limits.js";
 import { refusals } from "./refusals.js";
 import { emqxAuthRoutes } from "./emqx.routes.js";
@@ -84,7 +84,12 @@ export class HttpServer {
     app.disable("x-powered-by");
     const origins = this.deps.corsOrigins;
     if (origins.length > 0) app.use(cors({ origin: origins.includes("*") ? "*" : [...origins], maxAge: 600 }));
-    const server = createServer(app);
+    // Queries the lean path answers skip Express (graphql.lean.ts, take); everything else is the app's.
+    let lean: LeanGraphql | undefined;
+    const server = createServer((req, res) => {
+      if (!lean?.take(req, res, fastPath)) app(req, res);
+    });
+    const fastPath = { verify: (token: string | undefined) => tokens.verify(token), bodyLimit: limits.httpBodyBytes, cors: origins.length > 0, fallback: app };
     // Bounded by silence rather than by duration: a 1 GiB upload on a slow link is fine, a stalled one is not.
     server.requestTimeout = 0;
     server.timeout = limits.httpIdleTimeoutMs;
@@ -105,7 +110,7 @@ export class HttpServer {
     this.#startWs(schema, server, refuse);
 
     // Validated queries that need nothing of Apollo's pipeline skip it (graphql.lean.ts); Apollo answers the rest.
-    const lean = new LeanGraphql(schema, limits.graphqlMaxListItems);
+    lean = new LeanGraphql(schema, limits.graphqlMaxListItems);
     this.#lean = lean;
     const apollo = new ApolloServer<Context>({
       schema,
@@ -153,6 +158,8 @@ export class HttpServer {
     app.use(
       "/graphql",
       authenticate,
+      // A body the path ahead of Express could not read or parse: answered as express.json() answers it.
+      (req: Request, _res: Response, next: NextFunction) => next(bodyErrorOf(req)),
       express.json({ limit: limits.httpBodyBytes }),
       // Apollo answers a body that is missing or of another content type (CSRF prevention, "POST body missing"), as JSON; it only needs `req.body` defined.
       (req: Request, _res: Response, next: NextFunction) => {

@@ -1,3 +1,4 @@
+import { connect as netConnect } from "node:net";
 import { print } from "graphql";
 import type { TypedDocumentNode } from "@graphql-typed-document-node/core";
 import { Redis } from "ioredis";
@@ -123,5 +124,40 @@ describe("GraphQL queries Apollo has validated before", () => {
     const over = await post(t, two, { p: productName, a: names(6_000), b: names(4_001) });
     expect(over).toMatchObject({ status: 400, byApollo: true });
     expect(JSON.parse(over.body).errors[0].extensions.code).toBe("GRAPHQL_VALIDATION_FAILED");
+  });
+
+  it("ahead of Express, answer a body that does not parse, a refused token and a cut body as Express does", async () => {
+    const query = print(OtaProgressDocument);
+    await post(t, query, { productName, deviceName: "d0" });
+    // The same bytes sent chunked (no Content-Length) are Express's alone: the answers must be the same.
+    const send = async (body: string, token: string, chunked: boolean) => {
+      const res = await fetch(`${t.httpUrl}/graphql`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+        body: chunked ? new Blob([body]).stream() : body,
+        ...(chunked ? { duplex: "half" } : {}),
+      } as RequestInit);
+      return { status: res.status, type: res.headers.get("content-type"), body: await res.text() };
+    };
+    const broken = `{"query": ${JSON.stringify(query)}, "variables": {`;
+    const direct = await send(broken, t.token, false);
+    expect(direct.status).toBe(400);
+    expect(JSON.parse(direct.body).errors[0].extensions.code).toBe("BAD_REQUEST");
+    expect(direct).toEqual(await send(broken, t.token, true));
+    const good = JSON.stringify({ query, variables: { productName, deviceName: "d0" } });
+    const refused = await send(good, "not-a-token", false);
+    expect(refused.status).toBe(401);
+    expect(refused).toEqual(await send(good, "not-a-token", true));
+
+    // A body shorter than its Content-Length, then the connection closed: nothing answered, nothing broken.
+    await new Promise<void>((resolve, reject) => {
+      const socket = netConnect(Number(new URL(t.httpUrl).port), "127.0.0.1", () => {
+        socket.end(`POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer ${t.token}\r\nContent-Length: 500\r\n\r\n{"query":`);
+      });
+      socket.on("error", reject);
+      socket.on("close", () => resolve());
+      socket.resume();
+    });
+    expect(await post(t, query, { productName, deviceName: "d0" })).toMatchObject({ status: 200, byApollo: false });
   });
 });
