@@ -6,8 +6,12 @@ import express, { Router, type NextFunction, type Request, type Response } from 
 /** Where `npm run build:web` writes the dashboard: web/dist at the repository root (the server runs its sources through tsx). */
 export const DASHBOARD_DIST = fileURLToPath(new URL("../../web/dist", import.meta.url));
 
-/** Paths of the API and of the built assets: never answered with the page, so an unknown one keeps its JSON 404. */
-const RESERVED_PREFIXES = ["/graphql", "/healthz", "/readyz", "/metrics", "/ota", "/devices", "/assets"];
+/**
+ * Paths of the API (GraphQL, health, REST compatibility, firmware uploads and
+ * downloads, EMQX's HTTP authentication) and of the built assets: never
+ * answered with the page, so an unknown one keeps its JSON 404.
+ */
+const RESERVED_PREFIXES = ["/graphql", "/healthz", "/readyz", "/metrics", "/ota", "/devices", "/firmware", "/emqx", "/assets"];
 
 const isReserved = (path: string) => RESERVED_PREFIXES.some((p) => path === p || path.startsWith(`${p}/`));
 

@@ -33,6 +33,9 @@ describe("the server serves the dashboard beside its API", () => {
     for (const [path, headers] of [
       ["/ota/acme", HTML],
       ["/devices/acme/x/y", HTML],
+      ["/firmware/nosuch", HTML],
+      ["/firmware/download/nosuch/more", HTML],
+      ["/emqx/nosuch", HTML],
       ["/assets/missing.js", HTML],
       ["/products/acme", { accept: "application/json" }],
     ] as const) {
