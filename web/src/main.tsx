@@ -12,7 +12,8 @@ import { RolloutsPage } from "./pages/rollouts.page.js";
 import { SignInPage } from "./pages/sign-in.page.js";
 import "./styles.css";
 
-// Pages with heavy libraries load on first visit: Chart.js for the fleet, the policy arithmetic (semver, zod) for a rollout's waves.
+// Chart.js (about 150 kB) loads with the fleet and home pages, on their first visit. The rollout page is a chunk of its
+// own too, but it holds only its own code (about 10 kB, no library of its own): splitting it saves the first load little.
 const FleetPage = lazy(() => import("./pages/fleet.page.js").then((m) => ({ default: m.FleetPage })));
 const HomePage = lazy(() => import("./pages/fleet.page.js").then((m) => ({ default: m.HomePage })));
 const RolloutPage = lazy(() => import("./pages/rollout.page.js").then((m) => ({ default: m.RolloutPage })));
