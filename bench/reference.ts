@@ -1,10 +1,10 @@
 // References, each run in a process of its own beside the server under test:
 //   bare: a subscriber that only counts (the broker's ceiling);
-//   seed: the IotHub server's ingest as the seed lesson writes it: per message a
+//   seed: the original IotHub server's ingest (the design this project started from): per message a
 //         regex match, SETNX and EXPIRE on the messageId, then SET of the
 //         progress JSON, each its own Redis round trip.
 //         Both print {"count", "firstAt", "lastAt"} once `expect` messages were handled.
-//   rest: the IotHub server's own REST read as the seed lesson writes it
+//   rest: the original IotHub server's own REST read
 //         (`GET /ota/:productName/:deviceName`: Express, one Redis GET, the JSON
 //         parsed and sent back, `{}` when absent); no token check, as the seed had none.
 //         `rest <port> <redisUrl>` prints "ready" once listening.

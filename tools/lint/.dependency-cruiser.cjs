@@ -1,5 +1,5 @@
 // `npm run lint` (scripts/lint.sh) runs this from the repository root: every path is relative to it.
-// The layers of DESIGN.md ("Layout", "Where the next capabilities go"), as the code keeps them.
+// The layers of docs/DESIGN.md ("Layout", "Where the next capabilities go"), as the code keeps them.
 
 /** The domain rooms: they receive ports (interfaces) for what they store and send. */
 const DOMAIN = "^src/(devices|ota|rollouts|firmware|auth|protocol)/";
@@ -30,7 +30,7 @@ module.exports = {
       name: "domain-imports-no-transport-or-driver",
       severity: "error",
       comment:
-        "DESIGN.md: domain code does not import MQTT, Redis, HTTP or database-driver libraries; it is given ports " +
+        "docs/DESIGN.md: domain code does not import MQTT, Redis, HTTP or database-driver libraries; it is given ports " +
         "(src/ota/ports.ts) and repositories as constructor parameters.",
       from: { path: DOMAIN },
       to: { path: TRANSPORT_AND_DRIVERS },
@@ -72,7 +72,7 @@ module.exports = {
       name: "schema-files-use-only-http-context",
       severity: "error",
       comment:
-        "A resolver imports no HTTP module (DESIGN.md): from src/http only the request context, the per-request " +
+        "A resolver imports no HTTP module (docs/DESIGN.md): from src/http only the request context, the per-request " +
         "loaders and the generic connection types.",
       from: { path: DOMAIN },
       to: { path: "^src/http/", pathNot: "^src/http/(context|loaders|connection\\.types)\\.ts$" },
