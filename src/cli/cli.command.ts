@@ -64,11 +64,14 @@ export function withAddress(c: Command): Command {
     .addOption(new Option("--token <token>", "an API token").env("IOTHUB_OTA_TOKEN"));
 }
 
-const exampleText = (example: string) => `\nExample:\n  ${example.trim().split("\n").join("\n  ")}\n`;
+/** An `Example:` block after the command's help: every command has one (issue 8). */
+export function withExample(c: Command, example: string): Command {
+  return c.addHelpText("after", `\nExample:\n  ${example.trim().split("\n").join("\n  ")}\n`);
+}
 
 /** A group of client commands (`devices`, `rollout`...), with an example after its help too. */
 export function commandGroup(parent: Command, name: string, description: string, example: string): Command {
-  return parent.command(name).description(description).addHelpText("after", exampleText(example));
+  return withExample(parent.command(name).description(description), example);
 }
 
 /**
@@ -85,7 +88,7 @@ export function clientCommand(
 ): Command {
   const c = parent.command(nameAndArgs).description(description);
   withAddress(c).option("--json", "print JSON for scripts (one document; one per line for watches)");
-  c.addHelpText("after", exampleText(example));
+  withExample(c, example);
   c.action(async (...params: unknown[]) => {
     const cmd = params.at(-1) as Command;
     const opts = cmd.opts<Record<string, unknown>>();

@@ -21,6 +21,6 @@ export function registerClientCommands(program: Command): void {
 The commands devices, firmware, ota, progress and rollout talk to a running server: --server <url> (or IOTHUB_OTA_SERVER;
 default ${DEFAULT_SERVER}) with an API token from --token (or IOTHUB_OTA_TOKEN). They print tables for people and
 JSON with --json; errors print the API's code (error FORBIDDEN: ...) on stderr and exit 2.
-${EXIT_CODES_HELP}`,
+${EXIT_CODES_HELP.trimEnd()}`,
   );
 }

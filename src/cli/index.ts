@@ -1,1 +1,2 @@
-export { registerClientCommands } from "./client.commands.js";
+export { createProgram } from "./program.js";
+export { configOrExit } from "./server.commands.js";

@@ -1,7 +1,9 @@
 import { execFile, spawn } from "node:child_process";
+import type { Command } from "commander";
 import { Redis } from "ioredis";
 import { beforeAll, describe, expect, it } from "vitest";
 import { CreateApiTokenDocument, RegisterDeviceDocument, RevokeApiTokenDocument } from "../../src/client/generated/graphql.js";
+import { createProgram } from "../../src/cli/program.js";
 import { redisKeys } from "../../src/storage/progress.redis.js";
 import type { FirmwareServer } from "../../src/sim/firmware.server.js";
 import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
@@ -45,6 +47,22 @@ function started(t: TestApp, args: string[], token = t.token) {
   const exited = new Promise<Run>((resolve) => child.on("close", (status) => resolve({ status, ...out })));
   return { child, out, exited };
 }
+
+/** The program and every command under it, each with its path of names (the program's is []). */
+function commandsOf(c: Command, path: string[] = []): { path: string[]; command: Command }[] {
+  return [{ path, command: c }, ...c.commands.flatMap((sub) => commandsOf(sub, [...path, sub.name()]))];
+}
+
+/** What `--help` prints for the command, as a process off a terminal prints it (80 columns). */
+function helpOf(c: Command): string {
+  let out = "";
+  c.configureOutput({ writeOut: (s) => (out += s), getOutHelpWidth: () => 80 });
+  c.outputHelp();
+  return out;
+}
+
+/** The lines of a help's Example: block. */
+const exampleLines = (help: string) => (/\nExample:\n((?: {2}.*\n)+)/.exec(help)?.[1] ?? "").split("\n").map((l) => l.trim());
 
 const jsonOf = <T>(r: Run): T => {
   expect(r.status, r.stderr).toBe(0);
@@ -250,15 +268,22 @@ describe("the client commands against a running server", () => {
     expect(r.stderr.split("\n")[0]).toBe("error 4401: API token revoked");
   }, 30_000);
 
-  it("shows an example in every command's --help, and the exit codes in rollout watch's", async () => {
-    const commands = [["devices", "tag"], ["ota", "send"], ["progress", "watch"], ["rollout", "create"], ["rollout", "watch"]];
-    const helps = await Promise.all(commands.map((c) => cli(t, [...c, "--help"])));
-    helps.forEach((h, i) => {
-      expect(h.status).toBe(0);
-      expect(h.stdout).toMatch(new RegExp(`\\nExample:\\n.*iothub-ota ${commands[i]!.join(" ")} `));
-      expect(h.stdout).toContain("IOTHUB_OTA_TOKEN");
-    });
-    expect(helps[4]!.stdout).toMatch(/4\s+it was ABORTED/);
+  it("shows an example in the --help of every command and subcommand, and the exit codes in rollout watch's", async () => {
+    const all = commandsOf(createProgram(async () => undefined));
+    expect(all.length).toBeGreaterThan(30);
+    const helps = all.map(({ path, command }) => ({ name: ["iothub-ota", ...path].join(" "), command, help: helpOf(command) }));
+    // An example is a line of the Example: block that runs this very command.
+    const withoutExample = helps.filter(({ name, help }) => !exampleLines(help).some((l) => new RegExp(`(^|\\s)${name}(\\s|$)`).test(l)));
+    expect(withoutExample.map((h) => h.name)).toEqual([]);
+    const clientCommands = helps.filter((h) => h.command.options.some((o) => o.long === "--server") && h.name.split(" ")[1] !== "token");
+    expect(clientCommands.length).toBeGreaterThan(20);
+    for (const h of clientCommands) expect(h.help, h.name).toContain("IOTHUB_OTA_TOKEN");
+    const watchHelp = helps.find((h) => h.name === "iothub-ota rollout watch")?.help;
+    expect(watchHelp).toMatch(/4\s+it was ABORTED/);
+    // The tree walked is the one the command runs.
+    const top = await cli(t, ["--help"]);
+    expect(top.status).toBe(0);
+    expect(top.stdout).toBe(helps[0]?.help);
   });
 
   it("takes --server on the token commands too", async () => {
