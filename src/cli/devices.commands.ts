@@ -16,6 +16,7 @@ import { pagesOf, type ApiClient } from "./api.client.js";
 import { clientCommand, commandGroup, flag, parseFlags } from "./cli.command.js";
 import { ApiError } from "./cli.errors.js";
 import { fields, json, print, table } from "./cli.output.js";
+import { waveNumber } from "./rollout.view.js";
 
 const product = z.object({ product: flag.required });
 
@@ -27,14 +28,18 @@ const stateOf = (d: { suspended: boolean; online?: boolean | null }) =>
 
 const otaCell = (p: Listed["otaProgress"]) => (p ? `${p.state} ${p.progress}% ${p.version}` : null);
 
-/** The device as a key/value block, for people. */
-function deviceBlock(d: DeviceFieldsFragment & { online?: boolean | null }): string {
+/**
+ * The device as a key/value block, for people. `state` is what is known of
+ * it: a mutation's answer says whether it is suspended, not whether it is
+ * connected, so without `state` a device not suspended has no state line.
+ */
+function deviceBlock(d: DeviceFieldsFragment, state: string | null = d.suspended ? "suspended" : null): string {
   return fields([
     ["device", `${d.productName}/${d.deviceName}`],
     ["tags", d.tags.join(",")],
     ["tags version", d.tagsVersion],
     ["firmware", d.firmwareVersion],
-    ["state", stateOf(d)],
+    ...(state === null ? [] : [["state", state] as [string, string]]),
     ["last status", d.lastStatusAt],
     ["registered", d.createdAt],
   ]);
@@ -104,10 +109,10 @@ export function registerDeviceCommands(program: Command): void {
       if (!device) throw new ApiError([{ code: "DEVICE_NOT_FOUND", message: `no device ${productName}/${deviceName}` }]);
       if (asJson) return json(device);
       const p = device.otaProgress;
-      print(deviceBlock(device));
+      print(deviceBlock(device, stateOf(device)));
       print(fields([["ota", p ? `${p.state} ${p.progress}% ${p.version}${p.failureReason ? ` (${p.failureReason})` : ""} at ${p.receivedAt}` : null]]));
       if (device.executions.length > 0) {
-        print(`\n${table(["ROLLOUT", "WAVE", "STATE", "FAILURE", "SKIPPED", "FROM", "LAST EVENT"], device.executions.map((e) => [e.rolloutId, e.wave, e.state, e.failureClass, e.skipReason, e.fromVersion, e.lastEventAt]))}`);
+        print(`\n${table(["ROLLOUT", "WAVE", "STATE", "FAILURE", "SKIPPED", "FROM", "LAST EVENT"], device.executions.map((e) => [e.rolloutId, waveNumber(e.wave), e.state, e.failureClass, e.skipReason, e.fromVersion, e.lastEventAt]))}`);
       }
     },
   ).option("--product <name>", "the product");
@@ -121,7 +126,8 @@ export function registerDeviceCommands(program: Command): void {
       const f = parseFlags(product.extend({ tags: flag.list.optional() }), o);
       const { registerDevice: r } = await api.request(RegisterDeviceDocument, { input: { productName: f.product, deviceName: deviceName ?? null, tags: f.tags ?? null } });
       if (asJson) return json(r);
-      print(deviceBlock(r.device));
+      // Its secret is new: it cannot have connected yet.
+      print(deviceBlock(r.device, r.device.suspended ? "suspended" : "offline (not connected yet)"));
       print(fields([["secret", `${r.secret}  (the MQTT password; shown once)`]]));
     },
   )

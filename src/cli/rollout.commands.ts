@@ -22,7 +22,7 @@ import { clientCommand, commandGroup, flag, parseFlags, type CliContext } from "
 import { ApiError, ExitCode } from "./cli.errors.js";
 import { json, LiveView, print, table } from "./cli.output.js";
 import { FAILURE_CLASSES, readInput, rolloutFlags, rolloutInputOf, rolloutOptions } from "./rollout.input.js";
-import { outcome, previewBlock, rolloutBlock, rolloutTable, settled, watchBlock, watchLine } from "./rollout.view.js";
+import { outcome, previewBlock, rolloutBlock, rolloutTable, settled, watchBlock, watchLine, waveNumber } from "./rollout.view.js";
 
 export const EXIT_CODES_HELP = `
 Exit codes of rollout watch (and of rollout create --watch):
@@ -160,7 +160,7 @@ iothub-ota rollout create --input rollout.json --name "from a file, flags overri
       if (asJson) return json(executions ? { ...r, executions } : r);
       print(rolloutBlock(r));
       if (executions) {
-        print(`\n${table(["DEVICE", "WAVE", "STATE", "FAILURE", "SKIPPED", "FROM", "ATTEMPTS", "LAST EVENT"], executions.map((e) => [e.deviceName, e.wave + 1, e.state, e.failureClass, e.skipReason, e.fromVersion, e.attempts.length, e.lastEventAt]))}`);
+        print(`\n${table(["DEVICE", "WAVE", "STATE", "FAILURE", "SKIPPED", "FROM", "ATTEMPTS", "LAST EVENT"], executions.map((e) => [e.deviceName, waveNumber(e.wave), e.state, e.failureClass, e.skipReason, e.fromVersion, e.attempts.length, e.lastEventAt]))}`);
       }
     },
   ).option("--executions [states]", "also list its executions (only these states, comma-separated)");

@@ -5,6 +5,9 @@ import { bar, counts, fields, table } from "./cli.output.js";
 type Rollout = RolloutFieldsFragment;
 type Counts = Rollout["counts"];
 
+/** Waves as people count them, from 1 (as the dashboard does); the API's index is from 0. */
+export const waveNumber = (index: number) => index + 1;
+
 /** Executions that will not move again. */
 const finished = (c: Counts) => c.succeeded + c.failed + c.timedOut + c.skipped + c.canceled;
 const failures = (c: Counts) => c.failed + c.timedOut;
@@ -33,7 +36,7 @@ export function rolloutBlock(r: Rollout): string {
     ["rollout", r.id],
     ["name", r.name],
     ["product", r.productName],
-    ["state", `${r.state} (wave ${r.openWave + 1} open)`],
+    ["state", `${r.state} (wave ${waveNumber(r.openWave)} open)`],
     ["target", `${targetText(r.target)}, ${r.membership.toLowerCase()}`],
     ["firmware", `${r.firmware.version} ${r.firmware.firmwareId ? `artifact ${r.firmware.firmwareId}` : r.firmware.url}`],
     ["progress", `${bar(finished(c), c.total)}  ${finished(c)}/${c.total} finished`],
@@ -63,7 +66,7 @@ export function previewBlock(p: PreviewRolloutQuery["previewRollout"]): string {
       ["time", `at least ${p.minimumSeconds} s, at most ${p.worstCaseSeconds} s`],
     ]),
     "",
-    table(["WAVE", "DEVICES"], p.waves.map((w) => [w.index + 1, w.size])),
+    table(["WAVE", "DEVICES"], p.waves.map((w) => [waveNumber(w.index), w.size])),
   ];
   return lines.join("\n");
 }
@@ -72,7 +75,7 @@ export function previewBlock(p: PreviewRolloutQuery["previewRollout"]): string {
 export function watchBlock(r: Rollout): string[] {
   const c = r.counts;
   return [
-    `rollout ${r.id}${r.name ? ` ${JSON.stringify(r.name)}` : ""}  ${r.state}  wave ${r.openWave + 1}  ${r.firmware.version} to ${targetText(r.target)}`,
+    `rollout ${r.id}${r.name ? ` ${JSON.stringify(r.name)}` : ""}  ${r.state}  wave ${waveNumber(r.openWave)}  ${r.firmware.version} to ${targetText(r.target)}`,
     `${bar(finished(c), c.total)}  ${finished(c)}/${c.total} finished`,
     counts(stateCounts(c)),
     ...(c.byFailureClass.length ? [`failures: ${failureText(c)}`] : []),
@@ -83,7 +86,7 @@ export function watchBlock(r: Rollout): string[] {
 export function watchLine(r: Rollout): string {
   const c = r.counts;
   const all = stateCounts(c).map(([k, n]) => `${k} ${n}`).join(", ");
-  return `${new Date().toISOString()} ${r.state} wave ${r.openWave + 1} ${finished(c)}/${c.total} finished: ${all}`;
+  return `${new Date().toISOString()} ${r.state} wave ${waveNumber(r.openWave)} ${finished(c)}/${c.total} finished: ${all}`;
 }
 
 /** Ended, and nothing of it is still on its way: what makes `rolloutChanged` complete. */

@@ -100,12 +100,20 @@ describe("the client commands against a running server", () => {
     expect(r.secret.length).toBeGreaterThan(10);
     expect(other.status, other.stderr).toBe(0);
     expect(other.stdout).toMatch(/^secret:\s+\S+/m);
+    // What is known of a device just registered: its secret is new, so it has not connected.
+    expect(other.stdout).toMatch(/^state:\s+offline \(not connected yet\)$/m);
+    const otherName = new RegExp(`^device:\\s+${p}/(\\S+)$`, "m").exec(other.stdout)?.[1] ?? "(no device line)";
 
-    const [listed, tagged, suspended] = await Promise.all([
+    const [listed, tagged, suspended, otherTagged] = await Promise.all([
       cli(t, ["devices", "list", "--product", p, "--json"]),
       cli(t, ["devices", "tag", "dev-a", "--product", p, "--tags", "gamma", "--json"]),
       cli(t, ["devices", "suspend", "dev-a", "--product", p, "--json"]),
+      cli(t, ["devices", "tag", otherName, "--product", p, "--tags", "x"]),
     ]);
+    // A mutation's answer does not say whether the device is connected: no state line rather than a guess.
+    expect(otherTagged.status, otherTagged.stderr).toBe(0);
+    expect(otherTagged.stdout).toMatch(/^tags:\s+x$/m);
+    expect(otherTagged.stdout).not.toMatch(/^state:/m);
     const page = jsonOf<{ devices: { deviceName: string }[]; pageInfo: { hasNextPage: boolean } }>(listed);
     expect(page.devices.map((d) => d.deviceName)).toContain("dev-a");
     expect(page.devices).toHaveLength(2);
@@ -193,8 +201,13 @@ describe("the client commands against a running server", () => {
     expect(docs).toHaveLength(1);
     expect(docs[0]).toMatchObject({ state: "COMPLETED", counts: { succeeded: 4 } });
     expect(listed.stdout).toMatch(new RegExp(`^${id}\\s+cli canary\\s+COMPLETED\\s+tag beta\\s+2\\.0\\s+\\[#{10}\\] 100%\\s+4\\s+0\\s+4`, "m"));
-    const shown = jsonOf<{ executions: { state: string }[] }>(shownRun);
+    const shown = jsonOf<{ executions: { state: string; wave: number; deviceName: string }[] }>(shownRun);
     expect(shown.executions.map((e) => e.state)).toEqual(["SUCCEEDED", "SUCCEEDED", "SUCCEEDED", "SUCCEEDED"]);
+    // Waves count from 1 in devices show as in rollout show and the dashboard (the API's index is from 0).
+    const canary = shown.executions.find((e) => e.wave === 0)?.deviceName ?? "(none in the first wave)";
+    const [device, executionsTable] = await Promise.all([cli(t, ["devices", "show", canary, "--product", productName]), cli(t, ["rollout", "show", id, "--executions"])]);
+    expect(device.stdout).toMatch(new RegExp(`^${id}\\s+1\\s+SUCCEEDED\\s`, "m"));
+    expect(executionsTable.stdout).toMatch(new RegExp(`^${canary}\\s+1\\s+SUCCEEDED\\s`, "m"));
   }, 60_000);
 
   it("exits 4 when the rollout aborts (naming the rule) and 3 when it completes with failures; --input - takes a whole CreateRolloutInput", async () => {
