@@ -121,6 +121,8 @@ export class SimulatedDevice {
   /** The reconnection loop running, if any: publishes wait for it. */
   #reconnecting: Promise<void> | undefined;
   #tagsApplied: Promise<void> = Promise.resolve();
+  /** Ends the reconnection loop's back-off wait at once: a stopped fleet's process exits without waiting it out (up to 30 s). */
+  #wake: (() => void) | undefined;
 
   constructor(
     readonly credentials: DeviceCredentials,
@@ -187,7 +189,14 @@ export class SimulatedDevice {
       const min = this.behaviour.reconnectMinMs ?? 1000;
       const max = this.behaviour.reconnectMaxMs ?? 30_000;
       for (let attempt = 0; !this.#stopped; attempt++) {
-        await sleep(Math.min(max, min * 2 ** attempt) * (0.5 + Math.random() / 2));
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, Math.min(max, min * 2 ** attempt) * (0.5 + Math.random() / 2));
+          this.#wake = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        this.#wake = undefined;
         if (this.#stopped) return;
         try {
           await this.connect();
@@ -204,6 +213,7 @@ export class SimulatedDevice {
 
   async stop(): Promise<void> {
     this.#stopped = true;
+    this.#wake?.();
     await this.#client?.endAsync(true);
   }
 
