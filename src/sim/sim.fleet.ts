@@ -19,11 +19,18 @@ export interface FleetSummary extends SimCounters {
   states: Record<SimState, number>;
   connectSeconds: number | null;
   connectionsPerSecond: number | null;
-  /** Growth of this process's resident memory while connecting, per connected device (null: none connected). */
+  /**
+   * Growth of this process's resident memory while connecting, per connected
+   * device; null under {@link KB_PER_DEVICE_MIN} connected devices, where the
+   * process's own growth (a collection, lazily loaded code) outweighs theirs.
+   */
   kbPerDevice: number | null;
   /** Why devices are not connected now: each reason (connectFailure) with how many devices it holds back. */
   connectFailures: Record<string, number>;
 }
+
+/** The fewest connected devices for which the memory per device means something (3 devices read 10173.3 KB each). */
+export const KB_PER_DEVICE_MIN = 50;
 
 /** Runs `work` over `items` with at most `concurrency` in flight. */
 async function pool<T, R>(items: readonly T[], concurrency: number, work: (item: T, i: number) => Promise<R>): Promise<R[]> {
@@ -120,14 +127,17 @@ export class Fleet {
     const connected = this.devices.filter((d) => d.connected).length;
     const kb = (process.memoryUsage.rss() - rssBefore) / 1024 / connected;
     // RSS can shrink while connecting (a collection): that is no cost.
-    this.#kbPerDevice = connected === 0 ? null : Math.max(0, Math.round(kb * 10) / 10);
+    this.#kbPerDevice = connected < KB_PER_DEVICE_MIN ? null : Math.max(0, Math.round(kb * 10) / 10);
     return this.#connectSeconds;
   }
 
-  /** Whether any connected device got `$set_tags` in answer to its `$tags` request within `ms` (this server's broker answers). */
-  async tagsAnswered(ms: number): Promise<boolean> {
+  /**
+   * Whether any connected device got `$set_tags` in answer to its `$tags`
+   * request within `ms` (this server's broker answers); `signal` ends the wait early.
+   */
+  async tagsAnswered(ms: number, signal?: AbortSignal): Promise<boolean> {
     const deadline = Date.now() + ms;
-    while (Date.now() < deadline) {
+    while (Date.now() < deadline && !signal?.aborted) {
       if (this.devices.some((d) => d.tagsAnswered)) return true;
       await new Promise((r) => setTimeout(r, 100));
     }

@@ -1,19 +1,47 @@
-import { execFile } from "node:child_process";
+import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { createServer } from "node:net";
-import { promisify } from "node:util";
 import { beforeAll, describe, expect, it } from "vitest";
-import { OtaProgressDocument, SendOtaDocument } from "../../src/client/generated/graphql.js";
+import { DevicesDocument, OtaProgressDocument, RegisterDeviceDocument, SendOtaDocument } from "../../src/client/generated/graphql.js";
 import { localAddresses } from "../../src/config/config.js";
 import { NO_FAULTS, seededRandom } from "../../src/sim/faults.js";
 import { FirmwareServer } from "../../src/sim/firmware.server.js";
 import { Fleet, registerDevices } from "../../src/sim/sim.fleet.js";
 import { gql, gqlOk, startApp, type TestApp } from "../helpers/app.js";
-import { BIN, freePort, ServerProcess } from "../helpers/processes.js";
+import { BIN, freePort, OwnMosquitto, ServerProcess } from "../helpers/processes.js";
 import { DATABASE_URL, freshDatabase, REDIS_URL, uniq } from "../helpers/services.js";
 import { onTeardown, tempDir } from "../helpers/teardown.js";
 import { eventually } from "../helpers/wait.js";
 
 /** The traps a new user fell into (issue 10), each shown gone. */
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+
+/** `node <args>` in a process of its own, its output collected; killed after the file's tests if still running. */
+function run(args: string[], env: Record<string, string>, cwd = ROOT) {
+  const child = spawn(process.execPath, args, { cwd, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  onTeardown(() => (child.exitCode === null && child.signalCode === null ? child.kill("SIGKILL") : undefined));
+  const out = { stdout: "", stderr: "", firstOutput: undefined as number | undefined };
+  const collect = (d: Buffer, to: "stdout" | "stderr") => {
+    out.firstOutput ??= performance.now();
+    out[to] += d.toString();
+  };
+  child.stdout.on("data", (d: Buffer) => collect(d, "stdout"));
+  child.stderr.on("data", (d: Buffer) => collect(d, "stderr"));
+  const exited = new Promise<number | null>((r) => child.once("close", (code) => r(code)));
+  return { child, out, exited };
+}
+
+/**
+ * `iothub-ota simulate` as a user runs it: its exit code, its output, and the
+ * time from its first line (once it has started: Node's own start, slow on a
+ * loaded machine, left out) to its exit.
+ */
+async function simulate(args: string[], env: Record<string, string> = {}) {
+  const { out, exited } = run([BIN, "simulate", ...args], env);
+  const code = await exited;
+  return { code, stdout: out.stdout, stderr: out.stderr, ms: performance.now() - (out.firstOutput ?? performance.now()) };
+}
 
 const behaviour = {
   step: 25,
@@ -150,17 +178,12 @@ describe("the simulator", () => {
   });
 
   it("as a command, checks its flags before registering anything, and names the API it could not reach (on PORT)", async () => {
-    const run = (args: string[], env: Record<string, string>) =>
-      promisify(execFile)(process.execPath, [BIN, "simulate", ...args], { cwd: new URL("../../", import.meta.url).pathname, env: { ...process.env, ...env } }).then(
-        () => ({ code: 0, stderr: "" }),
-        (err: { code: number; stderr: string }) => ({ code: err.code, stderr: err.stderr }),
-      );
     const port = await freePort();
-    const flag = await run(["--token", "x", "--fail-download", "200"], { PORT: String(port) });
+    const flag = await simulate(["--token", "x", "--fail-download", "200"], { PORT: String(port) });
     expect(flag.code).not.toBe(0);
     expect(flag.stderr).toContain("--fail-download must be a percentage 0..100");
     expect(flag.stderr).not.toContain("registering");
-    const down = await run(["--token", "x", "-n", "1"], { PORT: String(port) });
+    const down = await simulate(["--token", "x", "-n", "1"], { PORT: String(port) });
     expect(down.code).not.toBe(0);
     expect(down.stderr).toContain(`cannot reach http://127.0.0.1:${port}/graphql`);
   });
@@ -209,5 +232,65 @@ describe("the simulator", () => {
     }, 20_000);
     // The server stores the status before it acknowledges it; a device marks itself done on the acknowledgement.
     await eventually(() => expect(fleet.summary().states.succeeded).toBe(3));
+  });
+});
+
+describe("simulate, the command, against a running server", () => {
+  let t: TestApp;
+  beforeAll(async () => {
+    t = await startApp();
+  });
+  const api = (app: TestApp) => ["--api", `${app.httpUrl}/graphql`, "--token", app.token];
+  const deviceNames = async (productName: string) =>
+    (await gqlOk(t, DevicesDocument, { productName, first: 100 })).devices.edges.map((e) => e.node.deviceName).sort();
+
+  it("warns, naming the broker and the setting, when the broker its devices reach never answers $tags; --exit-after-ms counts from the start", async () => {
+    const broker = await OwnMosquitto.start(); // a broker that is not this server's, as the Mosquitto a newcomer had on 1883
+    onTeardown(() => broker.stop());
+    const run = await simulate([...api(t), "--mqtt", broker.url, "--product", uniq("other"), "-n", "2", "--exit-after-ms", "7000", "--cleanup"]);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stderr).toContain(`connected 2/2 devices to ${broker.url}`);
+    expect(run.stderr).toContain(
+      `warning: ${broker.url} did not answer the devices' $tags requests within 5 s: is it this server's broker? (the server's MQTT_PORT, or --mqtt)`,
+    );
+    // From the start of the run: counted after connecting and the 5 s wait, this took 12 s and more.
+    expect(run.ms).toBeLessThan(7000 + 2000);
+  });
+
+  it("exits non-zero with the reason when no device could connect (nothing listening, a self-signed certificate)", async () => {
+    const tls = await startApp({ tls: true });
+    const closed = `mqtt://127.0.0.1:${await freePort()}`;
+    const productName = uniq("refused");
+    // --exit-after-ms only bounds a run that would otherwise go on.
+    const [refused, selfSigned] = await Promise.all([
+      simulate([...api(t), "--mqtt", closed, "--product", productName, "-n", "2", "--cleanup", "--exit-after-ms", "3000"]),
+      simulate([...api(tls), "--mqtt", `mqtts://127.0.0.1:${tls.app.address.mqtts}`, "--product", uniq("tls"), "-n", "1", "--exit-after-ms", "3000"]),
+    ]);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain(`2 not connected: ${closed}: nothing listens there: is the server running, on this MQTT_PORT (or MQTTS_PORT)?`);
+    expect(refused.stderr).toContain(`no device could connect to ${closed}`);
+    expect(refused.stdout).toBe("");
+    // --cleanup holds on that way out too.
+    expect(refused.stderr).toContain("deleted the 2 devices this run registered");
+    expect(await deviceNames(productName)).toEqual([]);
+    expect(selfSigned.code).not.toBe(0);
+    expect(selfSigned.stderr).toMatch(/1 not connected: mqtts:.*self-signed.*add --insecure to accept it/);
+    expect(selfSigned.stderr).toContain("no device could connect to mqtts://");
+  });
+
+  it("--cleanup deletes the devices the run registered, and only those", async () => {
+    const productName = uniq("clean");
+    await gqlOk(t, RegisterDeviceDocument, { input: { productName, deviceName: "keep", tags: ["beta"] } });
+    const file = tempDir("creds"); // a file: removed after the tests as a folder would be
+    const run = await simulate([...api(t), "--mqtt", t.mqttUrl, "--product", productName, "--tags", "beta", "-n", "5", "--cleanup", "--save-credentials", file, "--exit-after-ms", "1000"]);
+    expect(run.code, run.stderr).toBe(0);
+    const registered = (JSON.parse(readFileSync(file, "utf8")) as { deviceName: string }[]).map((c) => c.deviceName);
+    expect(new Set(registered).size).toBe(5);
+    expect(run.stderr).toContain("connected 5/5 devices");
+    expect(run.stderr).toContain("deleted the 5 devices this run registered");
+    expect(await deviceNames(productName)).toEqual(["keep"]);
+    expect(run.stderr).not.toContain("warning");
+    // Five devices' memory is lost in the process's own: not reported (it read 10173.3 KB per device for three).
+    expect(JSON.parse(run.stdout)).toMatchObject({ connected: 5, kbPerDevice: null });
   });
 });
