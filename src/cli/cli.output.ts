@@ -32,6 +32,54 @@ export function bar(done: number, total: number, width = 30): string {
   return `[${"#".repeat(filled)}${".".repeat(width - filled)}] ${String(Math.floor(ratio * 100)).padStart(3)}%`;
 }
 
+/**
+ * `[##x---....]`: the total split into segments, each drawn with its own
+ * character, in order; what the segments leave is dots. A segment that is
+ * not zero shows at least one character, however small its share.
+ */
+export function stackedBar(segments: [char: string, n: number][], total: number, width = 30): string {
+  // Cumulative rounding: each segment ends where its running total falls, so the parts add up to the whole.
+  let sum = 0;
+  let edge = 0;
+  const cells = segments.map(([, n]) => {
+    sum += Math.max(0, n);
+    const next = total > 0 ? Math.round(Math.min(1, sum / total) * width) : 0;
+    const c = next - edge;
+    edge = next;
+    return c;
+  });
+  segments.forEach(([, n], i) => {
+    if (n <= 0 || cells[i] !== 0) return;
+    // Its one cell comes from the widest part: the dots, or another segment.
+    const used = cells.reduce((a, b) => a + b, 0);
+    const widest = cells.indexOf(Math.max(...cells));
+    if (width - used < (cells[widest] as number)) cells[widest] = (cells[widest] as number) - 1;
+    cells[i] = 1;
+  });
+  const drawn = segments.map(([char], i) => char.repeat(cells[i] as number)).join("");
+  return `[${drawn}${".".repeat(Math.max(0, width - drawn.length))}]`;
+}
+
+const UNITS: [unit: string, seconds: number][] = [
+  ["d", 86_400],
+  ["h", 3600],
+  ["min", 60],
+  ["s", 1],
+];
+
+/** `25200` as `7 h`, `9000` as `2 h 30 min`, `45` as `45 s`: as the dashboard writes durations (no seconds beside days). */
+export function duration(seconds: number): string {
+  if (seconds < 60) return `${seconds} s`;
+  const parts: string[] = [];
+  let left = Math.round(seconds);
+  for (const [unit, size] of UNITS) {
+    const n = Math.floor(left / size);
+    left -= n * size;
+    if (n > 0 && !(unit === "s" && seconds >= 86_400)) parts.push(`${n} ${unit}`);
+  }
+  return parts.join(" ");
+}
+
 /** `name n` pairs of the non-zero counts (all of them when every one is zero). */
 export function counts(pairs: [string, number][]): string {
   const shown = pairs.filter(([, n]) => n > 0);

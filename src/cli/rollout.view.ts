@@ -1,6 +1,6 @@
 import type { PreviewRolloutQuery, RolloutFieldsFragment, RolloutState } from "../client/generated/graphql.js";
 import { ExitCode } from "./cli.errors.js";
-import { bar, counts, fields, table } from "./cli.output.js";
+import { counts, duration, fields, stackedBar, table } from "./cli.output.js";
 
 type Rollout = RolloutFieldsFragment;
 type Counts = Rollout["counts"];
@@ -8,9 +8,32 @@ type Counts = Rollout["counts"];
 /** Waves as people count them, from 1 (as the dashboard does); the API's index is from 0. */
 export const waveNumber = (index: number) => index + 1;
 
-/** Executions that will not move again. */
-const finished = (c: Counts) => c.succeeded + c.failed + c.timedOut + c.skipped + c.canceled;
 const failures = (c: Counts) => c.failed + c.timedOut;
+/** Executions that will not move again, whatever their outcome. */
+const ended = (c: Counts) => c.succeeded + failures(c) + c.skipped + c.canceled;
+
+/**
+ * The progress bar's parts, as the dashboard's (web/src/components/rollout.tsx):
+ * succeeded, failed or timed out, and skipped or canceled apart; dots for what
+ * is still to come. A canceled rollout is not a full bar.
+ */
+const barParts = (c: Counts): [string, number][] => [
+  ["#", c.succeeded],
+  ["x", failures(c)],
+  ["-", c.skipped + c.canceled],
+];
+export const BAR_KEY = "# succeeded  x failed or timed out  - skipped or canceled  . queued or in progress";
+
+/** The bar and what it shows, in words: `[#x--......]  1/10 succeeded, 1 failed, 2 skipped or canceled`. */
+function progressText(c: Counts, width?: number): string {
+  const parts = [
+    `${c.succeeded}/${c.total} succeeded`,
+    ...(failures(c) > 0 ? [`${failures(c)} failed`] : []),
+    ...(c.skipped + c.canceled > 0 ? [`${c.skipped + c.canceled} skipped or canceled`] : []),
+    ...(c.inProgress > 0 ? [`${c.inProgress} in progress`] : []),
+  ];
+  return `${stackedBar(barParts(c), c.total, width)}  ${parts.join(", ")}`;
+}
 
 const stateCounts = (c: Counts): [string, number][] => [
   ["succeeded", c.succeeded],
@@ -39,7 +62,7 @@ export function rolloutBlock(r: Rollout): string {
     ["state", `${r.state} (wave ${waveNumber(r.openWave)} open)`],
     ["target", `${targetText(r.target)}, ${r.membership.toLowerCase()}`],
     ["firmware", `${r.firmware.version} ${r.firmware.firmwareId ? `artifact ${r.firmware.firmwareId}` : r.firmware.url}`],
-    ["progress", `${bar(finished(c), c.total)}  ${finished(c)}/${c.total} finished`],
+    ["progress", progressText(c)],
     ["counts", counts(stateCounts(c))],
     ["failures", failureText(c) || null],
     ["aborted by", r.abortedBy?.message],
@@ -49,11 +72,13 @@ export function rolloutBlock(r: Rollout): string {
   ]);
 }
 
+/** The rollouts as a table, and the key of its bars under it. */
 export function rolloutTable(rollouts: Rollout[]): string {
-  return table(
-    ["ID", "NAME", "STATE", "TARGET", "VERSION", "PROGRESS", "SUCCEEDED", "FAILED", "TOTAL", "CREATED"],
-    rollouts.map((r) => [r.id, r.name, r.state, targetText(r.target), r.firmware.version, bar(finished(r.counts), r.counts.total, 10), r.counts.succeeded, failures(r.counts), r.counts.total, r.createdAt]),
+  const rows = table(
+    ["ID", "NAME", "STATE", "TARGET", "VERSION", "PROGRESS", "SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "TOTAL", "CREATED"],
+    rollouts.map(({ counts: c, ...r }) => [r.id, r.name, r.state, targetText(r.target), r.firmware.version, stackedBar(barParts(c), c.total, 10), c.succeeded, failures(c), c.skipped, c.canceled, c.total, r.createdAt]),
   );
+  return rollouts.length > 0 ? `${rows}\n(${BAR_KEY})` : rows;
 }
 
 export function previewBlock(p: PreviewRolloutQuery["previewRollout"]): string {
@@ -63,7 +88,7 @@ export function previewBlock(p: PreviewRolloutQuery["previewRollout"]): string {
       ["eligible", p.eligible],
       ["skipped", `${p.skipped}${p.skippedByReason.length ? ` (${p.skippedByReason.map((s) => `${s.reason} ${s.count}`).join(", ")})` : ""}`],
       ["starts", p.startsAt],
-      ["time", `at least ${p.minimumSeconds} s, at most ${p.worstCaseSeconds} s`],
+      ["time", `at least ${duration(p.minimumSeconds)}, at most ${duration(p.worstCaseSeconds)}`],
     ]),
     "",
     table(["WAVE", "DEVICES"], p.waves.map((w) => [waveNumber(w.index), w.size])),
@@ -76,7 +101,7 @@ export function watchBlock(r: Rollout): string[] {
   const c = r.counts;
   return [
     `rollout ${r.id}${r.name ? ` ${JSON.stringify(r.name)}` : ""}  ${r.state}  wave ${waveNumber(r.openWave)}  ${r.firmware.version} to ${targetText(r.target)}`,
-    `${bar(finished(c), c.total)}  ${finished(c)}/${c.total} finished`,
+    progressText(c),
     counts(stateCounts(c)),
     ...(c.byFailureClass.length ? [`failures: ${failureText(c)}`] : []),
   ];
@@ -86,7 +111,7 @@ export function watchBlock(r: Rollout): string[] {
 export function watchLine(r: Rollout): string {
   const c = r.counts;
   const all = stateCounts(c).map(([k, n]) => `${k} ${n}`).join(", ");
-  return `${new Date().toISOString()} ${r.state} wave ${waveNumber(r.openWave)} ${finished(c)}/${c.total} finished: ${all}`;
+  return `${new Date().toISOString()} ${r.state} wave ${waveNumber(r.openWave)} ${ended(c)}/${c.total} ended: ${all}`;
 }
 
 /** Ended, and nothing of it is still on its way: what makes `rolloutChanged` complete. */

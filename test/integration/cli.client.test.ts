@@ -173,9 +173,13 @@ describe("the client commands against a running server", () => {
   it("previews and creates a rollout from flags, and rollout watch follows it to COMPLETED and exits 0", async () => {
     const { productName } = await simFleet(t, { count: 4, tags: ["beta"] });
     const flags = ["--product", productName, "--tag", "beta", ...firmwareArgs("2.0"), "--sha256", sha256Of(fw.file.url), "--wave", "1", "--wave", "100%", "--timeout", "30s"];
-    const preview = jsonOf<{ targeted: number; eligible: number; waves: { size: number }[] }>(await cli(t, ["rollout", "preview", ...flags, "--json"]));
+    const [previewRun, previewText] = await Promise.all([cli(t, ["rollout", "preview", ...flags, "--json"]), cli(t, ["rollout", "preview", ...flags, "--timeout", "150m"])]);
+    const preview = jsonOf<{ targeted: number; eligible: number; waves: { size: number }[] }>(previewRun);
     expect(preview).toMatchObject({ targeted: 4, eligible: 4 });
     expect(preview.waves.map((w) => w.size)).toEqual([1, 3]);
+    // Durations as people read them, not a count of seconds.
+    expect(previewText.stdout).toMatch(/^time:\s+at least 0 s, at most 5 h$/m);
+    expect(previewText.stdout).toMatch(/^WAVE +DEVICES\n +1 +1\n +2 +3$/m);
 
     const created = await cli(t, ["rollout", "create", ...flags, "--name", "cli canary", "--quiet"]);
     expect(created.status, created.stderr).toBe(0);
@@ -187,7 +191,7 @@ describe("the client commands against a running server", () => {
     const lines = watched.stdout.trimEnd().split("\n");
     expect(lines.at(-1)).toBe("COMPLETED: 4 succeeded, 0 skipped");
     expect(lines.length).toBeGreaterThan(1);
-    for (const l of lines.slice(0, -1)) expect(l).toMatch(/^\S+Z (RUNNING|COMPLETED) wave \d \d\/4 finished: succeeded \d, failed 0, timed out 0, /);
+    for (const l of lines.slice(0, -1)) expect(l).toMatch(/^\S+Z (RUNNING|COMPLETED) wave \d \d\/4 ended: succeeded \d, failed 0, timed out 0, /);
     expect(watched.stdout).not.toMatch(ANSI);
 
     // Watched again after the end: the state as it ended, once, and the same verdict.
@@ -200,7 +204,8 @@ describe("the client commands against a running server", () => {
     const docs = jsonLines<{ state: string; counts: { succeeded: number } }>(again.stdout);
     expect(docs).toHaveLength(1);
     expect(docs[0]).toMatchObject({ state: "COMPLETED", counts: { succeeded: 4 } });
-    expect(listed.stdout).toMatch(new RegExp(`^${id}\\s+cli canary\\s+COMPLETED\\s+tag beta\\s+2\\.0\\s+\\[#{10}\\] 100%\\s+4\\s+0\\s+4`, "m"));
+    // SUCCEEDED FAILED SKIPPED CANCELED TOTAL after the bar.
+    expect(listed.stdout).toMatch(new RegExp(`^${id}\\s+cli canary\\s+COMPLETED\\s+tag beta\\s+2\\.0\\s+\\[#{10}\\]\\s+4\\s+0\\s+0\\s+0\\s+4\\s`, "m"));
     const shown = jsonOf<{ executions: { state: string; wave: number; deviceName: string }[] }>(shownRun);
     expect(shown.executions.map((e) => e.state)).toEqual(["SUCCEEDED", "SUCCEEDED", "SUCCEEDED", "SUCCEEDED"]);
     // Waves count from 1 in devices show as in rollout show and the dashboard (the API's index is from 0).
@@ -238,6 +243,12 @@ describe("the client commands against a running server", () => {
     const r = await watch.exited;
     expect(r.status, r.stderr).toBe(5);
     expect(r.stdout.trimEnd().split("\n").at(-1)).toBe("CANCELED: 0 succeeded, 1 canceled");
+    // A canceled execution has ended but did not upgrade: its part of the bar is not drawn as done.
+    const [listed, shown] = await Promise.all([cli(t, ["rollout", "list", "--product", p]), cli(t, ["rollout", "show", rollout.id])]);
+    expect(listed.stdout).toMatch(new RegExp(`^${rollout.id}\\s.*\\s\\[-{10}\\]\\s+0\\s+0\\s+0\\s+1\\s+1\\s`, "m"));
+    expect(listed.stdout).toMatch(/^\(# succeeded {2}x failed or timed out {2}- skipped or canceled {2}\. queued or in progress\)$/m);
+    expect(shown.stdout).toMatch(/^progress:\s+\[-{30}\] {2}0\/1 succeeded, 1 skipped or canceled$/m);
+    expect(`${listed.stdout}${shown.stdout}`).not.toContain("100%");
   }, 40_000);
 
   it("prints the API's code and message and exits 2: a bad token, a read token writing, a bad input, a refused flag", async () => {
