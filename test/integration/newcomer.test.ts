@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { beforeAll, describe, expect, it } from "vitest";
 import { DevicesDocument, OtaProgressDocument, RegisterDeviceDocument, SendOtaDocument } from "../../src/client/generated/graphql.js";
@@ -8,6 +8,7 @@ import { NO_FAULTS, seededRandom } from "../../src/sim/faults.js";
 import { FirmwareServer } from "../../src/sim/firmware.server.js";
 import { Fleet, registerDevices } from "../../src/sim/sim.fleet.js";
 import { gql, gqlOk, startApp, type TestApp } from "../helpers/app.js";
+import { TestDevice } from "../helpers/device.js";
 import { BIN, freePort, OwnMosquitto, ServerProcess } from "../helpers/processes.js";
 import { DATABASE_URL, freshDatabase, REDIS_URL, uniq } from "../helpers/services.js";
 import { onTeardown, tempDir } from "../helpers/teardown.js";
@@ -292,5 +293,46 @@ describe("simulate, the command, against a running server", () => {
     expect(run.stderr).not.toContain("warning");
     // Five devices' memory is lost in the process's own: not reported (it read 10173.3 KB per device for three).
     expect(JSON.parse(run.stdout)).toMatchObject({ connected: 5, kbPerDevice: null });
+  });
+});
+
+describe("the README's live-progress snippet", () => {
+  /** The README's JavaScript block that prints a close reason, saved as watch.mjs in a folder of the clone, as the README says; returns the folder. */
+  function watchScript(port: number): string {
+    const readme = readFileSync(`${ROOT}README.md`, "utf8");
+    const block = [...readme.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1]!).find((b) => b.includes("e.reason"));
+    expect(block, "a ```js block of README.md printing e.reason").toBeDefined();
+    // The one change: the test server's port for the README's 4000.
+    expect(block).toContain('"ws://localhost:4000/graphql"');
+    mkdirSync(`${ROOT}test-output`, { recursive: true });
+    const dir = mkdtempSync(`${ROOT}test-output/readme-`);
+    onTeardown(() => rmSync(dir, { recursive: true, force: true }));
+    writeFileSync(`${dir}/watch.mjs`, block!.replace('"ws://localhost:4000/graphql"', `"ws://localhost:${port}/graphql"`));
+    return dir;
+  }
+
+  /** `node watch.mjs`, in its folder, in a shell where IOTHUB_OTA_TOKEN is exported. */
+  const node = (dir: string, token: string) => run(["watch.mjs"], { IOTHUB_OTA_TOKEN: token }, dir);
+
+  it("runs as written: progress events printed, and a refused token's close reason on the first line", async () => {
+    const t = await startApp();
+    const dir = watchScript(Number(new URL(t.httpUrl).port));
+    const { registerDevice } = await gqlOk(t, RegisterDeviceDocument, { input: { productName: "demo", deviceName: "dev-1", tags: ["beta"] } });
+    const device = await TestDevice.connect(t.mqttUrl, "demo", "dev-1", registerDevice.secret);
+
+    const watch = node(dir, t.token);
+    const gaveUp = watch.exited.then((code) => Promise.reject(new Error(`watch.mjs exited with ${code}:\n${watch.out.stderr}`)));
+    gaveUp.catch(() => undefined); // it exits when killed below, after the race
+    await Promise.race([eventually(() => expect(t.app.progressFeed.watching.get("demo")).toBe(1), 15_000), gaveUp]);
+    await device.reportProgress({ version: "1.1", type: "firmware", progress: 10 });
+    await eventually(() => expect(watch.out.stdout).toMatch(/otaProgressChanged: \{[^}]*deviceName: 'dev-1',\s+progress: 10,\s+state: 'DOWNLOADING'/));
+    expect(watch.out.stderr).toBe("");
+    watch.child.kill();
+    await watch.exited;
+
+    const refused = node(dir, "iot_not-a-token");
+    expect(await refused.exited).toBe(1);
+    expect(refused.out.stderr.split("\n")[0]).toMatch(/^closed 4401: Unauthorized\b/);
+    expect(refused.out.stdout).toBe("");
   });
 });
