@@ -4,7 +4,8 @@ import { print } from "graphql";
 import { createClient, type Client } from "graphql-ws";
 import WebSocket from "ws";
 import { z } from "zod";
-import { ApiError, SocketClosedError, UnreachableError } from "./cli.errors.js";
+import { ApiError, ConnectionLostError, SocketClosedError, UnreachableError } from "./cli.errors.js";
+import { Reconnection, type ReconnectPolicy } from "./reconnect.js";
 
 export interface ServerAddress {
   /** The server's base URL, `http(s)://host:port`; the API is at `/graphql` on it. */
@@ -27,10 +28,12 @@ const errorAnswer = z.object({ errors: z.array(graphqlError).min(1) });
 const toApiError = (errors: z.infer<typeof graphqlError>[], status?: number) =>
   new ApiError(errors.map((e) => ({ code: e.extensions?.code ?? "ERROR", message: e.message })), status);
 
+const closeEvent = z.object({ code: z.number(), reason: z.string() });
+
 /** What a graphql-ws sink's error is: GraphQL errors, a CloseEvent, or the socket's error. */
 function socketError(err: unknown, url: string): Error {
   if (Array.isArray(err)) return toApiError(z.array(graphqlError).parse(err));
-  const close = z.object({ code: z.number(), reason: z.string() }).safeParse(err);
+  const close = closeEvent.safeParse(err);
   if (close.success) {
     // 1006: the socket dropped without a close frame (the server went away, a proxy cut it): nobody closed it on purpose.
     if (close.data.code === 1006) return new UnreachableError(url, new Error("connection lost (1006)"));
@@ -39,6 +42,9 @@ function socketError(err: unknown, url: string): Error {
   const message = z.object({ message: z.string() }).safeParse(err);
   return new UnreachableError(url, new Error(message.success ? message.data.message : String(err)));
 }
+
+/** How long an opening socket may wait for the upgrade, then for connection_ack. */
+const ACK_TIMEOUT_MS = 10_000;
 
 /**
  * The API of a running server for the client commands: GraphQL over HTTP
@@ -51,6 +57,7 @@ export class ApiClient {
   readonly wsUrl: string;
   readonly #authorization: string | undefined;
   #ws: Client | undefined;
+  #reconnection: Reconnection | undefined;
 
   constructor(address: ServerAddress) {
     // The API is at graphql under the given URL, which may carry a path prefix (behind a proxy) or be the endpoint itself.
@@ -131,10 +138,14 @@ export class ApiClient {
   /**
    * Runs a subscription until the server completes it (resolves) or it fails
    * (rejects: GraphQL errors, a close by the server, the server gone).
-   * `stop()` ends it early.
+   * `stop()` ends it early. With `reconnect`, a connection lost once it was
+   * up is opened again and the subscription sent again (the server starts it
+   * afresh: a subscription that begins with the state now, as rolloutChanged
+   * does, re-reads it); given up, it rejects with a {@link ConnectionLostError}.
+   * The first subscription's policy holds for the connection.
    */
-  subscribe<T, V>(doc: TypedDocumentNode<T, V>, variables: V, onData: (data: T) => void): { done: Promise<void>; stop: () => void } {
-    const client = this.#client();
+  subscribe<T, V>(doc: TypedDocumentNode<T, V>, variables: V, onData: (data: T) => void, reconnect?: ReconnectPolicy): { done: Promise<void>; stop: () => void } {
+    const client = this.#client(reconnect);
     let stop = () => undefined as void;
     const done = new Promise<void>((resolve, reject) => {
       stop = client.subscribe<T>(
@@ -144,7 +155,11 @@ export class ApiClient {
             if (r.errors?.length) reject(toApiError(z.array(graphqlError).parse(r.errors)));
             else if (r.data) onData(r.data as T);
           },
-          error: (err) => reject(socketError(err, this.wsUrl)),
+          error: (err) => {
+            const cause = socketError(err, this.wsUrl);
+            const given = this.#reconnection;
+            reject(given?.gaveUp ? new ConnectionLostError(this.wsUrl, cause.message, reconnect?.timeoutMs === 0 ? null : given.timeoutText) : cause);
+          },
           complete: resolve,
         },
       );
@@ -159,23 +174,30 @@ export class ApiClient {
     await ws?.dispose();
   }
 
-  #client(): Client {
+  #client(reconnect: ReconnectPolicy | undefined): Client {
     if (this.#ws) return this.#ws;
     const authorization = this.#authorization;
     const headers = authorization ? { authorization } : undefined;
     // graphql-ws constructs the socket itself: a subclass is how a header goes on the upgrade request.
     class AuthorizedWebSocket extends WebSocket {
       constructor(url: string, protocols?: string | string[]) {
-        super(url, protocols, { headers });
+        super(url, protocols, { headers, handshakeTimeout: ACK_TIMEOUT_MS });
       }
     }
+    const reconnection = reconnect && new Reconnection(reconnect, this.wsUrl);
+    this.#reconnection = reconnection;
     this.#ws = createClient({
       url: this.wsUrl,
       webSocketImpl: AuthorizedWebSocket,
       connectionParams: headers ?? {},
-      // A watcher that lost its server says so and exits; a script decides whether to try again.
-      retryAttempts: 0,
       lazy: true,
+      // Without a policy a lost connection is the command's error. With one, the policy bounds the time, not the count.
+      retryAttempts: reconnection ? Number.MAX_SAFE_INTEGER : 0,
+      shouldRetry: (err) => reconnection?.shouldRetry(closeEvent.safeParse(err).data?.code, socketError(err, this.wsUrl).message) ?? false,
+      retryWait: (retries) => reconnection?.wait(retries) ?? Promise.resolve(),
+      // A server that takes the socket and never answers connection_init is as good as gone.
+      connectionAckWaitTimeout: ACK_TIMEOUT_MS,
+      on: { connected: () => reconnection?.connected() },
     });
     return this.#ws;
   }

@@ -2,6 +2,7 @@ import { Command, Option } from "commander";
 import { z } from "zod";
 import { ApiClient } from "./api.client.js";
 import { ExitCode, fail, UsageError } from "./cli.errors.js";
+import type { ReconnectPolicy } from "./reconnect.js";
 
 export const DEFAULT_SERVER = "http://localhost:4000";
 
@@ -62,6 +63,21 @@ export function withAddress(c: Command): Command {
   return c
     .addOption(new Option("--server <url>", "the server's URL").env("IOTHUB_OTA_SERVER").default(DEFAULT_SERVER))
     .addOption(new Option("--token <token>", "an API token").env("IOTHUB_OTA_TOKEN"));
+}
+
+/** `--reconnect-timeout`, on the commands that watch: how long a lost connection is tried again. */
+export function withReconnect(c: Command): Command {
+  return c.option(
+    "--reconnect-timeout <duration>",
+    "a lost connection (a server restart, a deploy) is reopened with backoff for this long, then the watch exits 6: 90s, 5m, 1h; 0: at once",
+    "5m",
+  );
+}
+
+/** The watch's reconnect policy from `--reconnect-timeout`; its notes go to `note` (stderr). */
+export function reconnectPolicy(o: Record<string, unknown>, note: (line: string) => void): ReconnectPolicy {
+  const { reconnectTimeout } = parseFlags(z.object({ reconnectTimeout: flag.seconds }), o);
+  return { timeoutMs: reconnectTimeout * 1000, note };
 }
 
 /** An `Example:` block after the command's help: every command has one (issue 8). */

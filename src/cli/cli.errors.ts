@@ -11,6 +11,8 @@ export enum ExitCode {
   COMPLETED_WITH_FAILURES = 3,
   ABORTED = 4,
   CANCELED = 5,
+  /** A watch lost its connection to the server and could not reconnect within --reconnect-timeout. */
+  DISCONNECTED = 6,
 }
 
 /** An error the API answered: its `extensions.code` and message, as the server said them. */
@@ -47,6 +49,22 @@ export class SocketClosedError extends Error {
   }
 }
 
+/** A watch's connection was lost and did not come back in time (a server gone for good, a network cut). */
+export class ConnectionLostError extends Error {
+  readonly exitCode = ExitCode.DISCONNECTED;
+
+  constructor(
+    readonly url: string,
+    /** What ended the last attempt. */
+    readonly last: string,
+    /** How long it tried; null when it was told not to (--reconnect-timeout 0). */
+    tried: string | null,
+  ) {
+    super(`lost the connection to ${url} (${last}) and ${tried === null ? "did not try to reconnect (--reconnect-timeout 0)" : `could not reconnect within ${tried}`}`);
+    this.name = "ConnectionLostError";
+  }
+}
+
 /** A flag's value refused before anything is sent. */
 export class UsageError extends Error {
   override name = "UsageError";
@@ -64,12 +82,12 @@ function describeCause(cause: unknown): string {
 export function errorLines(err: unknown): string[] {
   if (err instanceof ApiError) return err.errors.map((e) => `error ${e.code}: ${e.message}`);
   if (err instanceof SocketClosedError) return [`error ${err.message}`, `(the graphql-ws connection to ${err.url} was closed)`];
-  if (err instanceof UnreachableError || err instanceof UsageError) return [`error: ${err.message}`];
+  if (err instanceof UnreachableError || err instanceof UsageError || err instanceof ConnectionLostError) return [`error: ${err.message}`];
   return [`error: ${err instanceof Error ? err.message : String(err)}`];
 }
 
-/** Prints the error on stderr and exits {@link ExitCode.ERROR}. */
+/** Prints the error on stderr and exits {@link ExitCode.ERROR} ({@link ExitCode.DISCONNECTED} for a watch that lost its server). */
 export function fail(err: unknown): never {
   process.stderr.write(`${errorLines(err).join("\n")}\n`);
-  process.exit(ExitCode.ERROR);
+  process.exit(err instanceof ConnectionLostError ? err.exitCode : ExitCode.ERROR);
 }

@@ -130,6 +130,12 @@ export class LiveView<T> {
     this.#drawn = lines.length;
   }
 
+  /** A line for people on stderr (a watch reconnecting), between the redraws: the next block is drawn below it. */
+  note(line: string): void {
+    process.stderr.write(`${line}\n`);
+    this.#drawn = 0;
+  }
+
   /** A closing line (a final state, a summary), kept below the block. */
   finish(line: string): void {
     if (!this.mode.json) this.out.write(`${line}\n`);

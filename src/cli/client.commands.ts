@@ -20,7 +20,8 @@ export function registerClientCommands(program: Command): void {
     `
 The commands devices, firmware, ota, progress and rollout talk to a running server: --server <url> (or IOTHUB_OTA_SERVER;
 default ${DEFAULT_SERVER}) with an API token from --token (or IOTHUB_OTA_TOKEN). They print tables for people and
-JSON with --json; errors print the API's code (error FORBIDDEN: ...) on stderr and exit 2.
+JSON with --json; errors print the API's code (error FORBIDDEN: ...) on stderr and exit 2. The watches reopen a lost
+connection (a server restart) for --reconnect-timeout, noting it on stderr, and exit 6 if it does not come back.
 ${EXIT_CODES_HELP.trimEnd()}`,
   );
 }

@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import { z } from "zod";
 import { CliProgressWatchDocument, RolloutDocument, type CliProgressWatchSubscription } from "../client/generated/graphql.js";
-import { clientCommand, commandGroup, parseFlags } from "./cli.command.js";
+import { clientCommand, commandGroup, parseFlags, reconnectPolicy, withReconnect } from "./cli.command.js";
 import { ApiError } from "./cli.errors.js";
 import { bar, counts, LiveView } from "./cli.output.js";
 
@@ -43,13 +43,15 @@ class Latest {
 
 export function registerProgressCommands(program: Command): void {
   const progress = commandGroup(program, "progress", "OTA progress reports of devices, live", "iothub-ota progress watch --product demo --tag beta");
-  clientCommand(
+  const watch = clientCommand(
     progress,
     "watch",
     "print devices' OTA progress reports as they arrive (of a product, a tag, a device or a rollout) until Ctrl-C",
     "iothub-ota progress watch --product demo --tag beta\niothub-ota progress watch --rollout 42 --json | tee progress.jsonl",
     async ({ api, json: asJson }, _args, o) => {
       const f = parseFlags(watchFlags, o);
+      // Reports sent while the connection is down are not shown: a watch shows what arrives.
+      const reconnect = reconnectPolicy(o, (line) => view.note(line));
       let productName = f.product;
       if (f.rollout !== undefined && productName === undefined) {
         const { rollout } = await api.request(RolloutDocument, { id: f.rollout });
@@ -66,6 +68,7 @@ export function registerProgressCommands(program: Command): void {
         CliProgressWatchDocument,
         { productName: productName as string, tag: f.tag ?? null, deviceName: f.device ?? null, rolloutId: f.rollout ?? null },
         ({ otaProgressChanged }) => view.update(otaProgressChanged),
+        reconnect,
       );
       process.stderr.write(`watching ${scope} (Ctrl-C to stop)\n`);
       // Ctrl-C (or a supervisor's SIGTERM) is how a watch ends: a clean exit 0.
@@ -75,9 +78,11 @@ export function registerProgressCommands(program: Command): void {
       await Promise.race([sub.done, stopped]);
       sub.stop();
     },
-  )
+  );
+  withReconnect(watch)
     .option("--product <name>", "the product")
     .option("--tag <tag>", "only devices with this tag")
     .option("--device <name>", "only this device")
-    .option("--rollout <id>", "only this rollout's devices and firmware (--product then defaults to the rollout's)");
+    .option("--rollout <id>", "only this rollout's devices and firmware (--product then defaults to the rollout's)")
+    .addHelpText("after", "Exits 0 on Ctrl-C (or SIGTERM); 6 when the connection was lost and not back within --reconnect-timeout; 2 on an error.");
 }

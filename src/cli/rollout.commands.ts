@@ -18,9 +18,10 @@ import {
   type RolloutState,
 } from "../client/generated/graphql.js";
 import { pagesOf, type ApiClient } from "./api.client.js";
-import { clientCommand, commandGroup, flag, parseFlags, type CliContext } from "./cli.command.js";
+import { clientCommand, commandGroup, flag, parseFlags, reconnectPolicy, withReconnect, type CliContext } from "./cli.command.js";
 import { ApiError, ExitCode } from "./cli.errors.js";
 import { json, LiveView, print, table } from "./cli.output.js";
+import type { ReconnectPolicy } from "./reconnect.js";
 import { FAILURE_CLASSES, readInput, rolloutFlags, rolloutInputOf, rolloutOptions } from "./rollout.input.js";
 import { outcome, previewBlock, rolloutBlock, rolloutTable, settled, watchBlock, watchLine, waveNumber } from "./rollout.view.js";
 
@@ -30,7 +31,8 @@ Exit codes of rollout watch (and of rollout create --watch):
   3  it COMPLETED with failures (FAILED or TIMED_OUT executions)
   4  it was ABORTED (an abort rule or a wave gate fired)
   5  it was CANCELED
-  2  an error: a refused flag, an API error (its code is printed), the server unreachable, the connection closed
+  6  the connection to the server was lost and not back within --reconnect-timeout (default 5m)
+  2  an error: a refused flag, an API error (its code is printed), the server unreachable, the connection closed by the server
 `;
 
 const ROLLOUT_STATES = ["ABORTED", "CANCELED", "COMPLETED", "PAUSED", "RUNNING", "SCHEDULED"] as const satisfies readonly RolloutState[];
@@ -51,19 +53,28 @@ async function rolloutOf(api: ApiClient, id: string): Promise<RolloutFieldsFragm
   return rollout;
 }
 
+const rolloutView = (asJson: boolean) => new LiveView<RolloutFieldsFragment>({ json: asJson }, { block: watchBlock, line: watchLine, json: (r) => r });
+
 /**
  * Follows the rollout until it has ended and nothing of it is in progress
- * (`rolloutChanged` completes then); the exit code says how it ended.
+ * (`rolloutChanged` completes then); the exit code says how it ended. A lost
+ * connection is reopened as `reconnect` says and the subscription sent again:
+ * rolloutChanged starts with the rollout as it is then, so an end while the
+ * watch was away is read, not missed.
  */
-async function watch({ api, json: asJson }: CliContext, first: RolloutFieldsFragment): Promise<ExitCode> {
-  const view = new LiveView<RolloutFieldsFragment>({ json: asJson }, { block: watchBlock, line: watchLine, json: (r) => r });
+async function watch({ api }: CliContext, first: RolloutFieldsFragment, view: LiveView<RolloutFieldsFragment>, reconnect: ReconnectPolicy): Promise<ExitCode> {
   let last = first;
   // Already over (ended before we came): the subscription would only repeat it.
   if (!settled(first)) {
-    const sub = api.subscribe(RolloutChangedDocument, { id: first.id }, ({ rolloutChanged }) => {
-      last = rolloutChanged;
-      view.update(last);
-    });
+    const sub = api.subscribe(
+      RolloutChangedDocument,
+      { id: first.id },
+      ({ rolloutChanged }) => {
+        last = rolloutChanged;
+        view.update(last);
+      },
+      reconnect,
+    );
     await sub.done;
   } else {
     view.update(first);
@@ -95,18 +106,22 @@ iothub-ota rollout create --product demo --tag beta --version 2.0 --url https://
     --size 524288 --md5 <32 hex> --sha256 <64 hex> --wave 100%
 iothub-ota rollout create --input rollout.json --name "from a file, flags override"`,
     async (ctx, _args, o) => {
+      const view = rolloutView(ctx.json);
+      // Refused before anything is created.
+      const reconnect = reconnectPolicy(o, (line) => view.note(line));
       const input = await inputOf(o);
       const { createRollout: r } = await ctx.api.request(CreateRolloutDocument, { input });
       if (o.quiet) print(r.id);
       else if (ctx.json && !o.watch) json(r);
       else if (!ctx.json) print(rolloutBlock(r));
-      if (o.watch) return watch(ctx, r);
+      if (o.watch) return watch(ctx, r, view, reconnect);
     },
   );
-  rolloutOptions(create)
-    .option("-q, --quiet", "print only the rollout's id")
-    .option("--watch", "then watch it as rollout watch does (and exit as it does)")
-    .addHelpText("after", EXIT_CODES_HELP);
+  withReconnect(
+    rolloutOptions(create)
+      .option("-q, --quiet", "print only the rollout's id")
+      .option("--watch", "then watch it as rollout watch does (and exit as it does)"),
+  ).addHelpText("after", EXIT_CODES_HELP);
 
   rolloutOptions(
     clientCommand(
@@ -194,11 +209,15 @@ iothub-ota rollout create --input rollout.json --name "from a file, flags overri
     },
   ).option("--classes <a,b>", "only failures of these classes");
 
-  clientCommand(
+  const watchCommand = clientCommand(
     rollout,
     "watch <id>",
     "follow a rollout live until it ends (progress bar and counts on a terminal, a line per change otherwise, JSON lines with --json); the exit code says how it ended",
     'iothub-ota rollout watch 42 || echo "rollout 42 did not complete cleanly: exit $?"',
-    async (ctx, [id]) => watch(ctx, await rolloutOf(ctx.api, id as string)),
-  ).addHelpText("after", EXIT_CODES_HELP);
+    async (ctx, [id], o) => {
+      const view = rolloutView(ctx.json);
+      return watch(ctx, await rolloutOf(ctx.api, id as string), view, reconnectPolicy(o, (line) => view.note(line)));
+    },
+  );
+  withReconnect(watchCommand).addHelpText("after", EXIT_CODES_HELP);
 }

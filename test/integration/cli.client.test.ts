@@ -2,15 +2,15 @@ import { execFile, spawn } from "node:child_process";
 import type { Command } from "commander";
 import { Redis } from "ioredis";
 import { beforeAll, describe, expect, it } from "vitest";
-import { CreateApiTokenDocument, RegisterDeviceDocument, RevokeApiTokenDocument } from "../../src/client/generated/graphql.js";
+import { CancelRolloutDocument, CreateApiTokenDocument, RegisterDeviceDocument, RevokeApiTokenDocument } from "../../src/client/generated/graphql.js";
 import { createProgram } from "../../src/cli/program.js";
 import { redisKeys } from "../../src/storage/progress.redis.js";
 import type { FirmwareServer } from "../../src/sim/firmware.server.js";
 import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
-import { BIN, freePort } from "../helpers/processes.js";
-import { createRollout, firmwareFile, rolloutIn, rolloutInput, sha256Of, simFleet } from "../helpers/rollout.js";
-import { REDIS_URL, uniq } from "../helpers/services.js";
-import { onTeardown } from "../helpers/teardown.js";
+import { BIN, freePort, ServerProcess } from "../helpers/processes.js";
+import { createRollout, firmwareFile, rolloutInput, sha256Of, simFleet, type Api } from "../helpers/rollout.js";
+import { DATABASE_URL, REDIS_URL, uniq } from "../helpers/services.js";
+import { onTeardown, tempDir } from "../helpers/teardown.js";
 import { eventually } from "../helpers/wait.js";
 
 const CWD = new URL("../..", import.meta.url).pathname;
@@ -34,7 +34,7 @@ function cli(t: Pick<TestApp, "httpUrl" | "token">, args: string[], o: { token?:
 }
 
 /** A long-running command (a watch): its output so far, and its exit. */
-function started(t: TestApp, args: string[], token = t.token) {
+function started(t: Api, args: string[], token = t.token) {
   const child = spawn(process.execPath, [BIN, ...args], {
     cwd: CWD,
     env: { ...process.env, IOTHUB_OTA_SERVER: t.httpUrl, IOTHUB_OTA_TOKEN: token },
@@ -304,6 +304,7 @@ describe("the client commands against a running server", () => {
     for (const h of clientCommands) expect(h.help, h.name).toContain("IOTHUB_OTA_TOKEN");
     const watchHelp = helps.find((h) => h.name === "iothub-ota rollout watch")?.help;
     expect(watchHelp).toMatch(/4\s+it was ABORTED/);
+    expect(watchHelp).toMatch(/6\s+the connection to the server was lost/);
     // The tree walked is the one the command runs.
     const top = await cli(t, ["--help"]);
     expect(top.status).toBe(0);
@@ -315,4 +316,62 @@ describe("the client commands against a running server", () => {
     expect(listed.status, listed.stderr).toBe(0);
     expect(Array.isArray(JSON.parse(listed.stdout))).toBe(true);
   });
+});
+
+describe.skipIf(!DATABASE_URL)("the watches across a restart of their server", () => {
+  it("rollout watch reconnects and reads the end it missed while away, exiting with the rollout's code, and progress watch carries on; a server gone past --reconnect-timeout exits 6", async () => {
+    const fw = await firmwareFile();
+    // Another instance of the deployment (the same PostgreSQL database and Redis keys), up while the watched one restarts.
+    const other = await startApp({ database: "postgres", env: { ROLLOUT_TICK_MS: "100" } });
+    if (other.config.database.kind !== "postgres") throw new Error("a PostgreSQL server database was asked for");
+    const env = {
+      PATH: process.env.PATH,
+      REDIS_URL,
+      REDIS_PREFIX: other.config.redisPrefix,
+      ADMIN_TOKEN: other.token,
+      LOG_LEVEL: "warn",
+      DATABASE_URL: other.config.database.url,
+      DATA_DIR: tempDir("cli-restart"),
+      PORT: String(await freePort()),
+      MQTT_PORT: String(await freePort()),
+      MQTTS_PORT: "0",
+      ROLLOUT_TICK_MS: "100",
+    };
+    let server = await ServerProcess.start(env);
+    onTeardown(() => server.process.kill("SIGKILL"));
+    const api = { httpUrl: server.httpUrl, token: other.token };
+    /** A rollout of one device, scheduled an hour from now: nothing moves it but what the test does. */
+    const scheduled = async () => {
+      const p = uniq("cli");
+      await gqlOk(other, RegisterDeviceDocument, { input: { productName: p, deviceName: "d1", tags: ["beta"] } });
+      return createRollout(other, rolloutInput(p, fw, { policy: { startAt: new Date(Date.now() + 3_600_000).toISOString() } }));
+    };
+    const [first, second] = await Promise.all([scheduled(), scheduled()]);
+    const following = (w: ReturnType<typeof started>) => eventually(() => expect(w.out.stdout).toMatch(/Z SCHEDULED wave 1 0\/1 ended: /), 15_000);
+
+    const watch = started(api, ["rollout", "watch", first.id]);
+    const progress = started(api, ["progress", "watch", "--product", first.productName]);
+    await following(watch);
+    await eventually(() => expect(progress.out.stderr).toContain("Ctrl-C to stop"), 15_000);
+    expect(await server.stop()).toBe(0);
+    await eventually(() => expect(watch.out.stderr).toMatch(/^lost the connection to ws:\/\/127\.0\.0\.1:\d+\/graphql \(1001: Going away\); reconnecting for up to 5 min$/m), 10_000);
+    // Canceled through the other instance while the watch is away: no change reaches it, only what it reads on its return.
+    await gqlOk(other, CancelRolloutDocument, { id: first.id });
+    server = await ServerProcess.start(env);
+    const r = await watch.exited;
+    expect(r.status, r.stderr).toBe(5);
+    expect(r.stderr).toMatch(/^reconnected to ws:\/\/127\.0\.0\.1:\d+\/graphql$/m);
+    expect(r.stdout.trimEnd().split("\n").at(-1)).toBe("CANCELED: 0 succeeded, 1 canceled");
+    // progress watch too: back, and still watching until Ctrl-C.
+    await eventually(() => expect(progress.out.stderr).toMatch(/^lost the connection .*\n(.*\n)*reconnected to ws:/m), 15_000);
+    progress.child.kill("SIGINT");
+    expect((await progress.exited).status).toBe(0);
+
+    const abandoned = started(api, ["rollout", "watch", second.id, "--reconnect-timeout", "2s"]);
+    await following(abandoned);
+    expect(await server.stop()).toBe(0);
+    const gone = await abandoned.exited;
+    expect(gone.status, gone.stderr).toBe(6);
+    expect(gone.stderr.trimEnd().split("\n").at(-1)).toMatch(/^error: lost the connection to ws:\/\/127\.0\.0\.1:\d+\/graphql \(cannot reach .*ECONNREFUSED.*\) and could not reconnect within 2 s$/);
+  }, 90_000);
 });
