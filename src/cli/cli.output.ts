@@ -25,6 +25,15 @@ export function fields(pairs: [string, Cell][]): string {
   return pairs.map(([k, v]) => `${`${k}:`.padEnd(width)} ${text(v)}`).join("\n");
 }
 
+/**
+ * A device's OTA progress as a person reads it: `DOWNLOADING 40% 2.0`,
+ * `FAILED MD5_MISMATCH 2.0` (a failure's progress is the device's error code,
+ * PROTOCOL.md, not a percentage).
+ */
+export function progressText(p: { state: string; progress: number; version: string; failureReason?: string | null }): string {
+  return `${p.state} ${p.progress >= 0 ? `${p.progress}%` : (p.failureReason ?? `code ${p.progress}`)} ${p.version}`;
+}
+
 /** `[#######.......]  50%`: done out of total. */
 export function bar(done: number, total: number, width = 30): string {
   const ratio = total > 0 ? Math.min(1, done / total) : 0;

@@ -15,7 +15,7 @@ import {
 import { pagesOf, type ApiClient } from "./api.client.js";
 import { clientCommand, commandGroup, flag, parseFlags } from "./cli.command.js";
 import { ApiError } from "./cli.errors.js";
-import { fields, json, print, table } from "./cli.output.js";
+import { fields, json, print, progressText, table } from "./cli.output.js";
 import { waveNumber } from "./rollout.view.js";
 
 const product = z.object({ product: flag.required });
@@ -26,7 +26,7 @@ type Listed = DeviceListQuery["devices"]["nodes"][number];
 const stateOf = (d: { suspended: boolean; online?: boolean | null }) =>
   d.suspended ? "suspended" : d.online === true ? "online" : d.online === false ? "offline" : "unknown";
 
-const otaCell = (p: Listed["otaProgress"]) => (p ? `${p.state} ${p.progress}% ${p.version}` : null);
+const otaCell = (p: Listed["otaProgress"]) => (p ? progressText(p) : null);
 
 /**
  * The device as a key/value block, for people. `state` is what is known of
@@ -110,7 +110,7 @@ export function registerDeviceCommands(program: Command): void {
       if (asJson) return json(device);
       const p = device.otaProgress;
       print(deviceBlock(device, stateOf(device)));
-      print(fields([["ota", p ? `${p.state} ${p.progress}% ${p.version}${p.failureReason ? ` (${p.failureReason})` : ""} at ${p.receivedAt}` : null]]));
+      print(fields([["ota", p ? `${progressText(p)} at ${p.receivedAt}` : null]]));
       if (device.executions.length > 0) {
         print(`\n${table(["ROLLOUT", "WAVE", "STATE", "FAILURE", "SKIPPED", "FROM", "LAST EVENT"], device.executions.map((e) => [e.rolloutId, waveNumber(e.wave), e.state, e.failureClass, e.skipReason, e.fromVersion, e.lastEventAt]))}`);
       }

@@ -3,7 +3,7 @@ import { z } from "zod";
 import { CliProgressWatchDocument, RolloutDocument, type CliProgressWatchSubscription } from "../client/generated/graphql.js";
 import { clientCommand, commandGroup, parseFlags, reconnectPolicy, withReconnect } from "./cli.command.js";
 import { ApiError } from "./cli.errors.js";
-import { bar, counts, LiveView } from "./cli.output.js";
+import { bar, counts, LiveView, progressText } from "./cli.output.js";
 
 type Progress = CliProgressWatchSubscription["otaProgressChanged"];
 
@@ -17,7 +17,6 @@ const watchFlags = z
   .refine((f) => [f.tag, f.device, f.rollout].filter((v) => v !== undefined).length <= 1, "give at most one of --tag, --device and --rollout")
   .refine((f) => f.product !== undefined || f.rollout !== undefined, "--product is required (or --rollout, whose product it is)");
 
-const detail = (p: Progress) => `${p.state} ${p.progress}% ${p.version}${p.failureReason ? ` ${p.failureReason}` : ""}`;
 
 /** The latest report of each device heard from, newest last. */
 class Latest {
@@ -35,7 +34,7 @@ class Latest {
     const width = Math.max(...recent.map((p) => p.deviceName.length));
     return [
       `${scope}: ${all.length} devices  ${counts(OTA_STATES.map((s) => [s, all.filter((p) => p.state === s).length]))}`,
-      ...recent.map((p) => `${p.deviceName.padEnd(width)}  ${bar(p.state === "SUCCEEDED" ? 100 : Math.max(0, p.progress), 100, 20)}  ${detail(p)}`),
+      ...recent.map((p) => `${p.deviceName.padEnd(width)}  ${bar(p.state === "SUCCEEDED" ? 100 : Math.max(0, p.progress), 100, 20)}  ${progressText(p)}`),
       ...(all.length > recent.length ? [`... and ${all.length - recent.length} more`] : []),
     ];
   }
@@ -62,7 +61,7 @@ export function registerProgressCommands(program: Command): void {
       const latest = new Latest();
       const view = new LiveView<Progress>(
         { json: asJson },
-        { block: (p) => latest.add(p).block(scope), line: (p) => `${p.receivedAt} ${p.deviceName} ${detail(p)}`, json: (p) => p },
+        { block: (p) => latest.add(p).block(scope), line: (p) => `${p.receivedAt} ${p.deviceName} ${progressText(p)}`, json: (p) => p },
       );
       const sub = api.subscribe(
         CliProgressWatchDocument,

@@ -1,4 +1,4 @@
-import type { Command } from "commander";
+import { Option, type Command } from "commander";
 import { z } from "zod";
 import { ACCESS_LEVELS } from "../auth/principal.js";
 import { ConfigError, loadConfig, type Config } from "../config/config.js";
@@ -92,7 +92,7 @@ const apiOptions = (c: Command) =>
   c
     .option("--url <url>", "a running server's GraphQL endpoint (http://host:4000/graphql); without it or --server, the database of the settings")
     .option("--server <url>", "a running server's URL (http://host:4000), as the client commands take it")
-    .option("--token <token>", "with --url: an admin API token of every product (or IOTHUB_OTA_TOKEN)", process.env.IOTHUB_OTA_TOKEN);
+    .addOption(new Option("--token <token>", "with --url: an admin API token of every product").env("IOTHUB_OTA_TOKEN"));
 
 /** serve (its action given: main.ts runs the server), token create|list|revoke, simulate, firmware-server. */
 export function registerServerCommands(program: Command, serve: () => Promise<void>): void {
@@ -153,7 +153,7 @@ export function registerServerCommands(program: Command, serve: () => Promise<vo
       .command("simulate")
       .description("run a fleet of simulated devices that speak the IotHub protocol; Ctrl-C ends it with a JSON summary")
       .option("--api <url>", "GraphQL endpoint, to register devices (default: this machine's, on PORT)")
-      .option("--token <token>", "API token, to register devices (or IOTHUB_OTA_TOKEN)", process.env.IOTHUB_OTA_TOKEN)
+      .addOption(new Option("--token <token>", "API token, to register devices").env("IOTHUB_OTA_TOKEN"))
       .option("--mqtt <url>", "broker URL, mqtts:// for TLS (default: this machine's, on MQTT_PORT)")
       .option("--tls", "by default, connect to MQTTS_PORT over TLS")
       .option("--cleanup", "delete the devices this run registered when it ends")
@@ -170,7 +170,7 @@ export function registerServerCommands(program: Command, serve: () => Promise<vo
       .option("--concurrency <n>", "connections set up at once", "100")
       .option("--seed <n>", "seed of the fault dice", "1")
       .option("--insecure", "accept any TLS certificate (the development one)")
-      .option("--exit-after-ms <ms>", "stop by itself after this long"),
+      .option("--exit-after-ms <ms>", "stop by itself this long after starting (registering and connecting included)"),
     "iothub-ota simulate --product demo -n 200 --tags beta --fail-download 5 --cleanup\n" +
       "iothub-ota simulate --credentials fleet.json --mqtt mqtts://ota.example:8883 --tls --offline 10",
   );

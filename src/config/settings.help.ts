@@ -17,7 +17,8 @@ export function settingsHelp(): string {
   const rows = section
     .split("\n")
     .filter((line) => line.startsWith("| `"))
-    .map((line) => line.slice(1, -1).split(" | ").map((cell) => cell.trim().replace(/`/g, "")));
+    // Cells may be empty (`| |`); code spans and emphasis are Markdown, not the terminal's.
+    .map((line) => line.slice(1, -1).split("|").map((cell) => cell.trim().replace(/`|\*\*/g, "")));
   if (rows.length === 0) return "\nSettings: see README.md, \"Settings\".\n";
   const width = Math.min(30, Math.max(...rows.map(([name]) => (name ?? "").length)));
   const lines = rows.map(([name = "", fallback = "", meaning = ""]) => {

@@ -311,6 +311,26 @@ describe("the client commands against a running server", () => {
     expect(top.stdout).toBe(helps[0]?.help);
   });
 
+  it("never shows the token of IOTHUB_OTA_TOKEN in a --help, and lists serve's settings as the README's table has them", async () => {
+    const secret = `iot_${uniq("secret")}`;
+    const saved = process.env.IOTHUB_OTA_TOKEN;
+    process.env.IOTHUB_OTA_TOKEN = secret;
+    try {
+      const leaking = commandsOf(createProgram(async () => undefined))
+        .map(({ path, command }) => ({ name: path.join(" "), help: helpOf(command) }))
+        .filter(({ help }) => help.includes(secret));
+      expect(leaking.map((h) => h.name)).toEqual([]);
+    } finally {
+      if (saved === undefined) delete process.env.IOTHUB_OTA_TOKEN;
+      else process.env.IOTHUB_OTA_TOKEN = saved;
+    }
+    const serve = helpOf(commandsOf(createProgram(async () => undefined)).find(({ path }) => path.join(" ") === "serve")!.command);
+    // A setting with no default, and no Markdown left in the text.
+    expect(serve).toMatch(/\n {2}ADMIN_TOKEN +accepted as an admin API token/);
+    expect(serve).toMatch(/\n {2}MQTT_USERNAME, MQTT_PASSWORD +the server's credentials/);
+    expect(serve).not.toMatch(/\*\*|\(default \|/);
+  });
+
   it("takes --server on the token commands too", async () => {
     const listed = await cli(t, ["token", "list", "--server", t.httpUrl, "--token", t.token]);
     expect(listed.status, listed.stderr).toBe(0);
