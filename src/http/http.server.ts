@@ -32,7 +32,7 @@ import { refusals } from "./refusals.js";
 import { emqxAuthRoutes } from "./emqx.routes.js";
 import { continuesItself, firmwareRoutes } from "./firmware.routes.js";
 import { restRoutes } from "./rest.routes.js";
-import { serialisedOnce, sharedDocuments, sharedSubscribe } from "./shared.subscribe.js";
+import { serialisedOnce, sharedDocuments, sharedSubscribe, type FormatResult } from "./shared.subscribe.js";
 import { WsCloseCode, WsConnections } from "./ws.connections.js";
 
 export interface HttpDeps {
@@ -200,7 +200,10 @@ export class HttpServer {
     const refuseWs = (rule: string) => refuse("ws", rule);
     const shared = sharedDocuments({ maxTokens: limits.graphqlMaxTokens, rules: armorRules(limits, refuseWs) });
     const gate = wsOperationGate(limits.graphqlMaxListItems, schema, shared.parse, shared.validate, refuseWs);
-    // A result shared by many subscribers is serialised once, not once per subscriber.
+    const format: FormatResult = (result) => (result.errors ? { ...result, errors: result.errors.map((e) => maskError(e.toJSON(), e, onInternal)) } : result);
+    // An event is executed once per distinct query; pushed to the subscribers of the progress feed in one loop.
+    const delivery = sharedSubscribe({ format });
+    // A result shared by many subscribers that graphql-ws delivers itself is serialised once, not once per subscriber.
     const once = serialisedOnce();
     this.#wsCleanup = useServer<Record<string, unknown>, WsExtra>(
       {
@@ -208,7 +211,7 @@ export class HttpServer {
         // Close reasons never echo an error's text, whatever NODE_ENV says.
         isProd: true,
         connectionInitWaitTimeout: limits.wsInitTimeoutMs,
-        subscribe: sharedSubscribe(),
+        subscribe: delivery.subscribe,
         onConnect: async (ctx) => {
           const socket = ctx.extra.socket;
           let principal: Principal | null;
@@ -257,9 +260,11 @@ export class HttpServer {
           rolloutFeed: this.deps.rolloutFeed,
           rollouts: this.deps.rollouts,
         }),
+        // graphql-ws keeps the subscription (ids, complete, errors, limits); its `next` messages are then the stream's to send.
+        onOperation: (ctx, id, _payload, _args, result) => delivery.pushed(result, ctx.extra.socket, id),
         onNext: (ctx, _id, _payload, _args, result) => {
           once.wrap(ctx.extra.socket);
-          return once.payload(result.errors ? { ...result, errors: result.errors.map((e) => maskError(e.toJSON(), e, onInternal)) } : result);
+          return once.payload(format(result));
         },
         onError: (_ctx, _id, _payload, errors) => errors.map((e) => maskError(e.toJSON(), e, onInternal)),
       },

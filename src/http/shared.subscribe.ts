@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { Socket } from "node:net";
 import {
   createSourceEventStream,
   execute,
@@ -14,6 +15,7 @@ import {
 import { LRUCache } from "lru-cache";
 import type { WebSocket } from "ws";
 import { upTo } from "../lru.js";
+import type { PushSource, ReportSink } from "../ota/progress.feed.js";
 import type { Context } from "./context.js";
 
 type Result = ExecutionResult | Promise<ExecutionResult>;
@@ -56,6 +58,9 @@ export function sharedDocuments(options: { maxTokens?: number; rules?: readonly 
   };
 }
 
+/** What a subscriber receives as a `next` payload for a result (errors masked): the same for every subscriber. */
+export type FormatResult = (result: ExecutionResult) => object;
+
 /**
  * graphql's `subscribe`, but an event is executed once for all subscribers
  * that asked the same thing: the same document, variables and scopes. Every
@@ -63,28 +68,113 @@ export function sharedDocuments(options: { maxTokens?: number; rules?: readonly 
  * (one Redis subscription, one parse), so 10,000 dashboards watching a
  * product cost one execution per report instead of 10,000; they then share
  * the result object, which {@link serialisedOnce} serialises once.
+ *
+ * A subscription whose source can push ({@link PushSource}: the progress
+ * feed's watches) is then handed over by {@link pushed} (graphql-ws'
+ * `onOperation`) to a {@link PushStream}: the feed gives it each report in
+ * the one loop that deals the report to all watchers, and it writes the
+ * shared payload, serialised once, under its own message head, to its
+ * socket there and then.
  */
-export function sharedSubscribe() {
+export function sharedSubscribe(options: { format: FormatResult }) {
   const documentIds = new WeakMap<DocumentNode, number>();
   // Every subscriber of a query holds its key for as long as it watches: one copy of each.
   const keys = new LRUCache<string, string>(upTo(MAX_DOCUMENTS));
   let nextDocumentId = 0;
-  return async (args: ExecutionArgs): Promise<AsyncGenerator<ExecutionResult> | ExecutionResult> => {
-    const source = await createSourceEventStream(args);
-    if (!isAsyncIterable(source)) return source;
-    const scopes = (args.contextValue as Context | undefined)?.principal.scopes.join(",") ?? "";
-    let documentId = documentIds.get(args.document);
-    if (documentId === undefined) documentIds.set(args.document, (documentId = nextDocumentId++));
-    const made = `${documentId}|${args.operationName ?? ""}|${JSON.stringify(args.variableValues ?? {})}|${scopes}`;
-    let key = keys.get(made);
-    if (key === undefined) keys.set(made, (key = made));
-    return new SharedStream(source[Symbol.asyncIterator](), args, key);
+  return {
+    subscribe: async (args: ExecutionArgs): Promise<AsyncGenerator<ExecutionResult> | ExecutionResult> => {
+      const source = await createSourceEventStream(args);
+      if (!isAsyncIterable(source)) return source;
+      const scopes = (args.contextValue as Context | undefined)?.principal.scopes.join(",") ?? "";
+      let documentId = documentIds.get(args.document);
+      if (documentId === undefined) documentIds.set(args.document, (documentId = nextDocumentId++));
+      const made = `${documentId}|${args.operationName ?? ""}|${JSON.stringify(args.variableValues ?? {})}|${scopes}`;
+      let key = keys.get(made);
+      if (key === undefined) keys.set(made, (key = made));
+      return new SharedStream(source[Symbol.asyncIterator](), args, key);
+    },
+    /**
+     * For graphql-ws' `onOperation`: the stream that replaces `result` when
+     * its events can be pushed to `socket` as subscription `id`; undefined
+     * leaves graphql-ws iterating `result` itself.
+     */
+    pushed: (result: unknown, socket: WebSocket, id: string): PushStream | undefined =>
+      result instanceof SharedStream ? result.pushTo(socket, id, options.format) : undefined,
   };
 }
 
+function isPushSource(iterator: AsyncIterator<unknown>): iterator is AsyncIterator<unknown> & PushSource {
+  const maybe = iterator as Partial<PushSource>;
+  return typeof maybe.pushTo === "function" && typeof maybe.resume === "function";
+}
+
+function isPromise<T>(value: T | Promise<T>): value is Promise<T> {
+  return typeof (value as Promise<T>).then === "function";
+}
+
 /**
- * One subscriber's stream of shared results. A class, not an object of
- * closures: 10,000 subscribers hold one each.
+ * One execution of an event for one key, shared by the subscribers with
+ * that key: graphql-js' result (or its promise: resolvers may be async), and
+ * for pushed subscribers its payload serialised once, as bytes.
+ */
+class SharedResult {
+  /** What ends every subscriber's `next` message: the payload's JSON and the message's closing brace, as bytes. */
+  #tail: Buffer | undefined;
+  /** Pushed subscribers waiting for the result before they can send it, in the order they took the event. */
+  #waiters: PushStream[] | undefined;
+
+  constructor(readonly result: Result) {}
+
+  /** The message's tail; undefined while the result is being made, and `stream` is then handed it when it is. */
+  tail(format: FormatResult, stream: PushStream): Buffer | undefined {
+    if (this.#tail !== undefined) return this.#tail;
+    const result = this.result;
+    if (!isPromise(result)) return (this.#tail = tailOf(format(result)));
+    if (this.#waiters) {
+      this.#waiters.push(stream);
+      return undefined;
+    }
+    this.#waiters = [stream];
+    result.then(
+      (made) => {
+        let tail: Buffer;
+        try {
+          tail = this.#tail = tailOf(format(made));
+        } catch (err) {
+          return this.#fail(err);
+        }
+        const waiters = this.#waiters ?? [];
+        this.#waiters = undefined;
+        for (const waiter of waiters) waiter.made(tail);
+      },
+      (err: unknown) => this.#fail(err),
+    );
+    return undefined;
+  }
+
+  #fail(err: unknown): void {
+    const waiters = this.#waiters ?? [];
+    this.#waiters = undefined;
+    for (const waiter of waiters) waiter.fail(err);
+  }
+}
+
+const tailOf = (payload: object): Buffer => Buffer.from(`${JSON.stringify(payload)}}`);
+
+/** The event's result for `key`, made on first use and kept on the event for the other subscribers. */
+function sharedResult(event: unknown, args: ExecutionArgs, key: string): SharedResult {
+  if (typeof event !== "object" || event === null || !Object.isExtensible(event)) return new SharedResult(execute({ ...args, rootValue: event }));
+  const held = event as { [RESULTS]?: Map<string, SharedResult> };
+  let forEvent = held[RESULTS];
+  if (!forEvent) Object.defineProperty(event, RESULTS, { value: (forEvent = new Map()) });
+  let shared = forEvent.get(key);
+  if (!shared) forEvent.set(key, (shared = new SharedResult(execute({ ...args, rootValue: event }))));
+  return shared;
+}
+
+/**
+ * One subscriber's stream of shared results, iterated by graphql-ws. A
+ * class, not an object of closures: 10,000 subscribers hold one each.
  */
 class SharedStream implements AsyncGenerator<ExecutionResult> {
   constructor(
@@ -95,7 +185,7 @@ class SharedStream implements AsyncGenerator<ExecutionResult> {
 
   async next(): Promise<IteratorResult<ExecutionResult, undefined>> {
     const step = await this.iterator.next();
-    return step.done ? { done: true, value: undefined } : { done: false, value: await this.#executeOnce(step.value) };
+    return step.done ? { done: true, value: undefined } : { done: false, value: await sharedResult(step.value, this.args, this.key).result };
   }
 
   async return(): Promise<IteratorResult<ExecutionResult, undefined>> {
@@ -112,14 +202,148 @@ class SharedStream implements AsyncGenerator<ExecutionResult> {
     return this;
   }
 
-  #executeOnce(event: unknown): Result {
-    if (typeof event !== "object" || event === null || !Object.isExtensible(event)) return execute({ ...this.args, rootValue: event });
-    const held = event as { [RESULTS]?: Map<string, Result> };
-    let forEvent = held[RESULTS];
-    if (!forEvent) Object.defineProperty(event, RESULTS, { value: (forEvent = new Map()) });
-    let result = forEvent.get(this.key);
-    if (!result) forEvent.set(this.key, (result = execute({ ...this.args, rootValue: event })));
-    return result;
+  /** This subscription delivered by push, when its source can push and its socket take whole frames; undefined otherwise. */
+  pushTo(socket: WebSocket, id: string, format: FormatResult): PushStream | undefined {
+    const source = this.iterator;
+    const raw = rawSocketOf(socket);
+    if (!isPushSource(source) || !raw) return undefined;
+    const stream = new PushStream(source, this.args, this.key, socket, raw, id, format);
+    source.pushTo(stream);
+    return stream;
+  }
+}
+
+/** How a pending `next()` of a {@link PushStream} is settled. */
+interface Settle {
+  resolve: (step: IteratorResult<ExecutionResult, undefined>) => void;
+  reject: (err: unknown) => void;
+}
+
+/**
+ * A subscriber whose events are pushed (see {@link sharedSubscribe}): per
+ * delivery, a map lookup, one frame (its head, then the result's bytes made
+ * once) and one write; no promise, no per-message object of graphql-ws or
+ * ws. Messages are the ones graphql-ws would send (`stringifyMessage` of
+ * `{ id, type: "next", payload }`, with the payload `onNext` would give:
+ * `format`). graphql-ws still owns
+ * the subscription: it iterates this stream, whose `next()` settles only
+ * when the subscription ends (done: graphql-ws sends `complete`; thrown:
+ * `error`), and calls `return()` on `complete` and on close, and it keeps
+ * the ids, limits, pings and close codes.
+ *
+ * Per subscriber, as graphql-ws' own loop does (it awaits each send's
+ * callback before taking the next event), at most what one send left in
+ * user space is buffered: when a send leaves bytes the kernel did not take,
+ * `take` says so and the feed holds this subscriber's later reports in its
+ * bounded queue (latest per device, counted) until every send's callback
+ * has come. A report whose shared result is still being made (an async
+ * resolver) holds the queue the same way, so order is kept.
+ */
+export class PushStream implements AsyncGenerator<ExecutionResult>, ReportSink {
+  /** What graphql-ws' stringifyMessage writes before a `next` payload: `{"id":…,"type":"next","payload":`. */
+  readonly #head: string;
+  readonly #headBytes: number;
+  /** Sends whose callback has not come yet. */
+  #unsent = 0;
+  /** A send left bytes in user space: take nothing more until the callbacks have come. */
+  #backedUp = false;
+  /** A taken report's shared result is still being made. */
+  #waiting = false;
+  #closed = false;
+  /** How the stream ended, when it did before graphql-ws asked (`next`). */
+  #outcome: { err: unknown } | undefined;
+  #settle: Settle | undefined;
+  readonly #sent = (): void => {
+    if (--this.#unsent > 0 || !this.#backedUp) return;
+    this.#backedUp = false;
+    if (!this.#closed && !this.#waiting) this.source.resume();
+  };
+
+  constructor(
+    private readonly source: AsyncIterator<unknown> & PushSource,
+    private readonly args: ExecutionArgs,
+    private readonly key: string,
+    private readonly socket: WebSocket,
+    /** The TCP socket under `socket`, which its frames are written to ({@link rawSocketOf}). */
+    private readonly raw: Socket,
+    id: string,
+    private readonly format: FormatResult,
+  ) {
+    this.#head = `{"id":${JSON.stringify(id)},"type":"next","payload":`;
+    this.#headBytes = Buffer.byteLength(this.#head);
+  }
+
+  take(event: unknown): boolean {
+    if (this.#closed) return true;
+    const tail = sharedResult(event, this.args, this.key).tail(this.format, this);
+    if (tail !== undefined) return this.#send(tail);
+    this.#waiting = true;
+    return false;
+  }
+
+  /** The shared result this stream waited for is in. */
+  made(tail: Buffer): void {
+    this.#waiting = false;
+    if (this.#closed) return;
+    if (this.#send(tail)) this.source.resume();
+  }
+
+  /** The shared result this stream waited for could not be made: the subscription ends with the error, as a pulled one would. */
+  fail(err: unknown): void {
+    this.#waiting = false;
+    void this.source.return?.();
+    this.end(err);
+  }
+
+  end(err?: unknown): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    const outcome = { err };
+    if (this.#settle) this.#finish(this.#settle, outcome);
+    else this.#outcome = outcome;
+  }
+
+  next(): Promise<IteratorResult<ExecutionResult, undefined>> {
+    return new Promise((resolve, reject) => {
+      if (this.#closed) this.#finish({ resolve, reject }, this.#outcome ?? { err: undefined });
+      else this.#settle = { resolve, reject };
+    });
+  }
+
+  async return(): Promise<IteratorResult<ExecutionResult, undefined>> {
+    this.#closed = true;
+    await this.source.return?.();
+    const settle = this.#settle;
+    this.#settle = undefined;
+    settle?.resolve({ done: true, value: undefined });
+    return { done: true, value: undefined };
+  }
+
+  async throw(err: unknown): Promise<IteratorResult<ExecutionResult, undefined>> {
+    await this.return();
+    throw err;
+  }
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+
+  #finish(settle: Settle, outcome: { err: unknown }): void {
+    this.#settle = undefined;
+    if (outcome.err === undefined) settle.resolve({ done: true, value: undefined });
+    else settle.reject(outcome.err);
+  }
+
+  #send(tail: Buffer): boolean {
+    const socket = this.socket;
+    // A closing socket takes nothing more; graphql-ws returns this stream once it has closed.
+    if (socket.readyState !== socket.OPEN) return true;
+    this.#unsent++;
+    const raw = this.raw;
+    raw.write(textFrame(this.#head, this.#headBytes, tail), this.#sent);
+    if (raw.writableLength === 0) return true;
+    this.#backedUp = true;
+    return false;
   }
 }
 
@@ -131,6 +355,44 @@ class SharedStream implements AsyncGenerator<ExecutionResult> {
  */
 const STAND_IN = Symbol("iothub-ota.standIn");
 const RESULTS = Symbol("iothub-ota.results");
+
+/**
+ * The TCP socket under a `ws` WebSocket, when this module may write whole
+ * frames to it itself: no extension negotiated (the server offers none:
+ * `perMessageDeflate` is off), so a message is one plain frame and ws'
+ * sender never holds one back (it queues only while compressing). Per
+ * delivery this spares ws' send (a frame header, an options object, a
+ * corked pair of writes and a writev) for one buffer and one write, and the
+ * payload is copied from bytes made once instead of encoded per socket.
+ */
+function rawSocketOf(socket: WebSocket): Socket | undefined {
+  if (socket.extensions !== "") return undefined;
+  const raw = (socket as unknown as { _socket?: unknown })._socket;
+  return raw instanceof Socket ? raw : undefined;
+}
+
+/**
+ * A final, unmasked text frame carrying `head` then `tail` (RFC 6455 §5.2:
+ * FIN and opcode 1, then the payload length in 7 bits, or 126 and 16 bits,
+ * or 127 and 64 bits; a server never masks, §5.1).
+ */
+function textFrame(head: string, headBytes: number, tail: Buffer): Buffer {
+  const length = headBytes + tail.length;
+  const offset = length < 126 ? 2 : length < 65_536 ? 4 : 10;
+  const frame = Buffer.allocUnsafe(offset + length);
+  frame[0] = 0x81;
+  if (offset === 2) frame[1] = length;
+  else if (offset === 4) {
+    frame[1] = 126;
+    frame.writeUInt16BE(length, 2);
+  } else {
+    frame[1] = 127;
+    frame.writeBigUInt64BE(BigInt(length), 2);
+  }
+  frame.write(head, offset, headBytes, "utf8");
+  tail.copy(frame, offset + headBytes);
+  return frame;
+}
 
 /** A result's place in graphql-ws' message: its JSON, made once, and a marker in its stead. */
 class StandIn {
