@@ -1,5 +1,6 @@
 import { useEffect, useRef, useState } from "react";
 import { useClient, type AnyVariables, type TypedDocumentNode, type CombinedError } from "urql";
+import { DashProgressBatchesDocument, type DashProgressBatchesSubscription } from "../../src/client/generated/graphql.js";
 
 /** How often buffered live updates reach the screen: at most four renders a second, whatever the report rate. */
 export const FLUSH_MS = 250;
@@ -8,11 +9,12 @@ export const FLUSH_MS = 250;
  * A subscription whose events are buffered per key (the latest wins) and applied
  * at most every {@link FLUSH_MS}, only for the keys on screen: at 10,000 devices
  * reporting, the page renders four times a second and only for its own rows.
+ * `pick` takes an event's entries (one report, or a batch of them).
  */
 export function useCoalescedSubscription<T, V extends AnyVariables, K, R>(
   doc: TypedDocumentNode<T, V>,
   variables: V | null,
-  pick: (data: T) => [key: K, value: R] | null,
+  pick: (data: T) => Iterable<readonly [key: K, value: R]>,
   onScreen: ReadonlySet<K>,
 ): { latest: ReadonlyMap<K, R>; error: CombinedError | undefined } {
   const client = useClient();
@@ -31,8 +33,8 @@ export function useCoalescedSubscription<T, V extends AnyVariables, K, R>(
     setError(undefined);
     const { unsubscribe } = client.subscription(doc, variables).subscribe((result) => {
       if (result.error) return setError(result.error);
-      const picked = result.data ? pickRef.current(result.data) : null;
-      if (picked && screen.current.has(picked[0])) buffer.set(picked[0], picked[1]);
+      if (!result.data) return;
+      for (const [k, v] of pickRef.current(result.data)) if (screen.current.has(k)) buffer.set(k, v);
     });
     const timer = setInterval(() => {
       if (buffer.size === 0) return;
@@ -53,6 +55,23 @@ export function useCoalescedSubscription<T, V extends AnyVariables, K, R>(
   }, [client, doc, key]);
 
   return { latest, error };
+}
+
+export type BatchedProgress = DashProgressBatchesSubscription["otaProgressBatches"]["reports"][number];
+
+const batchEntries = (d: DashProgressBatchesSubscription) => d.otaProgressBatches.reports.map((r) => [r.deviceName, r] as const);
+
+/**
+ * The live progress of the devices on screen, from `otaProgressBatches`: the
+ * server sends the latest report of each device once per {@link FLUSH_MS}
+ * (one message, whatever the number of devices reporting), the page keeps its
+ * own rows' entries. `filter` null: not subscribed.
+ */
+export function useProgressBatches(
+  filter: { productName: string; tag?: string | null; rolloutId?: string | null } | null,
+  onScreen: ReadonlySet<string>,
+): { latest: ReadonlyMap<string, BatchedProgress>; error: CombinedError | undefined } {
+  return useCoalescedSubscription(DashProgressBatchesDocument, filter && { ...filter, intervalMs: FLUSH_MS }, batchEntries, onScreen);
 }
 
 /** Calls `tick` every `ms` while `active`; for re-reading what no subscription pushes. */

@@ -1,12 +1,12 @@
 import { Link } from "wouter";
-import type { ExecutionFieldsFragment, ProgressFieldsFragment } from "../../../src/client/generated/graphql.js";
+import type { ExecutionFieldsFragment } from "../../../src/client/generated/graphql.js";
 import { ago, dateTime, words } from "../format.js";
+import type { BatchedProgress } from "../live.js";
 import { routes } from "../routes.js";
 import { Badge, ProgressCell } from "./ui.js";
 
 /** What both execution tables show: a rollout's (one row per device) and a device's (one row per rollout). */
 export type ExecutionRow = Omit<ExecutionFieldsFragment, "rolloutId"> & { rolloutId?: string };
-export type LiveProgress = Pick<ProgressFieldsFragment, "deviceName" | "progress" | "state" | "version">;
 
 const IN_PROGRESS = new Set(["NOTIFIED", "DOWNLOADING", "DOWNLOADED"]);
 
@@ -21,7 +21,7 @@ export function ExecutionTable({
   /** "device": a rollout's table (a row per device); "rollout": a device's. */
   by: "device" | "rollout";
   /** Live reports by device name, for executions in progress. */
-  live?: ReadonlyMap<string, LiveProgress>;
+  live?: ReadonlyMap<string, BatchedProgress>;
 }) {
   if (rows.length === 0) return <p className="muted empty">No executions.</p>;
   return (

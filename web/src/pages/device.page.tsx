@@ -23,7 +23,7 @@ export function DevicePage({ product, device }: { product: string; device: strin
   const { latest, error: liveError } = useCoalescedSubscription(
     OtaProgressChangedDocument,
     { productName: product, deviceName: device },
-    (d): [string, ProgressFieldsFragment] => [d.otaProgressChanged.deviceName, d.otaProgressChanged],
+    (d): [[string, ProgressFieldsFragment]] => [[d.otaProgressChanged.deviceName, d.otaProgressChanged]],
     one,
   );
   const d = result.data?.device;

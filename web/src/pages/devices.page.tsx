@@ -1,12 +1,12 @@
 import { useMemo } from "react";
 import { Link, useSearchParams } from "wouter";
 import { useQuery } from "urql";
-import { DeviceListDocument, OtaProgressChangedDocument, type DeviceState, type ProgressFieldsFragment } from "../../../src/client/generated/graphql.js";
+import { DeviceListDocument, type DeviceState } from "../../../src/client/generated/graphql.js";
 import { DeviceStateBadge } from "../components/device.js";
 import { ApiError } from "../components/errors.js";
 import { Card, Loading, Pager, ProgressCell } from "../components/ui.js";
 import { ago } from "../format.js";
-import { useCoalescedSubscription } from "../live.js";
+import { useProgressBatches } from "../live.js";
 import { useCursorPages } from "../paging.js";
 import { routes } from "../routes.js";
 
@@ -41,12 +41,7 @@ export function DevicesPage({ product }: { product: string }) {
   // One array per answer: a fresh [] on every render (no data yet) would rebuild onScreen on every render.
   const nodes = useMemo(() => result.data?.devices.nodes ?? [], [result.data]);
   const onScreen = useMemo(() => new Set(nodes.map((d) => d.deviceName)), [nodes]);
-  const { latest, error: liveError } = useCoalescedSubscription(
-    OtaProgressChangedDocument,
-    { productName: product, tag: filters.tag },
-    (d): [string, ProgressFieldsFragment] => [d.otaProgressChanged.deviceName, d.otaProgressChanged],
-    onScreen,
-  );
+  const { latest, error: liveError } = useProgressBatches({ productName: product, tag: filters.tag }, onScreen);
   return (
     <>
       <div className="page-head">

@@ -8,17 +8,16 @@ import {
   ResumeRolloutDocument,
   RetryRolloutDocument,
   RolloutExecutionsDocument,
-  RolloutProgressDocument,
   type ExecutionState,
   type FailureClass,
   type RolloutFieldsFragment,
 } from "../../../src/client/generated/graphql.js";
 import { ApiError } from "../components/errors.js";
-import { ExecutionTable, type LiveProgress } from "../components/executions.js";
+import { ExecutionTable } from "../components/executions.js";
 import { finishedOf, isActive, RolloutBar, targetText } from "../components/rollout.js";
 import { Badge, Card, Loading, Pager, StackedBar, Stat, StateFilter } from "../components/ui.js";
 import { ago, dateTime, duration, num, percent, words } from "../format.js";
-import { useCoalescedSubscription, useThrottledOnChange } from "../live.js";
+import { useProgressBatches, useThrottledOnChange } from "../live.js";
 import { useCursorPages } from "../paging.js";
 import { useLiveRollout } from "../rollout.live.js";
 import { rememberProduct, routes } from "../routes.js";
@@ -318,7 +317,10 @@ function Failures({ rollout }: { rollout: RolloutFieldsFragment }) {
   );
 }
 
-/** One page of executions; its in-progress rows move with each report, the page is re-read every few seconds while the rollout runs. */
+/**
+ * One page of executions; its in-progress rows move with the server's progress batches (the latest report of each of
+ * the rollout's devices, once per interval), the page is re-read every few seconds while the rollout runs.
+ */
 function Executions({ rollout }: { rollout: RolloutFieldsFragment }) {
   const [state, setState] = useState<ExecutionState | "">("");
   const pages = useCursorPages();
@@ -335,12 +337,7 @@ function Executions({ rollout }: { rollout: RolloutFieldsFragment }) {
   // One array per answer: a fresh [] on every render (no data yet) would rebuild onScreen on every render.
   const nodes = useMemo(() => result.data?.rolloutExecutions.nodes ?? [], [result.data]);
   const onScreen = useMemo(() => new Set(nodes.map((n) => n.deviceName)), [nodes]);
-  const { latest } = useCoalescedSubscription(
-    RolloutProgressDocument,
-    busy ? { productName: rollout.productName, rolloutId: rollout.id } : null,
-    (d): [string, LiveProgress] => [d.otaProgressChanged.deviceName, d.otaProgressChanged],
-    onScreen,
-  );
+  const { latest } = useProgressBatches(busy ? { productName: rollout.productName, rolloutId: rollout.id } : null, onScreen);
   return (
     <Card
       title="Executions"
