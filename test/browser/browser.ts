@@ -1,35 +1,31 @@
-import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
-import { chromium, type Browser, type Page } from "playwright-core";
+import type { Browser, Page } from "playwright-core";
 import { expect } from "vitest";
-import { DASHBOARD_DIST } from "../../src/http/dashboard.js";
+import type { RolloutFieldsFragment } from "../../src/client/generated/graphql.js";
+import type { FirmwareServer } from "../../src/sim/firmware.server.js";
+import { startApp, type TestApp } from "../helpers/app.js";
+import { createRollout, firmwareFile, rolloutInput, simFleet } from "../helpers/rollout.js";
 import { onTeardown } from "../helpers/teardown.js";
+import { eventually } from "../helpers/wait.js";
+import { countsShown, launchChromium, shownCounts, signIn } from "./chromium.js";
 
-/** Debian's chromium (`apt-get install chromium`): playwright's own download cannot work on these machines. */
-const CHROMIUM = "/usr/bin/chromium";
-/** Offline machines: without these, Chromium keeps trying its own services and floods refused connections. */
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
+export { signIn, tile } from "./chromium.js";
 
 export const SCREENSHOTS = join(process.cwd(), "test-output", "screenshots");
 
 /** One browser for the file's tests, closed after them; fails at once when the dashboard or Chromium is missing. */
 export async function launchBrowser(): Promise<Browser> {
-  if (!existsSync(join(DASHBOARD_DIST, "index.html"))) throw new Error(`no dashboard build in ${DASHBOARD_DIST}: run npm run build:web`);
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install -y chromium (npm test does it)`);
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  const browser = await launchChromium();
   onTeardown(() => browser.close());
   await mkdir(SCREENSHOTS, { recursive: true });
   return browser;
+}
+
+/** What a file of rollout pages needs: an app whose scheduler passes every 100 ms, a firmware file, Chromium. */
+export async function dashboardServer(): Promise<{ t: TestApp; fw: FirmwareServer; browser: Browser }> {
+  const [t, fw, browser] = await Promise.all([startApp({ env: { ROLLOUT_TICK_MS: "100" } }), firmwareFile(), launchBrowser()]);
+  return { t, fw, browser };
 }
 
 /**
@@ -52,13 +48,6 @@ export async function newPage(browser: Browser) {
   return { page, done: () => expect(errors).toEqual([]) };
 }
 
-export async function signIn(page: Page, httpUrl: string, token: string, path = "/"): Promise<void> {
-  await page.goto(`${httpUrl}${path}`);
-  await page.getByLabel("API token").fill(token);
-  await page.getByRole("button", { name: "Sign in" }).click();
-  await page.getByRole("button", { name: "Sign out" }).waitFor();
-}
-
 export async function screenshot(page: Page, name: string, fullPage = true): Promise<string> {
   // Let the last coalesced updates and bar transitions land; from the top, so the sticky bar is where it belongs.
   await page.waitForTimeout(400);
@@ -68,8 +57,18 @@ export async function screenshot(page: Page, name: string, fullPage = true): Pro
   return path;
 }
 
-/** The number a stat tile shows (thousands separators dropped). */
-export async function tile(page: Page, testId: string): Promise<number> {
-  const text = await page.getByTestId(testId).innerText();
-  return Number(text.replaceAll(",", ""));
+
+/** Waits until the rollout page's count tiles are the API's `counts` (pushed by rolloutChanged: no reload). */
+export async function expectCounts(page: Page, counts: RolloutFieldsFragment["counts"]): Promise<void> {
+  await eventually(async () => expect(await shownCounts(page)).toEqual(countsShown(counts)));
+}
+
+/** A rollout slow enough to click on (12 fresh devices, one at a time), open on its page once it runs. */
+export async function runningRolloutPage(t: TestApp, fw: FirmwareServer, browser: Browser, name: string) {
+  const { productName } = await simFleet(t, { count: 12, installMs: 300 });
+  const rollout = await createRollout(t, rolloutInput(productName, fw, { name, policy: { maxInProgress: 1 } }));
+  const { page, done } = await newPage(browser);
+  await signIn(page, t.httpUrl, t.token, `/rollouts/${rollout.id}`);
+  await page.locator("h1 .badge", { hasText: "running" }).waitFor();
+  return { rollout, page, done };
 }

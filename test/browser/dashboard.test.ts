@@ -3,12 +3,9 @@ import type { Browser } from "playwright-core";
 import { beforeAll, describe, expect, it } from "vitest";
 import { DeviceDetailDocument } from "../../src/client/generated/graphql.js";
 import type { FirmwareServer } from "../../src/sim/firmware.server.js";
-import { gqlOk, startApp, type TestApp } from "../helpers/app.js";
-import { createRollout, firmwareFile, rolloutIn, rolloutInput, rolloutOf, sha256Of, simFleet } from "../helpers/rollout.js";
-import { eventually } from "../helpers/wait.js";
-import { launchBrowser, newPage, screenshot, signIn, tile } from "./browser.js";
-
-const COUNTS = ["total", "succeeded", "failed", "timedOut", "inProgress", "queued", "skipped", "canceled"] as const;
+import { gqlOk, type TestApp } from "../helpers/app.js";
+import { createRollout, rolloutIn, rolloutInput, rolloutOf, sha256Of, simFleet } from "../helpers/rollout.js";
+import { dashboardServer, expectCounts, newPage, runningRolloutPage, screenshot, signIn, tile } from "./browser.js";
 
 describe("the web dashboard, in Chromium against a real server and simulated devices", () => {
   let t: TestApp;
@@ -16,7 +13,7 @@ describe("the web dashboard, in Chromium against a real server and simulated dev
   let browser: Browser;
 
   beforeAll(async () => {
-    [t, fw, browser] = await Promise.all([startApp({ env: { ROLLOUT_TICK_MS: "100" } }), firmwareFile(), launchBrowser()]);
+    ({ t, fw, browser } = await dashboardServer());
   });
 
   it("refuses a wrong token on the sign-in page with the API's code and message", async () => {
@@ -67,9 +64,7 @@ describe("the web dashboard, in Chromium against a real server and simulated dev
     const final = await rolloutIn(t, id, ["COMPLETED"]);
     expect(final.counts.failed).toBeGreaterThan(0);
     // The page's counts are the API's final ones (pushed by rolloutChanged: no reload).
-    await eventually(async () => {
-      for (const key of COUNTS) expect(await tile(page, `count-${key}`), key).toBe(final.counts[key]);
-    });
+    await expectCounts(page, final.counts);
     // The table follows: no row is left queued or in progress.
     const table = page.getByTestId("executions");
     await expect.poll(() => table.innerText(), { timeout: 10_000 }).not.toMatch(/queued|notified|downloading|downloaded/);
@@ -113,11 +108,7 @@ describe("the web dashboard, in Chromium against a real server and simulated dev
   }, 90_000);
 
   it("pauses and resumes a rollout from its page, the API following each click", async () => {
-    const { productName } = await simFleet(t, { count: 12, installMs: 300 });
-    const rollout = await createRollout(t, rolloutInput(productName, fw, { name: "slow one", policy: { maxInProgress: 1 } }));
-    const { page, done } = await newPage(browser);
-    await signIn(page, t.httpUrl, t.token, `/rollouts/${rollout.id}`);
-    await page.locator("h1 .badge", { hasText: "running" }).waitFor();
+    const { rollout, page, done } = await runningRolloutPage(t, fw, browser, "slow one");
 
     await page.getByRole("button", { name: "Pause" }).click();
     await page.locator("h1 .badge", { hasText: "paused" }).waitFor();
