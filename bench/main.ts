@@ -2,6 +2,7 @@
 // loopback, each printing a JSON line and a table. Never part of `npm test`.
 import "reflect-metadata";
 import { Command } from "commander";
+import { dashboardBench, type DashboardBenchOptions } from "./dashboard.js";
 import { downloadsBench, parseSize, type DownloadsOptions } from "./downloads.js";
 import { capacityBench, type CapacityOptions } from "./capacity.js";
 import { fleetBench, type FleetOptions } from "./fleet.js";
@@ -134,6 +135,20 @@ program
   .option("--reports <n>", "progress reports per device", int, 20)
   .action(async (o: CapacityOptions) => {
     report("capacity", await capacityBench(o), { ...o });
+  });
+
+program
+  .command("dashboard")
+  .description("Chromium on the rollout and devices pages during a rollout over N simulated devices: long tasks, frame rate, WebSocket messages, JS heap; the page's counts against the API's")
+  .option("--devices <n>", "simulated devices in the rollout", int, 10_000)
+  .option("--max-in-progress <n>", "the rollout's policy.maxInProgress (0: no bound)", count, 0)
+  .option("--step <percent>", "the devices report progress every this many percent", int, 10)
+  .option("--install-ms <ms>", "the simulated devices' install time", count, 500)
+  .option("--tick-ms <ms>", "the server's ROLLOUT_TICK_MS", int, 1000)
+  .action(async (o: DashboardBenchOptions) => {
+    const r = await dashboardBench(o);
+    report("dashboard", r.rows, r.summary);
+    if (r.problems.length > 0) throw new Error(`dashboard benchmark: ${r.problems.join("; ")}`);
   });
 
 program

@@ -199,7 +199,7 @@ class SimulatorProcess {
     const sim = new SimulatorProcess(child);
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const m = /connected (\d+) devices in ([\d.]+) s/.exec(sim.#err);
+      const m = /connected (\d+)\/\d+ devices to \S+ in ([\d.]+) s/.exec(sim.#err);
       if (m) return { sim, connectSeconds: Number(m[2]) };
       if (child.exitCode !== null) throw new Error(`the simulator exited with ${child.exitCode}:\n${sim.#err.slice(-2000)}`);
       if (Date.now() > deadline) {
