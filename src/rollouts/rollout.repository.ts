@@ -428,6 +428,13 @@ export class RolloutRepository {
     return rows.map(({ rank: _rank, rolloutCreatedAt: _at, ...row }) => toExecutionRow(row as ExecutionDbRow));
   }
 
+  /** The names of the rollout's devices, or null when it has more than `max`. */
+  async memberNames(rolloutId: string, max: number): Promise<Set<string> | null> {
+    const e = rolloutExecutions;
+    const rows = await this.db().select({ d: e.deviceName }).from(e).where(eq(e.rolloutId, rolloutId)).limit(max + 1);
+    return rows.length > max ? null : new Set(rows.map((r) => r.d));
+  }
+
   async isMember(rolloutId: string, deviceName: string): Promise<boolean> {
     const e = rolloutExecutions;
     const [row] = await this.db().select({ d: e.deviceName }).from(e).where(and(eq(e.rolloutId, rolloutId), eq(e.deviceName, deviceName)));

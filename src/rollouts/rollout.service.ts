@@ -99,6 +99,9 @@ type Moved = Set<string>;
  * (execution.machine.ts) and is written compare-and-set, so instances and
  * the scheduler never overwrite each other.
  */
+/** A rollout of at most this many devices is held whole by the report filter (about 100 bytes a name). */
+const MEMBER_SET_MAX = 100_000;
+
 export class RolloutService {
   readonly #now: () => number;
   /** Per product: target versions with executions that may move, so a report of any other version costs nothing here. */
@@ -114,6 +117,14 @@ export class RolloutService {
   readonly #running = new LRUCache<string, RunningExecution[]>({ ...upTo(50_000), ttl: 5_000 });
   readonly #joinedAt = new Map<string, number>();
   /** `<rolloutId>/<device>` → whether the device is in the rollout, for `otaProgressChanged(rolloutId)`. */
+  /** The devices of rollouts watched by a report filter, read whole (a CONTINUOUS rollout's joiners within the TTL); null past MEMBER_SET_MAX. */
+  readonly #memberSets = new LRUCache<string, { names: Set<string> | null }>({
+    max: 64,
+    ttl: 5_000,
+    ignoreFetchAbort: true,
+    fetchMethod: async (id) => ({ names: await this.repo.memberNames(id, MEMBER_SET_MAX) }),
+  });
+  /** Membership one device at a time, for rollouts too large to hold whole. */
   readonly #members = new LRUCache<string, boolean>({
     ...upTo(100_000),
     ttl: 5_000,
@@ -205,7 +216,14 @@ export class RolloutService {
     const rollout = await this.get(id);
     if (rollout.productName !== productName) throw badInput("rolloutId", "the rollout is of another product");
     const version = rollout.firmware.version;
-    return async (record) => record.version === version && ((await this.#members.fetch(`${id}|${record.deviceName}`)) ?? false);
+    return async (record) => {
+      if (record.version !== version) return false;
+      // One read of the whole rollout serves every report for a while: a read per device, one report at a time,
+      // let a 10,000-device rollout's subscribers fall behind and drop most reports (subscriber_overflow).
+      const members = (await this.#memberSets.fetch(id))?.names;
+      if (members) return members.has(record.deviceName);
+      return (await this.#members.fetch(`${id}|${record.deviceName}`)) ?? false;
+    };
   }
 
   /** The rollout and its counts now. */
