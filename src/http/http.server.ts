@@ -187,7 +187,8 @@ export class HttpServer {
     const { tokens, log, limits } = this.deps;
     const onInternal = (err: unknown) => log.error({ err }, "unexpected error in a GraphQL operation");
     // ws refuses a larger frame from its header (close 1009), before reading it: before authentication too.
-    const wss = new WebSocketServer({ server, path: "/graphql", maxPayload: limits.wsMaxPayloadBytes });
+    // No compression (ws' default, stated): pushed subscriptions write whole plain frames (shared.subscribe.ts, rawSocketOf).
+    const wss = new WebSocketServer({ server, path: "/graphql", maxPayload: limits.wsMaxPayloadBytes, perMessageDeflate: false });
     wss.on("connection", (socket) =>
       // After graphql-ws has added its own listener, which prints each error's stack on stderr: a flood of
       // bad frames must not be a flood of stacks. ws closes the socket itself on these (1009 for a large frame).

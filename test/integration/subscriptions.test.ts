@@ -182,6 +182,30 @@ async function lastOfEach(results: Inbox<ExecutionResult<OtaProgressChangedSubsc
   }
 }
 
+/** A subscriber that keeps up (graphql-ws' client) and one that has stopped reading (id "frozen"), on a server with this bound. */
+async function besideFrozen(name: string, queueMax: number, deviceCount: number) {
+  const t = await startApp({ env: { SUBSCRIBER_QUEUE_MAX: String(queueMax) } });
+  const productName = uniq(name);
+  const all = await devices(t, productName, deviceCount);
+  const fast = await subscribe(wsClient(t), OtaProgressChangedDocument, { productName });
+  const frozen = await rawConnection(t);
+  frozen.subscribe("frozen", productName);
+  await eventually(() => expect(t.app.progressFeed.watching.get(productName)).toBe(2));
+  frozen.pause();
+  return { t, productName, all, fast, frozen };
+}
+
+/**
+ * The same once 8 devices have sent 60 reports each and the one that keeps up has every device's last. The bound is 8,
+ * no fewer than the devices: a batch of reports dealt at once then never exceeds it for a subscriber that keeps up.
+ */
+async function frozenBehind(name: string) {
+  const behind = await besideFrozen(name, 8, 8);
+  await flood(behind.all, 60);
+  await lastOfEach(behind.fast.results, 8, 59);
+  return behind;
+}
+
 const step = (m: WsMessage) => {
   const p = m.payload?.data?.otaProgressChanged;
   return `${p?.deviceName}:${p?.progress}`;
@@ -189,14 +213,7 @@ const step = (m: WsMessage) => {
 
 describe("reports pushed to many subscribers", () => {
   it("reach a subscriber that falls behind in the order the others get them, none lost below the queue bound", async () => {
-    const t = await startApp({ env: { SUBSCRIBER_QUEUE_MAX: "1000" } });
-    const productName = uniq("order");
-    const all = await devices(t, productName, 12);
-    const fast = await subscribe(wsClient(t), OtaProgressChangedDocument, { productName });
-    const slow = await rawConnection(t);
-    slow.subscribe("slow", productName);
-    await eventually(() => expect(t.app.progressFeed.watching.get(productName)).toBe(2));
-    slow.pause();
+    const { t, all, fast, frozen: slow } = await besideFrozen("order", 1000, 12);
 
     const flooding = flood(all, 40);
     // It did fall behind: reports waited for it in the feed, not only in socket buffers.
@@ -209,24 +226,13 @@ describe("reports pushed to many subscribers", () => {
     }
     slow.resume();
     const slowSteps: string[] = [];
-    for (let i = 0; i < 480; i++) slowSteps.push(step(await slow.messages.next((m) => m.id === "slow", 20_000)));
+    for (let i = 0; i < 480; i++) slowSteps.push(step(await slow.messages.next((m) => m.id === "frozen", 20_000)));
     expect(slowSteps).toEqual(fastSteps);
     expect(await metric(t, "iothub_ota_subscriber_overflow_total")).toBe(0);
   });
 
   it("hold a frozen subscriber's backlog in the feed at its bound, not in its socket: it gets the latest per device when it reads again", async () => {
-    const t = await startApp({ env: { SUBSCRIBER_QUEUE_MAX: "8" } });
-    const productName = uniq("held");
-    // No more devices than the bound: a batch of reports dealt at once then never exceeds it for a subscriber that keeps up.
-    const all = await devices(t, productName, 8);
-    const fast = await subscribe(wsClient(t), OtaProgressChangedDocument, { productName });
-    const frozen = await rawConnection(t);
-    frozen.subscribe("frozen", productName);
-    await eventually(() => expect(t.app.progressFeed.watching.get(productName)).toBe(2));
-    frozen.pause();
-
-    await flood(all, 60);
-    await lastOfEach(fast.results, 8, 59);
+    const { t, frozen } = await frozenBehind("frozen");
     // Everything is dealt (the fast one has it all): the frozen one's reports wait in the feed, bounded, and nowhere else grows.
     expect(t.app.progressFeed.backlog).toBe(8);
     expect(await metric(t, "iothub_ota_subscriber_overflow_total")).toBeGreaterThan(0);
@@ -242,20 +248,11 @@ describe("reports pushed to many subscribers", () => {
   });
 
   it("send nothing more to a subscriber that unsubscribes while its reports wait, and forget it", async () => {
-    const t = await startApp({ env: { SUBSCRIBER_QUEUE_MAX: "8" } });
-    const productName = uniq("leaving");
-    const all = await devices(t, productName, 8);
-    const fast = await subscribe(wsClient(t), OtaProgressChangedDocument, { productName });
-    const leaving = await rawConnection(t);
-    leaving.subscribe("leaving", productName);
-    await eventually(() => expect(t.app.progressFeed.watching.get(productName)).toBe(2));
-    leaving.pause();
-    await flood(all, 60);
-    await lastOfEach(fast.results, 8, 59);
+    const { t, productName, all, frozen: leaving } = await frozenBehind("leaving");
     expect(t.app.progressFeed.backlog).toBe(8);
 
     // Unsubscribed with reports waiting for it (a paused reader still writes).
-    leaving.complete("leaving");
+    leaving.complete("frozen");
     await eventually(() => expect(t.app.progressFeed.watching.get(productName)).toBe(1));
     expect(t.app.progressFeed.backlog).toBe(0);
     // A second subscription on the same connection, after the first: it would get each report after the first did.
@@ -264,7 +261,7 @@ describe("reports pushed to many subscribers", () => {
     leaving.resume();
     await all[0]!.reportProgress({ version: "2", type: "firmware", progress: 100 });
     await leaving.messages.next((m) => m.id === "after" && step(m) === "d0:100", 20_000);
-    expect(leaving.messages.pending.filter((m) => m.id === "leaving" && step(m) === "d0:100")).toEqual([]);
+    expect(leaving.messages.pending.filter((m) => m.id === "frozen" && step(m) === "d0:100")).toEqual([]);
     // The connection itself is fine.
     leaving.complete("after");
     await eventually(() => expect(t.app.progressFeed.watching.get(productName)).toBe(1));
