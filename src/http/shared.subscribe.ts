@@ -225,27 +225,24 @@ interface Settle {
  * once) and one write; no promise, no per-message object of graphql-ws or
  * ws. Messages are the ones graphql-ws would send (`stringifyMessage` of
  * `{ id, type: "next", payload }`, with the payload `onNext` would give:
- * `format`). graphql-ws still owns
- * the subscription: it iterates this stream, whose `next()` settles only
- * when the subscription ends (done: graphql-ws sends `complete`; thrown:
- * `error`), and calls `return()` on `complete` and on close, and it keeps
- * the ids, limits, pings and close codes.
+ * `format`). graphql-ws still owns the subscription: it iterates this
+ * stream, whose `next()` settles only when the subscription ends (done:
+ * graphql-ws sends `complete`; thrown: `error`), calls `return()` on
+ * `complete` and on close, and keeps the ids, limits, pings and close codes.
  *
  * Per subscriber, as graphql-ws' own loop does (it awaits each send's
  * callback before taking the next event), at most what one send left in
  * user space is buffered: when a send leaves bytes the kernel did not take,
  * `take` says so and the feed holds this subscriber's later reports in its
- * bounded queue (latest per device, counted) until every send's callback
- * has come. A report whose shared result is still being made (an async
- * resolver) holds the queue the same way, so order is kept.
+ * bounded queue (latest per device, counted) until those bytes are out. A
+ * report whose shared result is still being made (an async resolver) holds
+ * the queue the same way, so order is kept.
  */
 export class PushStream implements AsyncGenerator<ExecutionResult>, ReportSink {
   /** What graphql-ws' stringifyMessage writes before a `next` payload: `{"id":…,"type":"next","payload":`. */
   readonly #head: string;
   readonly #headBytes: number;
-  /** Sends whose callback has not come yet. */
-  #unsent = 0;
-  /** A send left bytes in user space: take nothing more until the callbacks have come. */
+  /** A send left bytes in user space: take nothing more until they are out. */
   #backedUp = false;
   /** A taken report's shared result is still being made. */
   #waiting = false;
@@ -253,8 +250,7 @@ export class PushStream implements AsyncGenerator<ExecutionResult>, ReportSink {
   /** How the stream ended, when it did before graphql-ws asked (`next`). */
   #outcome: { err: unknown } | undefined;
   #settle: Settle | undefined;
-  readonly #sent = (): void => {
-    if (--this.#unsent > 0 || !this.#backedUp) return;
+  readonly #drained = (): void => {
     this.#backedUp = false;
     if (!this.#closed && !this.#waiting) this.source.resume();
   };
@@ -335,17 +331,20 @@ export class PushStream implements AsyncGenerator<ExecutionResult>, ReportSink {
   }
 
   #send(tail: Buffer): boolean {
-    const socket = this.socket;
-    // A closing socket takes nothing more; graphql-ws returns this stream once it has closed.
-    if (socket.readyState !== socket.OPEN) return true;
-    this.#unsent++;
     const raw = this.raw;
-    raw.write(textFrame(this.#head, this.#headBytes, tail), this.#sent);
+    // A closing socket takes nothing more; graphql-ws returns this stream once it has closed.
+    if (this.socket.readyState !== this.socket.OPEN || raw.destroyed) return true;
+    // No callback: a write with one costs a tick per socket; almost every write is taken by the kernel at once.
+    raw.write(textFrame(this.#head, this.#headBytes, tail));
     if (raw.writableLength === 0) return true;
+    // The kernel did not take it all. An empty write's callback comes once what was written before it is out.
     this.#backedUp = true;
+    raw.write(EMPTY, this.#drained);
     return false;
   }
 }
+
+const EMPTY = Buffer.alloc(0);
 
 /**
  * Where a result keeps its stand-in, and an event its results: a hidden
