@@ -153,6 +153,13 @@ export async function subscriptionsBench(o: SubscriptionsOptions): Promise<Recor
     const clientCpu = process.cpuUsage(clientCpuBefore);
     const clientCpuMs = (clientCpu.user + clientCpu.system) / 1000 / o.reports;
     await device.endAsync();
+    // What the subscribers leave behind once they have gone: a leak would show here.
+    await Promise.all(clients.map((c) => Promise.resolve(c.dispose())));
+    clients.length = 0;
+    for (const socket of sockets) socket.close();
+    sockets.length = 0;
+    await sleep(2000);
+    const heapLeftPerSubscriber = ((await heap()) - heapBefore) / o.subscribers;
     const expected = o.subscribers * o.reports;
     const sorted = [...latencies.subarray(0, Math.min(received, latencies.length))].sort((a, b) => a - b);
     // The goal is one event's fan-out: each event's own p99 (deliveries are taken in event order), their median and worst.
@@ -165,6 +172,7 @@ export async function subscriptionsBench(o: SubscriptionsOptions): Promise<Recor
         subscribers: o.subscribers,
         "connect s": round(connectSeconds, 2),
         "heap KB/subscriber": round(heapPerSubscriber / 1024, 1),
+        "heap KB/subscriber once gone": round(heapLeftPerSubscriber / 1024, 2),
         "rss KB/subscriber": round(perSubscriber / 1024, 1),
         client: o.client ?? "raw",
         deliveries: `${received}/${expected}`,
