@@ -61,6 +61,8 @@ program
   .option("--subscribers <n>", "concurrent subscribers", int, 1000)
   .option("--instances <n>", "server instances sharing Redis and one Mosquitto (1 or 2)", int, 1)
   .option("--reports <n>", "reports fanned out, one at a time", int, 20)
+  .option("--client <kind>", "the subscribers: raw graphql-transport-ws sockets that read each frame's sentAt (raw), or graphql-ws' own client", "raw")
+  .option("--warmup <n>", "unmeasured reports first", count, 1)
   .action(async (o: SubscriptionsOptions) => report("subscriptions", await subscriptionsBench(o), { ...o }));
 
 program
