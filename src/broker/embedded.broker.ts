@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { createRequire } from "node:module";
 import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { createServer as createTlsServer } from "node:tls";
 import { Aedes, type AedesPublishPacket, type AuthenticateError, type Client, type PublishPacket } from "aedes";
@@ -242,6 +243,19 @@ const SETTLED: Promise<unknown> = Promise.resolve();
 const noop = () => undefined;
 
 /**
+ * mqtt-packet, as aedes writes packets with it, fills a table of 65,536
+ * two-byte Buffers (every message id and length) on its first write, unless
+ * told not to: 6.5 MB of heap, each object marked at every full GC, to spare
+ * one small allocation per PUBACK. Resolved from aedes' own location, so that
+ * it is the copy aedes uses.
+ */
+function writeNumbersUncached(): void {
+  const fromHere = createRequire(import.meta.url);
+  const mqttPacket = createRequire(fromHere.resolve("aedes"))("mqtt-packet") as { writeToStream: { cacheNumbers: boolean } };
+  mqttPacket.writeToStream.cacheNumbers = false;
+}
+
+/**
  * aedes, plus one thing it cannot do: acknowledge a PUBLISH and drop it
  * (MQTT 3.1.1 §3.3.5 allows "a positive acknowledgement" to a publish the
  * server does not authorize; aedes only knows closing the connection, moscajs/aedes#210).
@@ -348,6 +362,7 @@ export class EmbeddedBroker implements BrokerLink {
 
   async #start(): Promise<void> {
     const { limits, redisPrefix } = this.options;
+    writeNumbersUncached();
     // aedes-persistence-redis uses no Lua, no key patterns and no Redis pub/sub (its only
     // scans match hash fields), so ioredis' keyPrefix namespaces every key it touches.
     const db = this.redis.duplicate({ keyPrefix: redisPrefix, lazyConnect: true });
