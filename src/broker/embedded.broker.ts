@@ -320,6 +320,13 @@ export class EmbeddedBroker implements BrokerLink {
   /** The connections counted in #online (each once). */
   readonly #present = new WeakSet<Client>();
   #presenceTimer: NodeJS.Timeout | undefined;
+  /**
+   * Redis writes started and not awaited where they start (presence, session
+   * live marks): a connection's close starts them, and aedes.close() returns
+   * before its connections' closes come. stop() awaits them before the Redis
+   * connections go.
+   */
+  readonly #writes = new Set<Promise<void>>();
   #bus: RedisBus | undefined;
   /** This broker's id among the instances (aedes' `id`: its heartbeats, its packets' brokerId, its live marks). */
   readonly #brokerId = randomUUID();
@@ -421,12 +428,8 @@ export class EmbeddedBroker implements BrokerLink {
       if (this.#clients.has(client)) this.metrics.connectedDevices.dec();
     });
     this.#presenceTimer = setInterval(() => {
-      this.presence?.refresh().catch((err: unknown) => {
-        if (this.#refusals.shouldLog("presence")) this.log.warn({ err }, "could not refresh device presence");
-      });
-      this.#sessions?.refresh(this.#persistentHere()).catch((err: unknown) => {
-        if (this.#refusals.shouldLog("presence")) this.log.warn({ err }, "could not refresh the live marks of sessions");
-      });
+      if (this.presence) this.#write(this.presence.refresh(), "could not refresh device presence");
+      if (this.#sessions) this.#write(this.#sessions.refresh(this.#persistentHere()), "could not refresh the live marks of sessions");
     }, Math.floor(limits.presenceTtlMs / 3));
     this.#presenceTimer.unref();
     aedes.on("unsubscribe", (filters, client) => {
@@ -664,6 +667,9 @@ export class EmbeddedBroker implements BrokerLink {
     if (aedes) await new Promise<void>((resolve) => aedes.close(() => resolve()));
     else await new Promise<void>((resolve) => (this.#bus ? this.#bus.close(resolve) : resolve()));
     this.#bus = undefined;
+    // A clean stop leaves its devices offline and its sessions' live marks released, before Redis goes.
+    await this.#connectionsClosed();
+    await Promise.all(this.#writes);
     const store = this.#store;
     this.#store = undefined;
     this.#sessions = undefined;
@@ -675,6 +681,23 @@ export class EmbeddedBroker implements BrokerLink {
     } else {
       db?.disconnect();
     }
+  }
+
+  /**
+   * Resolves once every device connection has emitted 'close', which is when
+   * its presence and live-mark writes start: aedes.close() destroys the
+   * sockets of registered clients and returns before that, and leaves those
+   * still in their CONNECT open, closed here.
+   */
+  async #connectionsClosed(): Promise<void> {
+    const open = [...this.#byDevice.values()].flatMap((clients) => [...clients]).filter((client) => !client.conn.closed);
+    await Promise.all(
+      open.map((client) => {
+        const closed = new Promise((resolve) => client.conn.once("close", resolve));
+        client.close();
+        return closed;
+      }),
+    );
   }
 
   /**
@@ -865,10 +888,8 @@ export class EmbeddedBroker implements BrokerLink {
     this.#byDevice.set(key, set);
     client.conn.once("close", () => {
       if (set.delete(client) && set.size === 0 && this.#byDevice.get(key) === set) this.#byDevice.delete(key);
-      if (client.clean !== false || this.#isConnected(identity, client.id)) return;
-      this.#sessions?.released(identity, client.id).catch((err: unknown) => {
-        if (this.#refusals.shouldLog("presence")) this.log.warn({ err }, "could not release a session's live mark (it expires)");
-      });
+      if (client.clean !== false || this.#isConnected(identity, client.id) || !this.#sessions) return;
+      this.#write(this.#sessions.released(identity, client.id), "could not release a session's live mark (it expires)");
     });
   }
 
@@ -1009,9 +1030,20 @@ export class EmbeddedBroker implements BrokerLink {
     if (count > 0) this.#online.set(key, count);
     else this.#online.delete(key);
     if (!this.presence || count !== (delta > 0 ? 1 : 0)) return;
-    (delta > 0 ? this.presence.connected(identity) : this.presence.disconnected(identity)).catch((err: unknown) => {
-      if (this.#refusals.shouldLog("presence")) this.log.warn({ err }, "could not record device presence");
-    });
+    this.#write(delta > 0 ? this.presence.connected(identity) : this.presence.disconnected(identity), "could not record device presence");
+  }
+
+  /** Keeps a presence or live-mark write until it settles (see {@link #writes}); a failure is logged, rate-limited. */
+  #write(write: Promise<unknown>, failure: string): void {
+    const kept: Promise<void> = write
+      .then(
+        () => undefined,
+        (err: unknown) => {
+          if (this.#refusals.shouldLog("presence")) this.log.warn({ err }, failure);
+        },
+      )
+      .finally(() => this.#writes.delete(kept));
+    this.#writes.add(kept);
   }
 
   #keyOf(client: Client): string {

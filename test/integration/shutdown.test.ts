@@ -1,0 +1,88 @@
+import { randomBytes } from "node:crypto";
+import { Redis } from "ioredis";
+import { describe, expect, it } from "vitest";
+import { RegisterDeviceDocument } from "../../src/client/generated/graphql.js";
+import { deviceLiveKey } from "../../src/broker/sessions.js";
+import { RedisPresence } from "../../src/storage/presence.redis.js";
+import { redisKeys } from "../../src/storage/progress.redis.js";
+import { gqlOk } from "../helpers/app.js";
+import { TestDevice } from "../helpers/device.js";
+import { freePort, ServerProcess } from "../helpers/processes.js";
+import { DATABASE_URL, freshDatabase, REDIS_URL, uniq } from "../helpers/services.js";
+import { onTeardown, tempDir } from "../helpers/teardown.js";
+import { eventually } from "../helpers/wait.js";
+
+/** Enough connections that some closes are still being written when Redis would go. */
+const DEVICES = 30;
+
+/** The server's log lines at WARN (40) or above, and any that carries a stack. */
+function complaints(logs: string): string[] {
+  return logs
+    .split("\n")
+    .filter((line) => line.trim() !== "")
+    .filter((line) => {
+      try {
+        const entry = JSON.parse(line) as { level?: number };
+        return (entry.level ?? 0) >= 40 || line.includes('"stack"');
+      } catch {
+        return true; // not pino's: a stack trace or a warning printed by Node
+      }
+    });
+}
+
+describe("a server process stopped with devices connected", () => {
+  it.each(["SIGTERM", "SIGINT"] as const)(
+    "on %s exits 0 with nothing at WARN or above in its log, and leaves its devices offline (their disconnection recorded) and their sessions' live marks released",
+    async (signal) => {
+      const token = `test-admin-${randomBytes(16).toString("hex")}`;
+      const prefix = `${uniq("stop")}:`;
+      const mqttPort = await freePort();
+      const database = DATABASE_URL ? { DATABASE_URL: ((await freshDatabase("postgres")) as { url: string }).url } : {};
+      const server = await ServerProcess.start({
+        PATH: process.env.PATH,
+        REDIS_URL,
+        REDIS_PREFIX: prefix,
+        ADMIN_TOKEN: token,
+        // Quiet: logging each component's stop would slow the stop enough to hide the race with Redis' close.
+        LOG_LEVEL: "warn",
+        PORT: String(await freePort()),
+        MQTT_PORT: String(mqttPort),
+        MQTTS_PORT: "0",
+        DATA_DIR: tempDir("stop"),
+        ...database,
+      });
+      onTeardown(() => server.process.kill("SIGKILL"));
+      const api = { httpUrl: server.httpUrl, token };
+      const productName = uniq("stop");
+      const devices = await Promise.all(
+        Array.from({ length: DEVICES }, async () => {
+          const { device, secret } = (await gqlOk(api, RegisterDeviceDocument, { input: { productName } })).registerDevice;
+          const dev = await TestDevice.connect(`mqtt://127.0.0.1:${mqttPort}`, productName, device.deviceName, secret);
+          onTeardown(() => dev.client.endAsync(true));
+          return dev;
+        }),
+      );
+      const names = devices.map((d) => d.deviceName);
+      const redis = new Redis(REDIS_URL);
+      onTeardown(() => redis.quit());
+      const presence = new RedisPresence(redis, redisKeys(prefix));
+      await eventually(async () => expect(await presence.countOnline(productName)).toBe(DEVICES));
+      const live = () => Promise.all(names.map((deviceName) => redis.hlen(`${prefix}${deviceLiveKey({ productName, deviceName })}`)));
+      expect(await live()).toEqual(names.map(() => 1));
+
+      const exited = new Promise<number | null>((resolve) => server.process.once("exit", (code) => resolve(code)));
+      const stoppedAt = Date.now();
+      server.process.kill(signal);
+      expect(await exited).toBe(0);
+
+      expect(complaints(server.logs)).toEqual([]);
+      expect(await presence.online(productName, names)).toEqual(names.map(() => false));
+      expect(await presence.countOnline(productName)).toBe(0);
+      // Each device's disconnection is recorded whole: its entry gone (above) and the time it went.
+      const seen = await presence.seen(productName, names);
+      expect(seen.filter((s) => s.disconnectedAt === null || s.disconnectedAt < stoppedAt)).toEqual([]);
+      expect(await live()).toEqual(names.map(() => 0));
+    },
+    60_000,
+  );
+});
