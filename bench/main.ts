@@ -7,6 +7,7 @@ import { downloadsBench, parseSize, type DownloadsOptions } from "./downloads.js
 import { capacityBench, type CapacityOptions } from "./capacity.js";
 import { fleetBench, type FleetOptions } from "./fleet.js";
 import { ingestBench } from "./ingest.js";
+import { memoryBench, type MemorySetup } from "./memory.js";
 import { queriesBench, type QueriesOptions } from "./queries.js";
 import { rolloutBench, type RolloutBenchOptions } from "./rollout.js";
 import { simulatorBench, type SimulatorOptions } from "./simulator.js";
@@ -151,6 +152,29 @@ program
     const r = await dashboardBench(o);
     report("dashboard", r.rows, r.summary);
     if (r.problems.length > 0) throw new Error(`dashboard benchmark: ${r.problems.join("; ")}`);
+  });
+
+program
+  .command("memory")
+  .description("an idle server with one simulated device: resident memory over time, on PostgreSQL and PGlite (runs dist/: npm run build first); --breakdown: what each part costs")
+  .option("--setups <list>", "postgres,pglite (pglite: a first start on an empty DATA_DIR, then a restart on it)", "postgres,pglite")
+  .option("--runs <n>", "runs per setup", int, 3)
+  .option("--seconds <n>", "seconds each server is sampled, from its spawn", int, 90)
+  .option("--breakdown", "also run the measuring child once per setup: the dependency groups imported one at a time, the schema, the start, the device", false)
+  .option("--root <dir>", "the checkout whose dist/ is measured (default: this one)")
+  .option("--env <list>", "more settings for the server, K=V,... (e.g. GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072, as npm start sets it)", "")
+  .action(async (o: { setups: string; runs: number; seconds: number; breakdown: boolean; root?: string; env: string }) => {
+    const setups = o.setups.split(",").map((s) => s.trim()) as MemorySetup[];
+    const unknown = setups.filter((s) => s !== "postgres" && s !== "pglite");
+    if (unknown.length > 0) throw new Error(`--setups: unknown ${unknown.join(", ")} (postgres, pglite)`);
+    const pairs = o.env.split(",").filter(Boolean);
+    const bad = pairs.filter((kv) => kv.indexOf("=") < 1);
+    if (bad.length > 0) throw new Error(`--env: expected K=V, got ${bad.join(", ")}`);
+    const env = Object.fromEntries(pairs.map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]));
+    const r = await memoryBench({ runs: o.runs, seconds: o.seconds, setups, breakdown: o.breakdown, root: o.root, env });
+    if (r.breakdown.length > 0) report("memory-breakdown", r.breakdown);
+    report("memory", r.runs, { seconds: o.seconds, env: o.env });
+    report("memory-summary", r.summary, { env: o.env });
   });
 
 program

@@ -7,7 +7,7 @@
 // a measuring child (--expose-gc) that imports the dependency groups one at
 // a time, then starts, then takes the device.
 //
-//   npm run build && npx tsx bench/memory.ts [--setups postgres,pglite] [--runs 3] [--seconds 90] [--breakdown]
+//   npm run build && npm run bench -- memory [--setups postgres,pglite] [--runs 3] [--seconds 90] [--breakdown]
 //
 // DATABASE_URL names the PostgreSQL server the fresh databases are made on
 // (bench/lib.ts); --root measures another checkout's build; --env K=V,...
@@ -421,25 +421,4 @@ export async function memoryBench(o: MemoryOptions): Promise<MemoryResult> {
     };
   });
   return { runs, summary, breakdown: breakdowns };
-}
-
-// `npx tsx bench/memory.ts [--runs n] [--seconds s] [--setups postgres,pglite] [--breakdown] [--root dir]`
-if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
-  const { report } = await import("./lib.js");
-  const arg = (name: string) => {
-    const i = process.argv.indexOf(`--${name}`);
-    return i < 0 ? undefined : process.argv[i + 1];
-  };
-  const setups = (arg("setups") ?? "postgres,pglite").split(",") as MemorySetup[];
-  const r = await memoryBench({
-    runs: Number(arg("runs") ?? 3),
-    seconds: Number(arg("seconds") ?? 90),
-    setups,
-    breakdown: process.argv.includes("--breakdown"),
-    root: arg("root"),
-    env: Object.fromEntries((arg("env") ?? "").split(",").filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)])),
-  });
-  if (r.breakdown.length > 0) report("memory-breakdown", r.breakdown);
-  report("memory", r.runs);
-  report("memory-summary", r.summary);
 }
