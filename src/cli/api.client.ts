@@ -45,6 +45,14 @@ function socketError(err: unknown, url: string): Error {
 
 /** How long an opening socket may wait for the upgrade, then for connection_ack. */
 const ACK_TIMEOUT_MS = 10_000;
+/**
+ * A watch pings the server this long after its last pong, and takes a ping
+ * not answered within PONG_TIMEOUT_MS for a lost connection: a connection
+ * that went half-open (a NAT or proxy forgot it, a cable pulled: no FIN, no
+ * RST) otherwise stays silent for good, and the watch with it.
+ */
+const PING_INTERVAL_MS = 5_000;
+const PONG_TIMEOUT_MS = 5_000;
 
 /**
  * The API of a running server for the client commands: GraphQL over HTTP
@@ -58,6 +66,8 @@ export class ApiClient {
   readonly #authorization: string | undefined;
   #ws: Client | undefined;
   #reconnection: Reconnection | undefined;
+  /** The connection was dropped because a ping went unanswered: that is its error, not the drop's 1006. */
+  #unanswered = false;
 
   constructor(address: ServerAddress) {
     // The API is at graphql under the given URL, which may carry a path prefix (behind a proxy) or be the endpoint itself.
@@ -156,7 +166,7 @@ export class ApiClient {
             else if (r.data) onData(r.data as T);
           },
           error: (err) => {
-            const cause = socketError(err, this.wsUrl);
+            const cause = this.#errorOf(err);
             const given = this.#reconnection;
             reject(given?.gaveUp ? new ConnectionLostError(this.wsUrl, cause.message, reconnect?.timeoutMs === 0 ? null : given.timeoutText) : cause);
           },
@@ -174,6 +184,10 @@ export class ApiClient {
     await ws?.dispose();
   }
 
+  #errorOf(err: unknown): Error {
+    return this.#unanswered ? new UnreachableError(this.wsUrl, new Error(`no answer to a ping within ${PONG_TIMEOUT_MS / 1000} s`)) : socketError(err, this.wsUrl);
+  }
+
   #client(reconnect: ReconnectPolicy | undefined): Client {
     if (this.#ws) return this.#ws;
     const authorization = this.#authorization;
@@ -186,6 +200,8 @@ export class ApiClient {
     }
     const reconnection = reconnect && new Reconnection(reconnect, this.wsUrl);
     this.#reconnection = reconnection;
+    let socket: WebSocket | undefined;
+    let pongWait: NodeJS.Timeout | undefined;
     this.#ws = createClient({
       url: this.wsUrl,
       webSocketImpl: AuthorizedWebSocket,
@@ -193,11 +209,36 @@ export class ApiClient {
       lazy: true,
       // Without a policy a lost connection is the command's error. With one, the policy bounds the time, not the count.
       retryAttempts: reconnection ? Number.MAX_SAFE_INTEGER : 0,
-      shouldRetry: (err) => reconnection?.shouldRetry(closeEvent.safeParse(err).data?.code, socketError(err, this.wsUrl).message) ?? false,
+      shouldRetry: (err) => {
+        const retry = reconnection?.shouldRetry(closeEvent.safeParse(err).data?.code, this.#errorOf(err).message) ?? false;
+        // Not retried, the subscription's error says why.
+        if (retry) this.#unanswered = false;
+        return retry;
+      },
       retryWait: (retries) => reconnection?.wait(retries) ?? Promise.resolve(),
       // A server that takes the socket and never answers connection_init is as good as gone.
       connectionAckWaitTimeout: ACK_TIMEOUT_MS,
-      on: { connected: () => reconnection?.connected() },
+      keepAlive: PING_INTERVAL_MS,
+      on: {
+        connected: (s) => {
+          socket = s as WebSocket;
+          this.#unanswered = false;
+          reconnection?.connected();
+        },
+        ping: (received) => {
+          if (received) return;
+          clearTimeout(pongWait);
+          pongWait = setTimeout(() => {
+            this.#unanswered = true;
+            // At once, as a drop: a close handshake on a silent connection would wait for ws' 30 s close timeout.
+            socket?.terminate();
+          }, PONG_TIMEOUT_MS);
+        },
+        pong: (received) => {
+          if (received) clearTimeout(pongWait);
+        },
+        closed: () => clearTimeout(pongWait),
+      },
     });
     return this.#ws;
   }

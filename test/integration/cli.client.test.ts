@@ -1,4 +1,5 @@
 import { execFile, spawn } from "node:child_process";
+import { connect, createServer, type AddressInfo, type Socket } from "node:net";
 import type { Command } from "commander";
 import { Redis } from "ioredis";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -394,4 +395,56 @@ describe.skipIf(!DATABASE_URL)("the watches across a restart of their server", (
     expect(gone.status, gone.stderr).toBe(6);
     expect(gone.stderr.trimEnd().split("\n").at(-1)).toMatch(/^error: lost the connection to ws:\/\/127\.0\.0\.1:\d+\/graphql \(cannot reach .*ECONNREFUSED.*\) and could not reconnect within 2 s$/);
   }, 90_000);
+});
+
+/** A TCP relay to `port` whose connections open so far can be frozen: nothing passes either way, and nothing is closed (a half-open path). */
+async function relay(port: number) {
+  const pairs: [Socket, Socket][] = [];
+  const server = createServer((down) => {
+    const up = connect(port, "127.0.0.1");
+    down.pipe(up).pipe(down);
+    const end = () => (down.destroy(), up.destroy());
+    down.on("error", end).on("close", end);
+    up.on("error", end).on("close", end);
+    pairs.push([down, up]);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  onTeardown(() => {
+    for (const [down, up] of pairs) (down.destroy(), up.destroy());
+    server.close();
+  });
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    freeze(): number {
+      const frozen = pairs.splice(0);
+      for (const [down, up] of frozen) {
+        down.unpipe(up);
+        up.unpipe(down);
+        down.pause();
+        up.pause();
+      }
+      return frozen.length;
+    },
+  };
+}
+
+describe("a watch whose connection goes half-open", () => {
+  it("takes an unanswered ping for a lost connection, reconnects and reads the end it missed", async () => {
+    const t = await startApp();
+    const fw = await firmwareFile();
+    const p = uniq("cli");
+    await gqlOk(t, RegisterDeviceDocument, { input: { productName: p, deviceName: "d1", tags: ["beta"] } });
+    const rollout = await createRollout(t, rolloutInput(p, fw, { policy: { startAt: new Date(Date.now() + 3_600_000).toISOString() } }));
+    const path = await relay(Number(new URL(t.httpUrl).port));
+    const watch = started({ httpUrl: path.url, token: t.token }, ["rollout", "watch", rollout.id]);
+    await eventually(() => expect(watch.out.stdout).toMatch(/Z SCHEDULED wave 1 0\/1 ended: /), 15_000);
+    expect(path.freeze()).toBeGreaterThan(0);
+    // Canceled while the watch's connection carries nothing: only a new connection can tell it.
+    await gqlOk(t, CancelRolloutDocument, { id: rollout.id });
+    const r = await watch.exited;
+    expect(r.status, r.stderr).toBe(5);
+    expect(r.stderr).toMatch(/^lost the connection to ws:\/\/127\.0\.0\.1:\d+\/graphql \(.*no answer to a ping within 5 s\); reconnecting for up to 5 min$/m);
+    expect(r.stderr).toMatch(/^reconnected to ws:/m);
+    expect(r.stdout.trimEnd().split("\n").at(-1)).toBe("CANCELED: 0 succeeded, 1 canceled");
+  }, 60_000);
 });
