@@ -37,7 +37,7 @@ export class UnreachableError extends Error {
   }
 }
 
-/** The graphql-ws connection was closed by the server (4401 revoked token, 4500, 1013 too many connections...). */
+/** The graphql-ws connection was closed by the server (4401 revoked token, 1013 too many connections or the token not checkable, ...). */
 export class SocketClosedError extends Error {
   constructor(
     readonly code: number,

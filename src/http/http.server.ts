@@ -221,7 +221,7 @@ export class HttpServer {
           } catch (err) {
             // The token store is unreachable: say so without internals (graphql-ws would print the error and may echo it).
             log.error({ err }, "could not check the API token of a WebSocket connection");
-            socket.close(WsCloseCode.InternalServerError, "Internal server error");
+            socket.close(WsCloseCode.TokenUnchecked, "the API token could not be checked: try again later");
             return false;
           }
           if (!principal) {

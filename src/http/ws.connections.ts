@@ -11,8 +11,13 @@ export enum WsCloseCode {
   Unauthorized = 4401,
   /** The token already holds WS_MAX_CONNECTIONS_PER_TOKEN connections on this instance (RFC 6455: Try Again Later). */
   TooManyConnections = 1013,
-  /** The server could not check the token (its store is down); the reason never carries internals. */
-  InternalServerError = 4500,
+  /**
+   * The server could not check the token (its store is down): RFC 6455's
+   * Try Again Later, which graphql-ws clients retry (its 4500 they take for
+   * fatal: a dashboard or a watch would stop for a database failover). The
+   * reason never carries internals.
+   */
+  TokenUnchecked = 1013,
 }
 
 /** Live graphql-ws connections by API token: the per-token limit, and closing a token's connections. */
