@@ -1,5 +1,6 @@
 import { badInput } from "../errors.js";
 import { requireName } from "../devices/device.service.js";
+import { checkName } from "../protocol/names.js";
 import type { ProgressRecord } from "./progress.model.js";
 
 /** A stream of progress events for one product, in batches (Redis pub/sub in production). */
@@ -10,10 +11,15 @@ export type TagsOf = (productName: string, deviceName: string) => Promise<readon
 export interface WatchArgs {
   productName: string;
   deviceName?: string | null;
+  /** Only these devices' reports (a dashboard's rows on screen); at most {@link WATCH_DEVICES_MAX}. */
+  deviceNames?: readonly string[] | null;
   tag?: string | null;
   /** Only reports this also accepts (a rollout's devices and version). */
   accept?: (record: ProgressRecord) => Promise<boolean>;
 }
+
+/** Devices one watch may name (`deviceNames`): a page of rows, not a fleet (a tag or a rollout is that). */
+export const WATCH_DEVICES_MAX = 1000;
 
 export interface FeedOptions {
   /**
@@ -55,7 +61,8 @@ export interface PushSource {
 
 /** One subscriber: what it wants, and the reports waiting for it. */
 interface Watcher {
-  deviceName: string | undefined;
+  /** Only these devices' reports (`deviceName`, or `deviceNames`). */
+  devices: ReadonlySet<string> | undefined;
   tag: string | undefined;
   accept: ((record: ProgressRecord) => Promise<boolean>) | undefined;
   queue: ProgressRecord[];
@@ -129,8 +136,9 @@ export class ProgressFeed {
   watch(args: WatchArgs): AsyncIterableIterator<ProgressRecord> {
     const productName = requireName("productName", args.productName);
     if (args.deviceName != null && args.tag != null) throw badInput("tag", "give at most one of deviceName and tag");
+    if (args.deviceName != null && args.deviceNames != null) throw badInput("deviceNames", "give at most one of deviceName and deviceNames");
     const watcher: Watcher = {
-      deviceName: args.deviceName == null ? undefined : requireName("deviceName", args.deviceName),
+      devices: args.deviceName != null ? new Set([requireName("deviceName", args.deviceName)]) : args.deviceNames != null ? deviceSet(args.deviceNames) : undefined,
       tag: args.tag == null ? undefined : requireName("tag", args.tag),
       accept: args.accept,
       queue: [],
@@ -179,7 +187,7 @@ export class ProgressFeed {
           for (const record of step.value) {
             // A sink may end its own watch while taking a report (an unsubscribe, a failure): nothing more for it.
             if (watcher.closed) break;
-            if (watcher.deviceName !== undefined && record.deviceName !== watcher.deviceName) continue;
+            if (watcher.devices !== undefined && !watcher.devices.has(record.deviceName)) continue;
             // A sink that is ready and owes nothing takes the report now; otherwise it waits in the queue, in order.
             if (watcher.direct && watcher.ready && watcher.queue.length === 0) offer(watcher, record);
             else watcher.queue.push(record);
@@ -205,6 +213,18 @@ export class ProgressFeed {
       }
     }
   }
+}
+
+/** The devices a watch names, each a valid name, one to {@link WATCH_DEVICES_MAX} of them; or BAD_USER_INPUT. */
+function deviceSet(names: readonly string[]): ReadonlySet<string> {
+  if (names.length === 0 || names.length > WATCH_DEVICES_MAX) throw badInput("deviceNames", `give 1 to ${WATCH_DEVICES_MAX} device names (got ${names.length})`);
+  return new Set(
+    names.map((name, i) => {
+      const r = checkName("deviceName", name);
+      if (!r.ok) throw badInput("deviceNames", `[${i}]: ${r.message}`);
+      return r.value;
+    }),
+  );
 }
 
 /** Hands a direct watcher's sink one report; a sink that throws ends its own watch, not the product's. */

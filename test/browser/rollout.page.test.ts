@@ -52,6 +52,11 @@ describe("a rollout's page, live from the server's coalesced subscriptions, with
     expect(received.length).toBeLessThan(reports.length);
     const devices = new Set((await executionsOf(t, rollout.id)).map((e) => e.deviceName));
     expect(reports.filter((r) => !devices.has(r.deviceName))).toEqual([]);
+    // Only the rows on screen: the page names them (deviceNames), and the server sends no other device's reports.
+    const named = new Set(ws.subscriptions("otaProgressBatches").flatMap((m) => (m.payload?.variables as { deviceNames?: string[] }).deviceNames ?? []));
+    expect(named.size).toBeGreaterThan(0);
+    expect(named.size).toBeLessThan(300);
+    expect(reports.filter((r) => !named.has(r.deviceName))).toEqual([]);
     expect(ws.subscriptions("otaProgressChanged")).toEqual([]);
     expect(ws.subscriptions("rolloutChanged").length).toBeGreaterThan(0);
 
@@ -59,7 +64,7 @@ describe("a rollout's page, live from the server's coalesced subscriptions, with
     await page.goto(`${t.httpUrl}/products/${productName}/devices?tag=beta`);
     await page.getByTestId("devices").waitFor();
     await expect.poll(() => ws.subscriptions("otaProgressBatches").map((m) => m.payload?.variables)).toContainEqual(
-      expect.objectContaining({ productName, tag: "beta" }),
+      expect.objectContaining({ productName, tag: "beta", deviceNames: expect.arrayContaining([expect.any(String)]) }),
     );
     expect(ws.subscriptions("otaProgressChanged")).toEqual([]);
     done();

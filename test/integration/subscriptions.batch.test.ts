@@ -149,6 +149,42 @@ describe("otaProgressBatches", () => {
     expect(new Set(all.flatMap(({ batch }) => batch.reports.map((r) => r.deviceName)))).toEqual(new Set(["beta-1"]));
   });
 
+  it("keeps to the devices it names, within the tag", async () => {
+    const productName = uniq("named");
+    const [a, b, c] = [await device(t, productName, "a", ["beta"]), await device(t, productName, "b", ["beta"]), await device(t, productName, "c")];
+    await liveProduct(t, productName);
+    const named = await batches(t, { productName, deviceNames: ["a", "c", "not-registered"], intervalMs: 200 });
+    const tagged = await batches(t, { productName, tag: "beta", deviceNames: ["a", "c"], intervalMs: 200 });
+    await named.joined();
+    await tagged.joined();
+
+    await b.reportProgress({ version: "2", type: "firmware", progress: 50 });
+    await a.reportProgress({ version: "2", type: "firmware", progress: 10 });
+    await c.reportProgress({ version: "2", type: "firmware", progress: 20 });
+    await a.reportProgress({ version: "2", type: "firmware", progress: 60 });
+    const all = await until(named.got, (got) => latestOf(got).get("a") === 60 && latestOf(got).get("c") === 20);
+    expect(new Set(all.flatMap(({ batch }) => batch.reports.map((r) => r.deviceName)))).toEqual(new Set(["a", "c"]));
+    const inTag = await until(tagged.got, (got) => latestOf(got).get("a") === 60);
+    expect(new Set(inTag.flatMap(({ batch }) => batch.reports.map((r) => r.deviceName)))).toEqual(new Set(["a"]));
+  });
+
+  it("refuses deviceNames that are empty, more than 1,000, or not names, with BAD_USER_INPUT, watching nothing", async () => {
+    const productName = uniq("names");
+    const cases: [string[], string][] = [
+      [[], "got 0"],
+      [Array.from({ length: 1001 }, (_, i) => `d${i}`), "got 1001"],
+      [["ok", "not a name"], "[1]: deviceName must be"],
+    ];
+    for (const [deviceNames, says] of cases) {
+      const s = await batches(t, { productName, deviceNames, intervalMs: 200 });
+      const errors = (await s.errors.next()) as { extensions?: { code?: string }; message: string }[];
+      expect(errors[0]?.extensions?.code).toBe("BAD_USER_INPUT");
+      expect(errors[0]?.message).toContain("deviceNames");
+      expect(errors[0]?.message).toContain(says);
+    }
+    expect(t.app.progressFeed.watching.has(productName)).toBe(false);
+  });
+
   it("keeps to a rollout's devices and version, filtering before it coalesces", async () => {
     const fw = await firmwareFile();
     const productName = uniq("ro-batch");

@@ -63,15 +63,19 @@ const batchEntries = (d: DashProgressBatchesSubscription) => d.otaProgressBatche
 
 /**
  * The live progress of the devices on screen, from `otaProgressBatches`: the
- * server sends the latest report of each device once per {@link FLUSH_MS}
- * (one message, whatever the number of devices reporting), the page keeps its
- * own rows' entries. `filter` null: not subscribed.
+ * server sends the latest report of each of those devices (`deviceNames`)
+ * once per {@link FLUSH_MS}, one message whatever the number of devices
+ * reporting. `filter` null, or no rows: not subscribed. The subscription is
+ * renewed when the rows on screen are other devices, not when the same rows
+ * are read again.
  */
 export function useProgressBatches(
   filter: { productName: string; tag?: string | null; rolloutId?: string | null } | null,
   onScreen: ReadonlySet<string>,
 ): { latest: ReadonlyMap<string, BatchedProgress>; error: CombinedError | undefined } {
-  return useCoalescedSubscription(DashProgressBatchesDocument, filter && { ...filter, intervalMs: FLUSH_MS }, batchEntries, onScreen);
+  const deviceNames = [...onScreen].sort();
+  const variables = filter && deviceNames.length > 0 ? { ...filter, deviceNames, intervalMs: FLUSH_MS } : null;
+  return useCoalescedSubscription(DashProgressBatchesDocument, variables, batchEntries, onScreen);
 }
 
 /** Calls `tick` every `ms` while `active`; for re-reading what no subscription pushes. */
