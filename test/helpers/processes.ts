@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, writeFile } from "node:fs/promises";
+import { mkdir, rm, writeFile } from "node:fs/promises";
 import { createServer, type AddressInfo } from "node:net";
 import { Redis } from "ioredis";
 import mqtt from "mqtt";
@@ -37,7 +37,7 @@ export class OwnMosquitto {
 
   private constructor(
     readonly port: number,
-    private readonly configFile: string,
+    private readonly config: string,
   ) {}
 
   get url(): string {
@@ -46,7 +46,6 @@ export class OwnMosquitto {
 
   static async start(): Promise<OwnMosquitto> {
     const port = await freePort();
-    const configFile = `/tmp/iothub-ota-mosquitto-${port}.conf`;
     const config = [
       `listener ${port} 127.0.0.1`,
       "allow_anonymous true",
@@ -56,18 +55,24 @@ export class OwnMosquitto {
       "max_queued_bytes 0",
       "",
     ];
-    await writeFile(configFile, config.join("\n"));
-    const broker = new OwnMosquitto(port, configFile);
+    const broker = new OwnMosquitto(port, config.join("\n"));
     await broker.resume();
     return broker;
   }
 
+  /** Starts it (again, after {@link stop}) on its port; its config file lives only until it answers. */
   async resume(): Promise<void> {
-    this.#process = spawn(MOSQUITTO, ["-c", this.configFile], { stdio: "ignore" });
-    await eventually(async () => {
-      const c = await mqtt.connectAsync(this.url, { reconnectPeriod: 0, connectTimeout: 1000 });
-      await c.endAsync(true);
-    });
+    const configFile = `/tmp/iothub-ota-mosquitto-${this.port}.conf`;
+    await writeFile(configFile, this.config);
+    try {
+      this.#process = spawn(MOSQUITTO, ["-c", configFile], { stdio: "ignore" });
+      await eventually(async () => {
+        const c = await mqtt.connectAsync(this.url, { reconnectPeriod: 0, connectTimeout: 1000 });
+        await c.endAsync(true);
+      });
+    } finally {
+      await rm(configFile, { force: true });
+    }
   }
 
   async stop(): Promise<void> {
