@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { createRequire } from "node:module";
 import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
+import { Readable } from "node:stream";
 import { createServer as createTlsServer } from "node:tls";
 import { Aedes, type AedesPublishPacket, type AuthenticateError, type Client, type PublishPacket } from "aedes";
 import persistence from "aedes-persistence-redis";
@@ -211,6 +212,7 @@ interface Store {
   incomingStorePacket(client: Client, packet: InboundPacket): Promise<unknown>;
   incomingGetPacket(client: Client, packet: InboundPacket): Promise<unknown>;
   incomingDelPacket(client: Client, packet: InboundPacket): Promise<unknown>;
+  createRetainedStreamCombi(patterns: string[]): Readable;
 }
 
 /** A device connection as the broker knows it, from the moment its login is being checked. */
@@ -803,6 +805,10 @@ export class EmbeddedBroker implements BrokerLink {
     };
     store.putWill = () => Promise.resolve();
     store.delWill = (client) => (client.brokerId === undefined ? Promise.resolve(null) : delWill(client));
+    // No retained message can be stored (every publish has its retain flag cleared; those an older build left are
+    // dropped at the start), so a SUBSCRIBE has none to look up in Redis. aedes pipes this stream with no error
+    // listener: a Redis failure during the lookup was an unhandled 'error' event, and ended the process.
+    store.createRetainedStreamCombi = () => Readable.from([]);
   }
 
   /**

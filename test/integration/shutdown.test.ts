@@ -86,3 +86,38 @@ describe("a server process stopped with devices connected", () => {
     60_000,
   );
 });
+
+describe("a server process whose Redis fails a device's subscription lookup", () => {
+  it("keeps running and serving, and the device connected (its automatic subscriptions looked up none)", async () => {
+    const token = `test-admin-${randomBytes(16).toString("hex")}`;
+    const prefix = `${uniq("retained")}:`;
+    const mqttPort = await freePort();
+    const server = await ServerProcess.start({
+      PATH: process.env.PATH,
+      REDIS_URL,
+      REDIS_PREFIX: prefix,
+      ADMIN_TOKEN: token,
+      LOG_LEVEL: "warn",
+      PORT: String(await freePort()),
+      MQTT_PORT: String(mqttPort),
+      MQTTS_PORT: "0",
+      DATA_DIR: tempDir("retained"),
+    });
+    onTeardown(() => server.process.kill("SIGKILL"));
+    // aedes looks up retained messages for every SUBSCRIBE and pipes that stream with no error listener: a Redis
+    // error there (here WRONGTYPE, as a dying Redis gives MaxRetriesPerRequestError) was an unhandled 'error' event.
+    const redis = new Redis(REDIS_URL);
+    onTeardown(() => redis.quit());
+    await redis.set(`${prefix}retained`, "not a hash");
+    const api = { httpUrl: server.httpUrl, token };
+    const productName = uniq("retained");
+    const { device, secret } = (await gqlOk(api, RegisterDeviceDocument, { input: { productName } })).registerDevice;
+    const dev = await TestDevice.connect(`mqtt://127.0.0.1:${mqttPort}`, productName, device.deviceName, secret);
+    onTeardown(() => dev.client.end(true));
+    await new Promise((r) => setTimeout(r, 1_000));
+    expect(server.process.exitCode, server.logs).toBeNull();
+    expect(server.logs).not.toMatch(/Unhandled 'error' event/);
+    expect((await fetch(`${server.httpUrl}/healthz`)).status).toBe(200);
+    await dev.reportProgress({ version: "2", type: "firmware", progress: 5 });
+  });
+});
