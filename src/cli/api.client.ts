@@ -202,6 +202,14 @@ export class ApiClient {
     this.#reconnection = reconnection;
     let socket: WebSocket | undefined;
     let pongWait: NodeJS.Timeout | undefined;
+    const awaitAnswer = () => {
+      clearTimeout(pongWait);
+      pongWait = setTimeout(() => {
+        this.#unanswered = true;
+        // At once, as a drop: a close handshake on a silent connection would wait for ws' 30 s close timeout.
+        socket?.terminate();
+      }, PONG_TIMEOUT_MS);
+    };
     this.#ws = createClient({
       url: this.wsUrl,
       webSocketImpl: AuthorizedWebSocket,
@@ -220,24 +228,27 @@ export class ApiClient {
       connectionAckWaitTimeout: ACK_TIMEOUT_MS,
       keepAlive: PING_INTERVAL_MS,
       on: {
-        connected: (s) => {
+        // The socket from its opening: graphql-ws pings from then on, before connection_ack.
+        opened: (s) => {
           socket = s as WebSocket;
           this.#unanswered = false;
-          reconnection?.connected();
         },
+        connected: () => reconnection?.connected(),
         ping: (received) => {
-          if (received) return;
+          if (!received) awaitAnswer();
+        },
+        // Anything received while a pong is awaited shows the path alive (a pong may queue behind a burst): wait anew.
+        message: (m) => {
+          if (pongWait === undefined) return;
+          if (m.type === "pong") {
+            clearTimeout(pongWait);
+            pongWait = undefined;
+          } else awaitAnswer();
+        },
+        closed: () => {
           clearTimeout(pongWait);
-          pongWait = setTimeout(() => {
-            this.#unanswered = true;
-            // At once, as a drop: a close handshake on a silent connection would wait for ws' 30 s close timeout.
-            socket?.terminate();
-          }, PONG_TIMEOUT_MS);
+          pongWait = undefined;
         },
-        pong: (received) => {
-          if (received) clearTimeout(pongWait);
-        },
-        closed: () => clearTimeout(pongWait),
       },
     });
     return this.#ws;

@@ -400,9 +400,12 @@ describe.skipIf(!DATABASE_URL)("the watches across a restart of their server", (
 /** A TCP relay to `port` whose connections open so far can be frozen: nothing passes either way, and nothing is closed (a half-open path). */
 async function relay(port: number) {
   const pairs: [Socket, Socket][] = [];
+  /** Until then, new connections are taken and carry nothing (a path that opens and goes silent). */
+  let silentUntil = 0;
   const server = createServer((down) => {
     const up = connect(port, "127.0.0.1");
-    down.pipe(up).pipe(down);
+    if (Date.now() < silentUntil) down.pause();
+    else down.pipe(up).pipe(down);
     const end = () => (down.destroy(), up.destroy());
     down.on("error", end).on("close", end);
     up.on("error", end).on("close", end);
@@ -425,6 +428,10 @@ async function relay(port: number) {
       }
       return frozen.length;
     },
+    /** New connections for the next `ms` open and then carry nothing either way. */
+    silence(ms: number): void {
+      silentUntil = Date.now() + ms;
+    },
   };
 }
 
@@ -438,10 +445,15 @@ describe("a watch whose connection goes half-open", () => {
     const path = await relay(Number(new URL(t.httpUrl).port));
     const watch = started({ httpUrl: path.url, token: t.token }, ["rollout", "watch", rollout.id]);
     await eventually(() => expect(watch.out.stdout).toMatch(/Z SCHEDULED wave 1 0\/1 ended: /), 15_000);
+    // The first reconnection opens and then goes silent too, before its connection_ack: it is dropped in turn.
+    path.silence(12_000);
+    const frozenAt = Date.now();
     expect(path.freeze()).toBeGreaterThan(0);
     // Canceled while the watch's connection carries nothing: only a new connection can tell it.
     await gqlOk(t, CancelRolloutDocument, { id: rollout.id });
     const r = await watch.exited;
+    // Two silent connections of about 10 s each, and a backoff.
+    expect(Date.now() - frozenAt).toBeLessThan(30_000);
     expect(r.status, r.stderr).toBe(5);
     expect(r.stderr).toMatch(/^lost the connection to ws:\/\/127\.0\.0\.1:\d+\/graphql \(.*no answer to a ping within 5 s\); reconnecting for up to 5 min$/m);
     expect(r.stderr).toMatch(/^reconnected to ws:/m);
