@@ -23,8 +23,16 @@ const PGLITE_OPTIONS = {
   postgresqlconf: ["shared_buffers = 8MB", "work_mem = 2MB", "maintenance_work_mem = 16MB", "temp_buffers = 2MB"],
 };
 
-/** Makes a new PGlite database in `argv[2]` with the options `argv[3]`, the package being `argv[1]`. */
-const INIT_PGLITE = `require(process.argv[1]).PGlite.create(process.argv[2], JSON.parse(process.argv[3])).then((db) => db.close())`;
+/**
+ * Makes a new PGlite database in `argv[2]` with the options `argv[3]`, the package being `argv[1]`; gives up as soon
+ * as its stdin ends, which is when the server that started it has gone (however it went: even SIGKILL closes the pipe),
+ * so that no initdb goes on in a folder the next start uses.
+ */
+const INIT_PGLITE = [
+  `process.stdin.on("end", () => process.exit(70)).resume();`,
+  `require(process.argv[1]).PGlite.create(process.argv[2], JSON.parse(process.argv[3]))`,
+  `.then((db) => db.close()).then(() => process.exit(0), (err) => { console.error(err); process.exit(1); });`,
+].join("\n");
 
 /**
  * Makes the database of a first start in a process of its own. PGlite's
@@ -35,7 +43,7 @@ const INIT_PGLITE = `require(process.argv[1]).PGlite.create(process.argv[2], JSO
 async function createPglite(dir: string): Promise<void> {
   if (await access(join(dir, "PG_VERSION")).then(() => true, () => false)) return;
   const pglite = createRequire(import.meta.url).resolve("@electric-sql/pglite");
-  const child = spawn(process.execPath, ["-e", INIT_PGLITE, pglite, dir, JSON.stringify(PGLITE_OPTIONS)], { stdio: ["ignore", "ignore", "pipe"] });
+  const child = spawn(process.execPath, ["-e", INIT_PGLITE, pglite, dir, JSON.stringify(PGLITE_OPTIONS)], { stdio: ["pipe", "ignore", "pipe"] });
   let stderr = "";
   child.stderr.on("data", (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
   const code = await new Promise<number | null>((resolve, reject) => child.once("error", reject).once("exit", resolve));

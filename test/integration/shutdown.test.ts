@@ -1,4 +1,6 @@
+import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { Redis } from "ioredis";
 import { describe, expect, it } from "vitest";
 import { RegisterDeviceDocument } from "../../src/client/generated/graphql.js";
@@ -7,7 +9,7 @@ import { RedisPresence } from "../../src/storage/presence.redis.js";
 import { redisKeys } from "../../src/storage/progress.redis.js";
 import { gqlOk } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
-import { freePort, ServerProcess } from "../helpers/processes.js";
+import { BIN, freePort, ServerProcess } from "../helpers/processes.js";
 import { DATABASE_URL, freshDatabase, REDIS_URL, uniq } from "../helpers/services.js";
 import { onTeardown, tempDir } from "../helpers/teardown.js";
 import { eventually } from "../helpers/wait.js";
@@ -119,5 +121,41 @@ describe("a server process whose Redis fails a device's subscription lookup", ()
     expect(server.logs).not.toMatch(/Unhandled 'error' event/);
     expect((await fetch(`${server.httpUrl}/healthz`)).status).toBe(200);
     await dev.reportProgress({ version: "2", type: "firmware", progress: 5 });
+  });
+});
+
+/** Pids of processes whose command line holds `needle`. */
+function processesWith(needle: string): number[] {
+  return readdirSync("/proc")
+    .filter((d) => /^\d+$/.test(d))
+    .filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(needle);
+      } catch {
+        return false; // gone meanwhile
+      }
+    })
+    .map(Number);
+}
+
+describe("a server process killed during its first start on PGlite", () => {
+  it("leaves no process making the database behind", async () => {
+    const dataDir = tempDir("first-start");
+    const server = spawn(process.execPath, [BIN, "serve"], {
+      env: { PATH: process.env.PATH, REDIS_URL, REDIS_PREFIX: `${uniq("first")}:`, LOG_LEVEL: "warn", PORT: String(await freePort()), MQTT_PORT: String(await freePort()), MQTTS_PORT: "0", DATA_DIR: dataDir },
+      stdio: "ignore",
+    });
+    onTeardown(() => server.kill("SIGKILL"));
+    // The database is made by a child of the server's, named by its folder.
+    const makers = await eventually(() => {
+      const found = processesWith(`${dataDir}/pglite`).filter((pid) => pid !== server.pid);
+      expect(found.length).toBeGreaterThan(0);
+      return found;
+    }, 30_000);
+    server.kill("SIGKILL");
+    await eventually(() => expect(processesWith(`${dataDir}/pglite`).filter((pid) => makers.includes(pid))).toEqual([]), 5_000);
+    // It gave up rather than finishing on its own (PG_VERSION is written last): the next start makes the database.
+    await new Promise((r) => setTimeout(r, 3_000));
+    expect(existsSync(`${dataDir}/pglite/PG_VERSION`)).toBe(false);
   });
 });
