@@ -1,9 +1,11 @@
 import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, rm, writeFile } from "node:fs/promises";
 import { createServer, type AddressInfo } from "node:net";
 import { Redis } from "ioredis";
 import mqtt from "mqtt";
+import { REDIS_URL, uniq } from "./services.js";
 import { onTeardown, tempDir } from "./teardown.js";
 import { eventually } from "./wait.js";
 
@@ -18,6 +20,29 @@ export async function freePort(): Promise<number> {
   const { port } = server.address() as AddressInfo;
   await new Promise((r) => server.close(r));
   return port;
+}
+
+/**
+ * What a test's server process runs with: the shared Redis under a prefix of its own, an admin token, free
+ * ports (no TLS listener), a data folder of its own, and logging at WARN.
+ */
+export async function serverEnv(name: string) {
+  const token = `test-admin-${randomBytes(16).toString("hex")}`;
+  const prefix = `${uniq(name)}:`;
+  const mqttPort = await freePort();
+  const dataDir = tempDir(name);
+  const env: NodeJS.ProcessEnv = {
+    PATH: process.env.PATH,
+    REDIS_URL,
+    REDIS_PREFIX: prefix,
+    ADMIN_TOKEN: token,
+    LOG_LEVEL: "warn",
+    PORT: String(await freePort()),
+    MQTT_PORT: String(mqttPort),
+    MQTTS_PORT: "0",
+    DATA_DIR: dataDir,
+  };
+  return { env, token, prefix, mqttPort, dataDir };
 }
 
 /** Stops a child with SIGTERM and resolves with its exit code. */

@@ -1,5 +1,4 @@
 import { redisKeys } from "../../src/storage/progress.redis.js";
-import { randomBytes } from "node:crypto";
 import { ObjectId } from "bson";
 import { Redis } from "ioredis";
 import { describe, expect, it } from "vitest";
@@ -7,9 +6,9 @@ import { OtaProgressDocument, RegisterDeviceDocument } from "../../src/client/ge
 import { gqlOk, startApp } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
 import { metric } from "../helpers/metrics.js";
-import { freePort, OwnMosquitto, OwnRedis, ServerProcess } from "../helpers/processes.js";
+import { OwnMosquitto, OwnRedis, ServerProcess, serverEnv } from "../helpers/processes.js";
 import { DATABASE_URL, freshDatabase, REDIS_URL, uniq } from "../helpers/services.js";
-import { onTeardown, tempDir } from "../helpers/teardown.js";
+import { onTeardown } from "../helpers/teardown.js";
 import { eventually, sleep } from "../helpers/wait.js";
 
 const DEVICES = 8;
@@ -74,24 +73,11 @@ describe.each([
     ["killed with SIGKILL", "SIGKILL", null],
     ["stopped with SIGTERM", "SIGTERM", 0],
   ] as const)("%s, loses no acknowledged report, and stores the unacknowledged ones once they are sent again", async (_how, signal, exitCode) => {
-    const token = `test-admin-${randomBytes(16).toString("hex")}`;
-    const prefix = `${uniq("dur")}:`;
     const broker = external ? await OwnMosquitto.start() : undefined;
     if (broker) onTeardown(() => broker.stop());
-    const mqttPort = await freePort();
-    const database = DATABASE_URL ? { DATABASE_URL: ((await freshDatabase("postgres")) as { url: string }).url } : { DATA_DIR: tempDir("dur") };
-    const env = {
-      PATH: process.env.PATH,
-      REDIS_URL,
-      REDIS_PREFIX: prefix,
-      ADMIN_TOKEN: token,
-      LOG_LEVEL: "warn",
-      PORT: String(await freePort()),
-      MQTT_PORT: String(mqttPort),
-      MQTTS_PORT: "0",
-      ...database,
-      ...(broker ? { MQTT_URL: broker.url, MQTT_CLIENT_ID: uniq("server") } : {}),
-    };
+    const { env: base, token, prefix, mqttPort } = await serverEnv("dur");
+    const database = DATABASE_URL ? { DATABASE_URL: ((await freshDatabase("postgres")) as { url: string }).url } : {};
+    const env = { ...base, ...database, ...(broker ? { MQTT_URL: broker.url, MQTT_CLIENT_ID: uniq("server") } : {}) };
     let server = await ServerProcess.start(env);
     onTeardown(() => server.process.kill("SIGKILL"));
     const api = { httpUrl: server.httpUrl, token };

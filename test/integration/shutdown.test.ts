@@ -1,5 +1,4 @@
 import { spawn } from "node:child_process";
-import { randomBytes } from "node:crypto";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { Redis } from "ioredis";
 import { describe, expect, it } from "vitest";
@@ -9,9 +8,9 @@ import { RedisPresence } from "../../src/storage/presence.redis.js";
 import { redisKeys } from "../../src/storage/progress.redis.js";
 import { gqlOk } from "../helpers/app.js";
 import { TestDevice } from "../helpers/device.js";
-import { BIN, freePort, ServerProcess } from "../helpers/processes.js";
+import { BIN, ServerProcess, serverEnv } from "../helpers/processes.js";
 import { DATABASE_URL, freshDatabase, REDIS_URL, uniq } from "../helpers/services.js";
-import { onTeardown, tempDir } from "../helpers/teardown.js";
+import { onTeardown } from "../helpers/teardown.js";
 import { eventually } from "../helpers/wait.js";
 
 /** Enough connections that some closes are still being written when Redis would go. */
@@ -36,23 +35,10 @@ describe("a server process stopped with devices connected", () => {
   it.each(["SIGTERM", "SIGINT"] as const)(
     "on %s exits 0 with nothing at WARN or above in its log, and leaves its devices offline (their disconnection recorded) and their sessions' live marks released",
     async (signal) => {
-      const token = `test-admin-${randomBytes(16).toString("hex")}`;
-      const prefix = `${uniq("stop")}:`;
-      const mqttPort = await freePort();
+      // Quiet (WARN): logging each component's stop would slow the stop enough to hide the race with Redis' close.
+      const { env, token, prefix, mqttPort } = await serverEnv("stop");
       const database = DATABASE_URL ? { DATABASE_URL: ((await freshDatabase("postgres")) as { url: string }).url } : {};
-      const server = await ServerProcess.start({
-        PATH: process.env.PATH,
-        REDIS_URL,
-        REDIS_PREFIX: prefix,
-        ADMIN_TOKEN: token,
-        // Quiet: logging each component's stop would slow the stop enough to hide the race with Redis' close.
-        LOG_LEVEL: "warn",
-        PORT: String(await freePort()),
-        MQTT_PORT: String(mqttPort),
-        MQTTS_PORT: "0",
-        DATA_DIR: tempDir("stop"),
-        ...database,
-      });
+      const server = await ServerProcess.start({ ...env, ...database });
       onTeardown(() => server.process.kill("SIGKILL"));
       const api = { httpUrl: server.httpUrl, token };
       const productName = uniq("stop");
@@ -91,20 +77,8 @@ describe("a server process stopped with devices connected", () => {
 
 describe("a server process whose Redis fails a device's subscription lookup", () => {
   it("keeps running and serving, and the device connected (its automatic subscriptions looked up none)", async () => {
-    const token = `test-admin-${randomBytes(16).toString("hex")}`;
-    const prefix = `${uniq("retained")}:`;
-    const mqttPort = await freePort();
-    const server = await ServerProcess.start({
-      PATH: process.env.PATH,
-      REDIS_URL,
-      REDIS_PREFIX: prefix,
-      ADMIN_TOKEN: token,
-      LOG_LEVEL: "warn",
-      PORT: String(await freePort()),
-      MQTT_PORT: String(mqttPort),
-      MQTTS_PORT: "0",
-      DATA_DIR: tempDir("retained"),
-    });
+    const { env, token, prefix, mqttPort } = await serverEnv("retained");
+    const server = await ServerProcess.start(env);
     onTeardown(() => server.process.kill("SIGKILL"));
     // aedes looks up retained messages for every SUBSCRIBE and pipes that stream with no error listener: a Redis
     // error there (here WRONGTYPE, as a dying Redis gives MaxRetriesPerRequestError) was an unhandled 'error' event.
@@ -140,11 +114,9 @@ function processesWith(needle: string): number[] {
 
 describe("a server process killed during its first start on PGlite", () => {
   it("leaves no process making the database behind", async () => {
-    const dataDir = tempDir("first-start");
-    const server = spawn(process.execPath, [BIN, "serve"], {
-      env: { PATH: process.env.PATH, REDIS_URL, REDIS_PREFIX: `${uniq("first")}:`, LOG_LEVEL: "warn", PORT: String(await freePort()), MQTT_PORT: String(await freePort()), MQTTS_PORT: "0", DATA_DIR: dataDir },
-      stdio: "ignore",
-    });
+    // Spawned as is (ServerProcess.start waits for it to be ready), on PGlite: no DATABASE_URL.
+    const { env, dataDir } = await serverEnv("first-start");
+    const server = spawn(process.execPath, [BIN, "serve"], { env, stdio: "ignore" });
     onTeardown(() => server.kill("SIGKILL"));
     // The database is made by a child of the server's, named by its folder.
     const makers = await eventually(() => {
